@@ -1,0 +1,4 @@
+//! Subcommands of the `parliament` binary.
+
+pub mod model;
+pub mod sim;

@@ -1,0 +1,4 @@
+//! parliament: a Multi-Paxos replicated key-value database.
+
+pub mod bugs;
+pub mod model;

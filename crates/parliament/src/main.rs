@@ -1,0 +1,40 @@
+//! The `parliament` command line.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+/// parliament: a Multi-Paxos replicated key-value database.
+#[derive(Parser, Debug)]
+#[command(version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the deterministic simulator: many seeded runs under faults.
+    #[command(subcommand)]
+    Sim(cli::sim::SimCommand),
+    /// Explore every interleaving of a small configuration (model checking).
+    #[command(subcommand)]
+    Model(cli::model::ModelCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Sim(command) => cli::sim::run(command),
+        Command::Model(command) => cli::model::run(command),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}

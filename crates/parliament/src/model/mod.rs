@@ -1,0 +1,6 @@
+//! Exhaustive model checking of the protocol on small configurations.
+
+pub mod explorer;
+pub mod synod;
+
+pub use explorer::{Expectation, Model, Options, Property, Report, Trace, explore};
