@@ -1,13 +1,173 @@
 //! `parliament sim ...`: the deterministic simulator.
 
 use std::process::ExitCode;
+use std::time::Instant;
 
-use anyhow::Result;
-use clap::Subcommand;
+use anyhow::{Result, bail};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use parliament::bugs::SynodBug;
+use parliament::sim::synod::{self, SynodSimConfig};
 
 #[derive(Subcommand, Debug)]
-pub enum SimCommand {}
+pub enum SimCommand {
+    /// Single-decree Paxos: proposers, acceptors and learners under faults.
+    Synod(SynodArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SynodArgs {
+    /// How many seeds to run (default 1000, or 1 when --seed is given).
+    #[arg(long)]
+    seeds: Option<u64>,
+    /// The first seed. Alone, it replays that one run and prints its trace.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Acceptors.
+    #[arg(long, default_value_t = 3, value_parser = parse_acceptors)]
+    acceptors: usize,
+    /// Proposers, each with its own value.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64))]
+    proposers: u16,
+    /// Probability that a message is lost.
+    #[arg(long, default_value_t = 0.1, value_parser = parse_probability)]
+    loss: f64,
+    /// Probability that a message is delivered twice.
+    #[arg(long, default_value_t = 0.05, value_parser = parse_probability)]
+    dup: f64,
+    /// Probability that each node crashes (and later restarts) during a run.
+    #[arg(long, default_value_t = 0.2, value_parser = parse_probability)]
+    crash: f64,
+    /// Run a deliberately broken variant ("list" names them); a caught bug
+    /// exits 1.
+    #[arg(long)]
+    bug: Option<String>,
+    /// Print every event of every run (implied by --seed alone).
+    #[arg(long)]
+    trace: bool,
+}
+
+fn parse_acceptors(s: &str) -> Result<usize, String> {
+    match s {
+        "3" | "5" | "7" => Ok(s.parse().map_err(|_| "unreachable")?),
+        _ => Err(format!("'{s}' acceptors: use 3, 5 or 7")),
+    }
+}
+
+fn parse_probability(s: &str) -> Result<f64, String> {
+    let p: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number between 0 and 1"))?;
+    if (0.0..=1.0).contains(&p) {
+        Ok(p)
+    } else {
+        Err(format!("{p} is not between 0 and 1"))
+    }
+}
 
 pub fn run(command: SimCommand) -> Result<ExitCode> {
-    match command {}
+    match command {
+        SimCommand::Synod(args) => sim_synod(args),
+    }
+}
+
+fn sim_synod(args: SynodArgs) -> Result<ExitCode> {
+    let bug = match args.bug.as_deref() {
+        None => None,
+        Some("list") => {
+            for b in SynodBug::ALL {
+                println!("{:<24} {}", b.name(), b.description());
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(name) => match SynodBug::parse(name) {
+            Some(b) => Some(b),
+            None => bail!("unknown bug '{name}'; `--bug list` names them"),
+        },
+    };
+    let config = SynodSimConfig {
+        acceptors: args.acceptors,
+        proposers: usize::from(args.proposers),
+        loss: args.loss,
+        dup: args.dup,
+        crash: args.crash,
+        bug,
+        ..SynodSimConfig::default()
+    };
+    let first = args.seed.unwrap_or(0);
+    let count = args
+        .seeds
+        .unwrap_or(if args.seed.is_some() { 1 } else { 1000 });
+    let show_trace = args.trace || (args.seed.is_some() && args.seeds.is_none());
+    let replay = |seed: u64| {
+        let mut cmd = format!(
+            "parliament sim synod --seed {seed} --acceptors {} --proposers {} --loss {} --dup {} --crash {}",
+            config.acceptors, config.proposers, config.loss, config.dup, config.crash
+        );
+        if let Some(b) = bug {
+            cmd.push_str(&format!(" --bug {}", b.name()));
+        }
+        cmd
+    };
+
+    let bar = if count > 1 {
+        ProgressBar::new(count)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} seeds, {per_sec}, eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let started = Instant::now();
+    let (mut decided, mut violations, mut messages_to_choose) = (0u64, 0u64, 0u64);
+    let mut first_violation = None;
+    for seed in first..first.saturating_add(count) {
+        let outcome = synod::run(&config, seed, show_trace);
+        bar.inc(1);
+        if let Some(lines) = outcome.trace.lines() {
+            bar.suspend(|| {
+                println!("seed {seed}:");
+                for line in lines {
+                    println!("  {line}");
+                }
+                println!("  trace digest {:016x}", outcome.trace.digest());
+            });
+        }
+        if let Some(n) = outcome.messages_to_choose {
+            decided += 1;
+            messages_to_choose += n;
+        }
+        if let Some(why) = &outcome.violation {
+            violations += 1;
+            if first_violation.is_none() {
+                first_violation = Some(seed);
+                bar.suspend(|| {
+                    println!("seed {seed}: {why}");
+                    println!("  replay: {}", replay(seed));
+                });
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "{count} runs, {violations} with a safety violation, {:.1}% decided, {} messages to decide on average, {:.0} runs/s",
+        100.0 * decided as f64 / count.max(1) as f64,
+        if decided > 0 {
+            format!("{:.1}", messages_to_choose as f64 / decided as f64)
+        } else {
+            "-".into()
+        },
+        count as f64 / elapsed.max(1e-9)
+    );
+    if let Some(seed) = first_violation {
+        println!(
+            "first violation at seed {seed} (after {} seeds); replay: {}",
+            seed - first + 1,
+            replay(seed)
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
 }
