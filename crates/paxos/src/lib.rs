@@ -8,9 +8,12 @@
 //! - [`ballot`]: ballot numbers, totally ordered and unique per proposer.
 //! - [`synod`]: single-decree Paxos, phase by phase, as *Paxos Made Simple*
 //!   describes it.
+//! - [`replica`]: Multi-Paxos, a replicated log with leader election,
+//!   pipelining, batching, catch-up, leases and read-index.
 //! - [`rng`]: a small portable PRNG for callers that need seeded randomness.
 
 pub mod ballot;
+pub mod replica;
 pub mod rng;
 pub mod synod;
 

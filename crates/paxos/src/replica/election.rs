@@ -1,0 +1,269 @@
+//! Leader election: pre-vote, then phase 1 over every open slot.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use super::message::{Message, PromisedEntry, Record, Slot, Value};
+use super::{Leader, Promised, Replica, Role};
+use crate::ballot::{Ballot, NodeId};
+
+impl Replica {
+    /// Whether this replica has heard from a leader recently enough to
+    /// believe it alive.
+    fn hears_leader(&self) -> bool {
+        self.leader.is_some() && self.now < self.last_heard_leader + self.config.election_ticks
+    }
+
+    /// The leader went quiet: ask the peers whether they miss it too before
+    /// raising any ballot, so that a replica cut off from the others, or one
+    /// whose peers still hear a healthy leader, disturbs nobody.
+    pub(super) fn start_pre_vote(&mut self) {
+        self.leader = None;
+        self.reset_election_deadline();
+        let mut granted = BTreeSet::new();
+        granted.insert(self.config.id);
+        self.role = Role::PreCandidate {
+            granted,
+            started: self.now,
+        };
+        let ballot = self.highest_seen.next_for(self.config.id);
+        if self.config.quorum() == 1 {
+            self.start_phase1();
+        } else {
+            self.broadcast(Message::PreVote { ballot });
+        }
+    }
+
+    pub(super) fn on_pre_vote(&mut self, from: NodeId, ballot: Ballot) {
+        let leading = matches!(self.role, Role::Leader(_));
+        let granted = !leading
+            && !self.hears_leader()
+            && self.now >= self.lease_granted_until
+            && ballot > self.promised;
+        self.send(from, Message::PreVoteReply { ballot, granted });
+    }
+
+    pub(super) fn on_pre_vote_reply(&mut self, from: NodeId, ballot: Ballot, granted: bool) {
+        let quorum = self.config.quorum();
+        let Role::PreCandidate { granted: votes, .. } = &mut self.role else {
+            return;
+        };
+        if ballot != self.highest_seen.next_for(self.config.id) || !granted {
+            return;
+        }
+        votes.insert(from);
+        if votes.len() >= quorum {
+            self.start_phase1();
+        }
+    }
+
+    /// Phase 1a: a ballot above any seen, for every slot not known chosen.
+    pub(super) fn start_phase1(&mut self) {
+        if self.now < self.lease_granted_until {
+            // We may still owe a lease to the previous leader.
+            self.become_follower();
+            return;
+        }
+        let ballot = self
+            .highest_seen
+            .max(self.promised)
+            .next_for(self.config.id);
+        let from_slot = self.commit + 1;
+        self.promise(ballot);
+        self.role = Role::Candidate {
+            ballot,
+            from_slot,
+            promises: BTreeMap::new(),
+            started: self.now,
+        };
+        // Our own promise, as our acceptor would answer it.
+        let own = self.own_promise(from_slot);
+        self.broadcast(Message::Prepare { ballot, from_slot });
+        self.on_promise(self.config.id, ballot, self.commit, own);
+    }
+
+    fn own_promise(&self, from_slot: Slot) -> Vec<PromisedEntry> {
+        self.log
+            .range(from_slot..)
+            .filter_map(|(&slot, e)| {
+                let (ballot, value) = match (&e.chosen, &e.accepted) {
+                    (Some(v), Some((b, _))) => (*b, v.clone()),
+                    (Some(v), None) => (Ballot::ZERO, v.clone()),
+                    (None, Some((b, v))) => (*b, v.clone()),
+                    (None, None) => return None,
+                };
+                Some(PromisedEntry {
+                    slot,
+                    ballot,
+                    value,
+                    chosen: e.chosen.is_some(),
+                })
+            })
+            .collect()
+    }
+
+    pub(super) fn on_promise(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        commit: Slot,
+        entries: Vec<PromisedEntry>,
+    ) {
+        let quorum = self.config.quorum();
+        let Role::Candidate {
+            ballot: current,
+            promises,
+            ..
+        } = &mut self.role
+        else {
+            return;
+        };
+        if *current != ballot {
+            return;
+        }
+        promises.insert(from, Promised { commit, entries });
+        if promises.len() >= quorum {
+            self.become_leader();
+        }
+    }
+
+    pub(super) fn on_nack(&mut self, ballot: Ballot, promised: Ballot) {
+        if promised <= ballot {
+            return;
+        }
+        self.highest_seen = self.highest_seen.max(promised);
+        let own = match &self.role {
+            Role::Leader(l) => Some(l.ballot),
+            Role::Candidate { ballot, .. } => Some(*ballot),
+            Role::Follower | Role::PreCandidate { .. } => None,
+        };
+        if own == Some(ballot) {
+            self.become_follower();
+        }
+    }
+
+    /// Gives up any leadership or candidacy.
+    pub(super) fn become_follower(&mut self) {
+        if let Role::Leader(leader) = &mut self.role {
+            // Reads of our own host can no longer be confirmed; commands not
+            // yet proposed go to whoever leads next.
+            let failed: Vec<u64> = leader
+                .reads
+                .iter()
+                .map(|r| (r.ctx, r.origin))
+                .chain(leader.early_reads.iter().copied())
+                .filter(|(_, origin)| origin.is_none())
+                .map(|(ctx, _)| ctx)
+                .collect();
+            self.ready.failed_reads.extend(failed);
+            let pending = std::mem::take(&mut leader.pending);
+            self.forward.extend(pending);
+            self.forward.truncate(self.config.pending_commands_max);
+            self.leader = None;
+        }
+        self.role = Role::Follower;
+        self.reset_election_deadline();
+    }
+
+    /// A quorum promised: take over every open slot.
+    fn become_leader(&mut self) {
+        let Role::Candidate {
+            ballot,
+            from_slot,
+            promises,
+            ..
+        } = std::mem::replace(&mut self.role, Role::Follower)
+        else {
+            return;
+        };
+        // Slots up to the highest commit point reported are chosen: never
+        // propose them again (an acceptor that compacted one could not report
+        // its vote), but learn their values from whoever has them.
+        let mut commit_reported = self.commit;
+        let mut best_reporter = self.config.id;
+        let mut highest: BTreeMap<Slot, (Ballot, Value)> = BTreeMap::new();
+        for (&acceptor, promised) in &promises {
+            if promised.commit > commit_reported {
+                commit_reported = promised.commit;
+                best_reporter = acceptor;
+            }
+            for e in &promised.entries {
+                if e.slot < from_slot {
+                    continue;
+                }
+                if e.chosen {
+                    self.learn_chosen(e.slot, &e.value);
+                    continue;
+                }
+                // The value accepted in the highest ballot is the only one
+                // that can have been chosen: it is what we must propose.
+                let replace = highest.get(&e.slot).is_none_or(|(b, _)| e.ballot > *b);
+                if replace {
+                    highest.insert(e.slot, (e.ballot, e.value.clone()));
+                }
+            }
+        }
+        self.advance_commit();
+        let last_reported = highest.keys().next_back().copied().unwrap_or(0);
+        let top = last_reported
+            .max(commit_reported)
+            .max(self.log.keys().next_back().copied().unwrap_or(0));
+
+        let mut leader = Leader {
+            ballot,
+            next_slot: top + 1,
+            inflight: BTreeMap::new(),
+            noop_slot: top + 1,
+            pending: VecDeque::new(),
+            unsent: Vec::new(),
+            heartbeat_seq: 0,
+            heartbeat_sent: BTreeMap::new(),
+            heartbeat_due: true,
+            next_heartbeat: self.now,
+            acked_seq: BTreeMap::new(),
+            last_heard: BTreeMap::new(),
+            lease_until: 0,
+            reads: Vec::new(),
+            early_reads: Vec::new(),
+            step_down: false,
+        };
+        for slot in (commit_reported + 1).max(from_slot)..=top {
+            if self.log.get(&slot).is_some_and(|e| e.chosen.is_some()) {
+                continue;
+            }
+            // Re-propose the highest-ballot value, or fill the gap.
+            let value = highest.remove(&slot).map_or(Value::Noop, |(_, v)| v);
+            self.propose_slot(&mut leader, slot, value);
+        }
+        // The no-op of this term: once it is chosen, every earlier slot is.
+        let noop = leader.noop_slot;
+        self.propose_slot(&mut leader, noop, Value::Noop);
+        leader.next_slot = noop + 1;
+        let peers: Vec<NodeId> = self.peers().collect();
+        for peer in peers {
+            leader.last_heard.insert(peer, self.now);
+        }
+        self.leader = Some((self.config.id, ballot));
+        self.known_commit = self.known_commit.max(commit_reported);
+        self.role = Role::Leader(Box::new(leader));
+        // Chosen slots we lack: ask the replica that reported the most.
+        if self.commit < commit_reported && best_reporter != self.config.id {
+            self.catch_up_asked = None;
+            self.maybe_catch_up(best_reporter);
+        }
+    }
+
+    /// Records that `value` is chosen for `slot` (learned from a promise).
+    fn learn_chosen(&mut self, slot: Slot, value: &Value) {
+        if slot <= self.commit {
+            return;
+        }
+        let entry = self.log.entry(slot).or_default();
+        if entry.chosen.is_none() {
+            entry.chosen = Some(value.clone());
+            self.ready.records.push(Record::Chosen {
+                slot,
+                value: value.clone(),
+            });
+        }
+    }
+}

@@ -1,0 +1,724 @@
+//! Multi-Paxos: a replicated log of commands, the same on every replica.
+//!
+//! A [`Replica`] plays all three roles of the synod for every slot of the log
+//! at once. It is driven like the synod roles, without I/O:
+//!
+//! - [`Replica::step`] hands it a message from a peer,
+//! - [`Replica::tick`] advances its logical clock by one tick,
+//! - [`Replica::propose`] and [`Replica::read_index`] come from clients,
+//! - [`Replica::take_ready`] collects what it asks the host to do.
+//!
+//! # The output contract
+//!
+//! A [`Ready`] must be carried out in this order:
+//!
+//! 1. write `records` durably, in order;
+//! 2. then send `messages` (they may report promises and acceptances that
+//!    are only true once the records are on disk);
+//! 3. then apply `committed` to the state machine, in order;
+//! 4. then answer the `reads` (each is linearizable once the entries up to its
+//!    index are applied, which step 3 has done).
+//!
+//! # How it works
+//!
+//! One leader at a time runs phase 2 only, for a window of slots, batching
+//! many client commands per slot. A replica that stops hearing from a leader
+//! first asks its peers whether they too miss it (pre-vote), then runs phase 1
+//! once, with a ballot higher than any it has seen, for every slot from its
+//! first one not known chosen. With a quorum of promises it re-proposes, in
+//! its own ballot, the highest-ballot value reported for each open slot, fills
+//! gaps with no-ops, and commits a no-op of its own before it serves reads.
+//! The leader piggybacks its commit point on accepts and heartbeats; a
+//! follower marks a slot chosen when it holds the leader's value for it, and
+//! otherwise asks for the chosen values (catch-up).
+//!
+//! Reads are linearizable: either under a lease (followers that acknowledged
+//! the leader's heartbeat refuse to promise any other ballot for
+//! `lease_ticks`; the leader trusts its lease for a shorter time that allows
+//! for clock drift), or by read-index (a heartbeat round confirms the leader is
+//! still leader before it answers at its commit point).
+
+mod acceptor;
+mod durable;
+mod election;
+mod leader;
+mod learner;
+mod message;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::Bytes;
+
+pub use durable::Durable;
+pub use message::{Message, PromisedEntry, Record, Slot, Value};
+
+use crate::ballot::{Ballot, NodeId};
+use crate::rng::Rng;
+
+/// How a replica behaves. Times are in ticks of the host's clock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// This replica.
+    pub id: NodeId,
+    /// Every voting member, this replica included.
+    pub members: Vec<NodeId>,
+    /// A leader sends heartbeats this often.
+    pub heartbeat_ticks: u64,
+    /// A follower suspects its leader after a random silence between this
+    /// and twice this.
+    pub election_ticks: u64,
+    /// How long a follower that acknowledged a heartbeat refuses to promise
+    /// another ballot; 0 turns leader leases off (reads use read-index).
+    pub lease_ticks: u64,
+    /// The largest rate, in parts per million, at which two clocks may drift
+    /// apart. The leader shortens its lease by it.
+    pub drift_ppm: u64,
+    /// Slots a leader may have proposed but not yet seen chosen.
+    pub inflight_slots_max: u64,
+    /// Commands a leader puts in one slot.
+    pub batch_commands_max: usize,
+    /// Payload bytes a leader puts in one slot (a single larger command still
+    /// gets a slot of its own).
+    pub batch_bytes_max: usize,
+    /// Proposals a leader queues while its window is full, or a follower
+    /// queues for the leader, before refusing more.
+    pub pending_commands_max: usize,
+    /// Chosen values sent in one catch-up message.
+    pub catch_up_slots_max: usize,
+    /// Seeds the election jitter. Give each replica its own.
+    pub seed: u64,
+}
+
+impl Config {
+    /// A configuration with defaults suited to a tick of about 10 ms.
+    pub fn new(id: NodeId, members: Vec<NodeId>) -> Config {
+        Config {
+            id,
+            members,
+            heartbeat_ticks: 2,
+            election_ticks: 20,
+            lease_ticks: 16,
+            drift_ppm: 50_000,
+            inflight_slots_max: 64,
+            batch_commands_max: 512,
+            batch_bytes_max: 1 << 20,
+            pending_commands_max: 65_536,
+            catch_up_slots_max: 256,
+            seed: id,
+        }
+    }
+
+    /// Checks the relations the protocol relies on.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let unique: BTreeSet<_> = self.members.iter().collect();
+        if unique.len() != self.members.len() {
+            return Err(ConfigError::DuplicateMember);
+        }
+        if !self.members.contains(&self.id) {
+            return Err(ConfigError::NotAMember(self.id));
+        }
+        if self.heartbeat_ticks == 0 || self.heartbeat_ticks >= self.election_ticks {
+            return Err(ConfigError::Timing(
+                "heartbeat_ticks must be at least 1 and below election_ticks",
+            ));
+        }
+        if self.lease_ticks >= self.election_ticks {
+            return Err(ConfigError::Timing(
+                "lease_ticks must be below election_ticks",
+            ));
+        }
+        if self.drift_ppm >= 500_000 {
+            return Err(ConfigError::Timing("drift_ppm must be below 500000"));
+        }
+        if self.inflight_slots_max == 0
+            || self.batch_commands_max == 0
+            || self.catch_up_slots_max == 0
+        {
+            return Err(ConfigError::Timing(
+                "inflight_slots_max, batch_commands_max and catch_up_slots_max must be positive",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The number of members that makes a quorum.
+    pub fn quorum(&self) -> usize {
+        self.members.len() / 2 + 1
+    }
+
+    /// How long a leader may trust a lease confirmed by a heartbeat it sent
+    /// `lease_ticks` ago, by its own clock. Followers refuse promises for
+    /// `lease_ticks` of *their* clock from when they saw the heartbeat; a clock
+    /// runs at most `1 + drift` and at least `1 - drift` times real time, and
+    /// each clock may be up to one tick behind the real time it reads.
+    pub fn leader_lease_ticks(&self) -> u64 {
+        if self.lease_ticks < 2 {
+            return 0;
+        }
+        let ppm = u128::from(self.drift_ppm);
+        let scaled = u128::from(self.lease_ticks - 1) * (1_000_000 - ppm) / (1_000_000 + ppm);
+        u64::try_from(scaled).unwrap_or(0).saturating_sub(1)
+    }
+}
+
+/// A configuration the protocol cannot run with.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("a member is listed twice")]
+    DuplicateMember,
+    #[error("replica {0} is not among the members")]
+    NotAMember(NodeId),
+    #[error("{0}")]
+    Timing(&'static str),
+}
+
+/// Why a proposal or read was not taken.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// No leader is known; try again later, or at another replica.
+    #[error("no leader is known")]
+    NoLeader,
+    /// Too many proposals are queued.
+    #[error("too many pending proposals ({0})")]
+    Busy(usize),
+}
+
+/// A read that may now be answered: linearizable once entries up to `index`
+/// are applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadState {
+    pub ctx: u64,
+    pub index: Slot,
+}
+
+/// What the replica asks its host to do; see the module notes for the order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ready {
+    /// Durable writes, in order, before anything else.
+    pub records: Vec<Record>,
+    /// Messages to send once `records` are durable.
+    pub messages: Vec<(NodeId, Message)>,
+    /// Chosen entries to apply, in slot order, each exactly once.
+    pub committed: Vec<(Slot, Value)>,
+    /// Reads that may be answered once `committed` is applied.
+    pub reads: Vec<ReadState>,
+    /// Reads this replica can no longer confirm (it lost leadership);
+    /// answer them with an error or retry them.
+    pub failed_reads: Vec<u64>,
+    /// A peer (first) says slots up to the given slot are compacted: fetch
+    /// its snapshot and call [`Replica::install_snapshot`].
+    pub snapshot_needed: Option<(NodeId, Slot)>,
+}
+
+impl Ready {
+    pub fn is_empty(&self) -> bool {
+        self == &Ready::default()
+    }
+}
+
+/// A replica's role, for status reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoleName {
+    Follower,
+    /// Asking peers whether they miss the leader too.
+    PreCandidate,
+    /// Running phase 1.
+    Candidate,
+    Leader,
+}
+
+impl RoleName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoleName::Follower => "follower",
+            RoleName::PreCandidate => "precandidate",
+            RoleName::Candidate => "candidate",
+            RoleName::Leader => "leader",
+        }
+    }
+}
+
+/// A snapshot of a replica's progress.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub id: NodeId,
+    pub role: RoleName,
+    pub leader: Option<NodeId>,
+    pub promised: Ballot,
+    pub commit: Slot,
+    pub applied: Slot,
+    pub log_start: Slot,
+    /// On a leader: slots proposed and not yet chosen.
+    pub inflight: u64,
+    /// On a leader: commands waiting for the window; elsewhere, for a leader.
+    pub pending: usize,
+    /// On a leader: whether it has committed its no-op and may serve reads.
+    pub serving: bool,
+}
+
+/// What a slot holds here.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Entry {
+    /// This replica's latest acceptance for the slot.
+    accepted: Option<(Ballot, Value)>,
+    /// The chosen value, once known.
+    chosen: Option<Value>,
+}
+
+/// A proposal of the leader that is not chosen yet.
+#[derive(Clone, Debug)]
+struct InFlight {
+    value: Value,
+    /// Acceptors that accepted it in the leader's ballot.
+    accepted_by: BTreeSet<NodeId>,
+}
+
+/// A read waiting for its leadership check.
+#[derive(Clone, Copy, Debug)]
+struct PendingRead {
+    ctx: u64,
+    /// Where to send the answer; `None` for a read of this replica's host.
+    origin: Option<NodeId>,
+    /// Confirmed by a heartbeat round numbered at least this.
+    seq: u64,
+    index: Slot,
+}
+
+#[derive(Clone, Debug)]
+struct Leader {
+    ballot: Ballot,
+    next_slot: Slot,
+    inflight: BTreeMap<Slot, InFlight>,
+    /// The no-op of this term; reads wait until it is committed.
+    noop_slot: Slot,
+    pending: VecDeque<Bytes>,
+    /// New slots not yet sent to the followers.
+    unsent: Vec<(Slot, Value)>,
+    heartbeat_seq: u64,
+    /// When each recent heartbeat round was sent, by seq.
+    heartbeat_sent: BTreeMap<u64, u64>,
+    heartbeat_due: bool,
+    next_heartbeat: u64,
+    /// The highest heartbeat seq each peer acknowledged.
+    acked_seq: BTreeMap<NodeId, u64>,
+    /// When each peer last answered in this ballot.
+    last_heard: BTreeMap<NodeId, u64>,
+    lease_until: u64,
+    /// Reads waiting for their heartbeat round.
+    reads: Vec<PendingRead>,
+    /// Reads waiting for the no-op to commit before they get an index.
+    early_reads: Vec<(u64, Option<NodeId>)>,
+    /// Set by leader code that finds it must give up leadership.
+    step_down: bool,
+}
+
+#[derive(Clone, Debug)]
+enum Role {
+    Follower,
+    PreCandidate {
+        granted: BTreeSet<NodeId>,
+        started: u64,
+    },
+    Candidate {
+        ballot: Ballot,
+        from_slot: Slot,
+        promises: BTreeMap<NodeId, Promised>,
+        started: u64,
+    },
+    Leader(Box<Leader>),
+}
+
+/// What a candidate heard from one acceptor.
+#[derive(Clone, Debug)]
+struct Promised {
+    commit: Slot,
+    entries: Vec<PromisedEntry>,
+}
+
+/// A Multi-Paxos replica: acceptor, proposer and learner for every slot.
+#[derive(Clone, Debug)]
+pub struct Replica {
+    config: Config,
+    rng: Rng,
+    /// Ticks since this replica started.
+    now: u64,
+
+    // Acceptor state; mirrored durably through `Record`s.
+    /// Invariant: `promised >= b` for every accepted `(b, _)` in `log`.
+    promised: Ballot,
+    log: BTreeMap<Slot, Entry>,
+    /// Slots up to here are in the host's snapshot only.
+    log_start: Slot,
+    /// Every slot up to here is chosen with its value known.
+    /// Invariant: `log_start <= applied <= commit`.
+    commit: Slot,
+    /// The commit point last made durable with `Record::Commit`.
+    commit_recorded: Slot,
+    /// Entries emitted to the host for applying.
+    applied: Slot,
+
+    // What this replica knows of the leader.
+    leader: Option<(NodeId, Ballot)>,
+    last_heard_leader: u64,
+    /// The highest commit point a leader told us about.
+    known_commit: Slot,
+    /// Refuse to promise a new ballot before this tick (a lease we granted,
+    /// or the lease we may have granted before a restart).
+    lease_granted_until: u64,
+    election_deadline: u64,
+    /// The highest ballot heard of, to go above it when preparing.
+    highest_seen: Ballot,
+    /// When this replica last asked for catch-up, to pace the requests.
+    catch_up_asked: Option<u64>,
+    role: Role,
+
+    /// Commands waiting for a leader to forward them to.
+    forward: Vec<Bytes>,
+    /// Reads answered by the leader, waiting for the index to be applied.
+    reads_waiting: Vec<ReadState>,
+    ready: Ready,
+}
+
+impl Replica {
+    /// A replica with nothing durable yet.
+    pub fn new(config: Config) -> Result<Replica, ConfigError> {
+        Replica::restore(config, Durable::default(), 0)
+    }
+
+    /// A replica restarted from its durable state, whose host's state machine
+    /// already holds every entry up to `applied` (its snapshot).
+    pub fn restore(
+        config: Config,
+        durable: Durable,
+        applied: Slot,
+    ) -> Result<Replica, ConfigError> {
+        config.validate()?;
+        let mut log: BTreeMap<Slot, Entry> = BTreeMap::new();
+        for (slot, (ballot, value)) in durable.accepted {
+            log.entry(slot).or_default().accepted = Some((ballot, value));
+        }
+        for (slot, value) in durable.chosen {
+            log.entry(slot).or_default().chosen = Some(value);
+        }
+        // Slots up to the durable commit are chosen with the value we hold.
+        for (slot, entry) in log.range_mut(..=durable.commit) {
+            if entry.chosen.is_none() {
+                entry.chosen = entry.accepted.as_ref().map(|(_, v)| v.clone());
+            }
+            assert!(
+                entry.chosen.is_some() || *slot <= durable.log_start,
+                "durable commit {} covers slot {slot} with no value",
+                durable.commit
+            );
+        }
+        let applied = applied.max(durable.log_start).min(durable.commit);
+        let mut rng = Rng::new(config.seed);
+        let election_deadline = config.election_ticks + rng.below(config.election_ticks);
+        let replica = Replica {
+            rng,
+            now: 0,
+            promised: durable.promised,
+            log,
+            log_start: durable.log_start,
+            commit: durable.commit,
+            commit_recorded: durable.commit,
+            applied,
+            leader: None,
+            last_heard_leader: 0,
+            known_commit: durable.commit,
+            // We may have granted a lease just before we stopped: wait it out.
+            lease_granted_until: config.lease_ticks,
+            election_deadline,
+            highest_seen: durable.promised,
+            catch_up_asked: None,
+            role: Role::Follower,
+            forward: Vec::new(),
+            reads_waiting: Vec::new(),
+            ready: Ready::default(),
+            config,
+        };
+        replica.check_invariants();
+        Ok(replica)
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.config.id
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The current role and progress.
+    pub fn status(&self) -> Status {
+        let (role, inflight, pending, serving) = match &self.role {
+            Role::Follower => (RoleName::Follower, 0, self.forward.len(), false),
+            Role::PreCandidate { .. } => (RoleName::PreCandidate, 0, self.forward.len(), false),
+            Role::Candidate { .. } => (RoleName::Candidate, 0, self.forward.len(), false),
+            Role::Leader(l) => (
+                RoleName::Leader,
+                l.inflight.len() as u64,
+                l.pending.len(),
+                self.commit >= l.noop_slot,
+            ),
+        };
+        Status {
+            id: self.config.id,
+            role,
+            leader: self.leader.map(|(id, _)| id),
+            promised: self.promised,
+            commit: self.commit,
+            applied: self.applied,
+            log_start: self.log_start,
+            inflight,
+            pending,
+            serving,
+        }
+    }
+
+    /// The chosen value of `slot`, if known and not compacted.
+    pub fn chosen(&self, slot: Slot) -> Option<&Value> {
+        self.log.get(&slot).and_then(|e| e.chosen.as_ref())
+    }
+
+    /// Advances the logical clock by one tick.
+    pub fn tick(&mut self) {
+        self.now += 1;
+        match &self.role {
+            Role::Leader(_) => self.tick_leader(),
+            Role::Follower => {
+                if self.now >= self.election_deadline {
+                    self.start_pre_vote();
+                }
+            }
+            Role::PreCandidate { started, .. } | Role::Candidate { started, .. } => {
+                if self.now >= started + self.config.election_ticks {
+                    // No quorum in time: wait a fresh random while.
+                    self.become_follower();
+                }
+            }
+        }
+        self.check_invariants();
+    }
+
+    /// Hands the replica a message from `from`.
+    pub fn step(&mut self, from: NodeId, message: Message) {
+        if from == self.config.id || !self.config.members.contains(&from) {
+            return;
+        }
+        match message {
+            Message::PreVote { ballot } => self.on_pre_vote(from, ballot),
+            Message::PreVoteReply { ballot, granted } => {
+                self.on_pre_vote_reply(from, ballot, granted)
+            }
+            Message::Prepare { ballot, from_slot } => self.on_prepare(from, ballot, from_slot),
+            Message::Promise {
+                ballot,
+                commit,
+                log_start: _,
+                entries,
+            } => self.on_promise(from, ballot, commit, entries),
+            Message::Nack { ballot, promised } => self.on_nack(ballot, promised),
+            Message::Accept {
+                ballot,
+                entries,
+                commit,
+            } => self.on_accept(from, ballot, entries, commit),
+            Message::Accepted { ballot, slots } => self.on_accepted(from, ballot, &slots),
+            Message::Heartbeat {
+                ballot,
+                commit,
+                seq,
+            } => self.on_heartbeat(from, ballot, commit, seq),
+            Message::HeartbeatAck { ballot, seq } => self.on_heartbeat_ack(from, ballot, seq),
+            Message::CatchUp { from_slot } => self.on_catch_up(from, from_slot),
+            Message::Chosen { entries, commit } => self.on_chosen(from, entries, commit),
+            Message::SnapshotNeeded { slot } => {
+                if slot > self.commit && self.ready.snapshot_needed.is_none() {
+                    self.ready.snapshot_needed = Some((from, slot));
+                }
+            }
+            Message::Forward { commands } => {
+                if let Role::Leader(_) = self.role {
+                    for command in commands {
+                        // A full queue drops the rest; the origin retries.
+                        if self.propose(command).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            Message::ReadIndexRequest { ctx } => {
+                if let Role::Leader(_) = self.role {
+                    self.leader_read(ctx, Some(from));
+                }
+            }
+            Message::ReadIndexReply { ctx, index } => {
+                self.reads_waiting.push(ReadState { ctx, index });
+            }
+        }
+        self.check_invariants();
+    }
+
+    /// Proposes a client command. On a follower, the command is forwarded to
+    /// the leader it knows of; its result shows when it is applied.
+    pub fn propose(&mut self, command: Bytes) -> Result<(), ProposeError> {
+        let max = self.config.pending_commands_max;
+        match &mut self.role {
+            Role::Leader(leader) => {
+                if leader.pending.len() >= max {
+                    return Err(ProposeError::Busy(leader.pending.len()));
+                }
+                leader.pending.push_back(command);
+                Ok(())
+            }
+            _ => {
+                if self.leader.is_none() {
+                    return Err(ProposeError::NoLeader);
+                }
+                if self.forward.len() >= max {
+                    return Err(ProposeError::Busy(self.forward.len()));
+                }
+                self.forward.push(command);
+                Ok(())
+            }
+        }
+    }
+
+    /// Asks for a linearizable read point. The answer comes in
+    /// [`Ready::reads`] with the same `ctx` (or in [`Ready::failed_reads`]).
+    pub fn read_index(&mut self, ctx: u64) -> Result<(), ProposeError> {
+        match &self.role {
+            Role::Leader(_) => {
+                self.leader_read(ctx, None);
+                Ok(())
+            }
+            _ => match self.leader {
+                Some((leader, _)) => {
+                    self.send(leader, Message::ReadIndexRequest { ctx });
+                    Ok(())
+                }
+                None => Err(ProposeError::NoLeader),
+            },
+        }
+    }
+
+    /// The host's snapshot now holds every entry up to `up_to` (at most what
+    /// was applied): the log below it may go.
+    pub fn compact(&mut self, up_to: Slot) {
+        let up_to = up_to.min(self.applied);
+        if up_to <= self.log_start {
+            return;
+        }
+        self.log = self.log.split_off(&(up_to + 1));
+        self.log_start = up_to;
+        self.ready.records.push(Record::Compact { up_to });
+        self.check_invariants();
+    }
+
+    /// The host installed a snapshot holding every entry up to `slot`
+    /// (received from a peer after [`Ready::snapshot_needed`]).
+    pub fn install_snapshot(&mut self, slot: Slot) {
+        if slot <= self.commit {
+            return;
+        }
+        self.log = self.log.split_off(&(slot + 1));
+        self.log_start = slot;
+        self.commit = slot;
+        self.applied = slot;
+        self.known_commit = self.known_commit.max(slot);
+        self.ready.records.push(Record::Compact { up_to: slot });
+        self.advance_commit();
+        self.check_invariants();
+    }
+
+    /// Collects everything the replica asks its host to do.
+    pub fn take_ready(&mut self) -> Ready {
+        if let Role::Leader(_) = self.role {
+            self.flush_leader();
+        } else if !self.forward.is_empty()
+            && let Some((leader, _)) = self.leader
+        {
+            let commands = std::mem::take(&mut self.forward);
+            self.send(leader, Message::Forward { commands });
+        }
+        if self.commit > self.commit_recorded {
+            self.ready
+                .records
+                .push(Record::Commit { up_to: self.commit });
+            self.commit_recorded = self.commit;
+        }
+        while self.applied < self.commit {
+            self.applied += 1;
+            let value = self
+                .log
+                .get(&self.applied)
+                .and_then(|e| e.chosen.clone())
+                .expect("a committed slot above the snapshot has its chosen value");
+            self.ready.committed.push((self.applied, value));
+        }
+        let applied = self.applied;
+        let (done, waiting): (Vec<ReadState>, Vec<ReadState>) = self
+            .reads_waiting
+            .drain(..)
+            .partition(|r| r.index <= applied);
+        self.reads_waiting = waiting;
+        self.ready.reads.extend(done);
+        self.check_invariants();
+        std::mem::take(&mut self.ready)
+    }
+
+    fn send(&mut self, to: NodeId, message: Message) {
+        self.ready.messages.push((to, message));
+    }
+
+    fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        let me = self.config.id;
+        self.config
+            .members
+            .iter()
+            .copied()
+            .filter(move |&m| m != me)
+    }
+
+    fn broadcast(&mut self, message: Message) {
+        let peers: Vec<NodeId> = self.peers().collect();
+        for peer in peers {
+            self.send(peer, message.clone());
+        }
+    }
+
+    fn reset_election_deadline(&mut self) {
+        let e = self.config.election_ticks;
+        self.election_deadline = self.now + e + self.rng.below(e);
+    }
+
+    /// Panics if the replica's state is inconsistent. Cheap; always on.
+    pub fn check_invariants(&self) {
+        assert!(
+            self.log_start <= self.applied && self.applied <= self.commit,
+            "replica {}: log_start {} applied {} commit {}",
+            self.config.id,
+            self.log_start,
+            self.applied,
+            self.commit
+        );
+        if let Some((first, _)) = self.log.first_key_value() {
+            assert!(*first > self.log_start, "entry below the snapshot");
+        }
+        if let Some((_, entry)) = self.log.last_key_value()
+            && let Some((b, _)) = &entry.accepted
+        {
+            assert!(*b <= self.promised, "accepted above the promise");
+        }
+        if let Role::Leader(l) = &self.role {
+            assert_eq!(l.ballot, self.promised, "a leader's ballot is its promise");
+            if let Some((slot, _)) = l.inflight.first_key_value() {
+                assert!(*slot > self.commit, "in flight below commit");
+            }
+        }
+    }
+}

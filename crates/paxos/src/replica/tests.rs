@@ -1,0 +1,483 @@
+//! Scenario tests of the replica on a tiny in-memory cluster that carries out
+//! each `Ready` exactly as the contract says, and checks it did.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::Bytes;
+
+use super::*;
+
+struct Node {
+    replica: Replica,
+    /// What the host has made durable, rebuilt from records.
+    durable: Durable,
+    applied: Vec<(Slot, Value)>,
+    reads: Vec<ReadState>,
+    failed_reads: Vec<u64>,
+    up: bool,
+}
+
+struct Cluster {
+    tweak: fn(&mut Config),
+    nodes: BTreeMap<NodeId, Node>,
+    queue: VecDeque<(NodeId, NodeId, Message)>,
+    /// Links that drop everything, in one direction.
+    cut: BTreeSet<(NodeId, NodeId)>,
+}
+
+fn config(id: NodeId, n: u64) -> Config {
+    let mut c = Config::new(id, (1..=n).collect());
+    c.seed = id * 7919;
+    c
+}
+
+impl Cluster {
+    fn new(n: u64) -> Cluster {
+        Cluster::with(n, |_| {})
+    }
+
+    /// A cluster whose configs are adjusted by `tweak`.
+    fn with(n: u64, tweak: fn(&mut Config)) -> Cluster {
+        let nodes = (1..=n)
+            .map(|id| {
+                let mut config = config(id, n);
+                tweak(&mut config);
+                let node = Node {
+                    replica: Replica::new(config).expect("valid config"),
+                    durable: Durable::default(),
+                    applied: Vec::new(),
+                    reads: Vec::new(),
+                    failed_reads: Vec::new(),
+                    up: true,
+                };
+                (id, node)
+            })
+            .collect();
+        Cluster {
+            tweak,
+            nodes,
+            queue: VecDeque::new(),
+            cut: BTreeSet::new(),
+        }
+    }
+
+    fn node(&mut self, id: NodeId) -> &mut Node {
+        self.nodes.get_mut(&id).expect("node exists")
+    }
+
+    /// Carries out a node's Ready in contract order, checking it.
+    fn process(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        let ready = node.replica.take_ready();
+        for record in &ready.records {
+            node.durable.apply(record);
+        }
+        for (to, message) in &ready.messages {
+            check_covered(&node.durable, message);
+            self.queue.push_back((id, *to, message.clone()));
+        }
+        let node = self.node(id);
+        for (slot, value) in ready.committed {
+            let expected = node
+                .applied
+                .last()
+                .map_or(node.durable.log_start, |(s, _)| *s)
+                + 1;
+            assert_eq!(slot, expected, "node {id} applies out of order");
+            node.applied.push((slot, value));
+        }
+        node.reads.extend(ready.reads);
+        node.failed_reads.extend(ready.failed_reads);
+    }
+
+    fn deliver_all(&mut self) {
+        let mut budget = 100_000;
+        while let Some((from, to, message)) = self.queue.pop_front() {
+            budget -= 1;
+            assert!(budget > 0, "message storm");
+            if self.cut.contains(&(from, to)) || !self.nodes[&to].up || !self.nodes[&from].up {
+                continue;
+            }
+            self.node(to).replica.step(from, message);
+            self.process(to);
+        }
+    }
+
+    fn ticks(&mut self, n: u64) {
+        for _ in 0..n {
+            let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+            for id in ids {
+                if self.nodes[&id].up {
+                    self.node(id).replica.tick();
+                    self.process(id);
+                }
+            }
+            self.deliver_all();
+            self.check_agreement();
+        }
+    }
+
+    fn leaders(&self) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.up && n.replica.status().role == RoleName::Leader)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Ticks until exactly one serving leader exists; returns it.
+    fn elect(&mut self) -> NodeId {
+        for _ in 0..500 {
+            self.ticks(1);
+            let leaders = self.leaders();
+            if leaders.len() == 1 && self.nodes[&leaders[0]].replica.status().serving {
+                return leaders[0];
+            }
+        }
+        panic!("no leader after 500 ticks");
+    }
+
+    fn propose(&mut self, at: NodeId, command: &str) {
+        self.node(at)
+            .replica
+            .propose(Bytes::from(command.to_owned()))
+            .expect("proposal taken");
+        self.process(at);
+        self.deliver_all();
+    }
+
+    fn commands(&self, id: NodeId) -> Vec<String> {
+        self.nodes[&id]
+            .applied
+            .iter()
+            .flat_map(|(_, v)| v.commands().to_vec())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .collect()
+    }
+
+    /// Every pair of replicas applied the same value in every slot both applied.
+    fn check_agreement(&self) {
+        let mut chosen: BTreeMap<Slot, &Value> = BTreeMap::new();
+        for (id, node) in &self.nodes {
+            for (slot, value) in &node.applied {
+                if let Some(other) = chosen.insert(*slot, value) {
+                    assert_eq!(other, value, "node {id} disagrees at slot {slot}");
+                }
+            }
+        }
+    }
+
+    fn crash(&mut self, id: NodeId) {
+        self.node(id).up = false;
+    }
+
+    /// Restarts `id` from what it made durable; its state machine restarts
+    /// empty, so it re-applies the log from the start.
+    fn restart(&mut self, id: NodeId) {
+        let mut config = config(id, self.nodes.len() as u64);
+        (self.tweak)(&mut config);
+        let node = self.node(id);
+        node.replica = Replica::restore(config, node.durable.clone(), 0).expect("valid config");
+        node.applied.clear();
+        node.up = true;
+    }
+}
+
+/// The persist-before-send rule: what a message reports is already durable.
+fn check_covered(durable: &Durable, message: &Message) {
+    match message {
+        Message::Promise { ballot, .. } => {
+            assert!(
+                durable.promised >= *ballot,
+                "promise of {ballot} not durable"
+            );
+        }
+        Message::Accepted { ballot, slots } => {
+            for slot in slots {
+                let ok = *slot <= durable.commit
+                    || durable.accepted.get(slot).is_some_and(|(b, _)| b == ballot);
+                assert!(ok, "acceptance of slot {slot} in {ballot} not durable");
+            }
+        }
+        Message::HeartbeatAck { ballot, .. } => assert!(durable.promised >= *ballot),
+        _ => {}
+    }
+}
+
+#[test]
+fn a_single_replica_elects_itself_and_commits() {
+    let mut c = Cluster::new(1);
+    let leader = c.elect();
+    assert_eq!(leader, 1);
+    c.propose(1, "x");
+    c.ticks(1);
+    assert_eq!(c.commands(1), vec!["x"]);
+}
+
+#[test]
+fn three_replicas_elect_one_leader_and_replicate() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    for i in 0..10 {
+        c.propose(leader, &format!("cmd{i}"));
+    }
+    c.ticks(5);
+    let expected: Vec<String> = (0..10).map(|i| format!("cmd{i}")).collect();
+    for id in 1..=3 {
+        assert_eq!(c.commands(id), expected, "node {id}");
+    }
+}
+
+#[test]
+fn a_follower_forwards_proposals_to_the_leader() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    let follower = (1..=3).find(|&id| id != leader).expect("a follower");
+    c.ticks(3); // the follower hears of the leader
+    c.propose(follower, "forwarded");
+    c.ticks(5);
+    for id in 1..=3 {
+        assert_eq!(c.commands(id), vec!["forwarded"], "node {id}");
+    }
+}
+
+#[test]
+fn batches_many_commands_per_slot_when_the_window_is_full() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    for i in 0..1000 {
+        c.node(leader)
+            .replica
+            .propose(Bytes::from(format!("c{i}")))
+            .expect("taken");
+    }
+    c.process(leader);
+    c.deliver_all();
+    c.ticks(5);
+    assert_eq!(c.commands(leader).len(), 1000);
+    let slots = c.nodes[&leader].applied.len();
+    assert!(slots < 20, "1000 commands took {slots} slots");
+}
+
+#[test]
+fn a_new_leader_keeps_every_committed_entry() {
+    let mut c = Cluster::new(3);
+    let first = c.elect();
+    for i in 0..5 {
+        c.propose(first, &format!("a{i}"));
+    }
+    c.ticks(3);
+    c.crash(first);
+    let second = c.elect();
+    assert_ne!(first, second);
+    c.propose(second, "b");
+    c.ticks(5);
+    let survivors: Vec<NodeId> = (1..=3).filter(|&id| id != first).collect();
+    for id in survivors {
+        let cmds = c.commands(id);
+        assert_eq!(&cmds[..5], &["a0", "a1", "a2", "a3", "a4"], "node {id}");
+        assert_eq!(cmds.last().map(String::as_str), Some("b"));
+    }
+}
+
+#[test]
+fn a_new_leader_reproposes_values_accepted_but_not_known_chosen() {
+    let mut c = Cluster::new(3);
+    let first = c.elect();
+    let others: Vec<NodeId> = (1..=3).filter(|&id| id != first).collect();
+    // The leader's accept reaches one follower, whose answer is lost: the
+    // value is accepted by a majority (leader + follower) but nobody knows.
+    c.cut.insert((first, others[1]));
+    c.cut.insert((others[0], first));
+    c.propose(first, "maybe-chosen");
+    c.crash(first);
+    c.cut.clear();
+    let _second = c.elect();
+    c.ticks(5);
+    for id in &others {
+        assert_eq!(c.commands(*id), vec!["maybe-chosen"], "node {id}");
+    }
+}
+
+#[test]
+fn a_partitioned_replica_does_not_depose_a_healthy_leader() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    let loner = (1..=3).find(|&id| id != leader).expect("a follower");
+    let ballot_before = c.nodes[&leader].replica.status().promised;
+    for other in 1..=3 {
+        if other != loner {
+            c.cut.insert((loner, other));
+            c.cut.insert((other, loner));
+        }
+    }
+    c.ticks(200);
+    // Cut off, it cannot win a pre-vote, so it never raised its ballot.
+    assert_eq!(c.nodes[&loner].replica.status().promised, ballot_before);
+    c.cut.clear();
+    c.ticks(20);
+    assert_eq!(c.leaders(), vec![leader]);
+    assert_eq!(c.nodes[&leader].replica.status().promised, ballot_before);
+}
+
+#[test]
+fn a_replica_that_reaches_only_some_peers_lets_the_cluster_progress() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    let others: Vec<NodeId> = (1..=3).filter(|&id| id != leader).collect();
+    // The leader loses its link to one follower in both directions; the two
+    // followers still talk to each other.
+    c.cut.insert((leader, others[0]));
+    c.cut.insert((others[0], leader));
+    c.ticks(100);
+    let now_leading = c.leaders();
+    assert_eq!(now_leading.len(), 1);
+    let l = now_leading[0];
+    c.propose(l, "still-live");
+    c.ticks(10);
+    assert!(c.commands(l).contains(&"still-live".to_owned()));
+}
+
+#[test]
+fn a_lagging_follower_catches_up() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    let lagger = (1..=3).find(|&id| id != leader).expect("a follower");
+    c.crash(lagger);
+    for i in 0..50 {
+        c.propose(leader, &format!("x{i}"));
+    }
+    c.ticks(3);
+    c.restart(lagger);
+    c.ticks(30);
+    assert_eq!(c.commands(lagger).len(), 50);
+}
+
+#[test]
+fn restart_from_durable_state_reapplies_the_same_log() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    for i in 0..20 {
+        c.propose(leader, &format!("y{i}"));
+    }
+    c.ticks(5);
+    let before = c.commands(leader);
+    for id in 1..=3 {
+        c.crash(id);
+    }
+    for id in 1..=3 {
+        c.restart(id);
+    }
+    let leader = c.elect();
+    c.propose(leader, "after");
+    c.ticks(10);
+    for id in 1..=3 {
+        let cmds = c.commands(id);
+        assert_eq!(&cmds[..20], &before[..], "node {id}");
+        assert_eq!(cmds.last().map(String::as_str), Some("after"));
+    }
+}
+
+#[test]
+fn reads_are_confirmed_on_the_leader_and_on_followers() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    c.propose(leader, "w");
+    c.ticks(3);
+    c.node(leader).replica.read_index(7).expect("leader reads");
+    c.process(leader);
+    c.deliver_all();
+    c.ticks(2);
+    let read = c.nodes[&leader].reads.iter().find(|r| r.ctx == 7).copied();
+    let commit = c.nodes[&leader].replica.status().commit;
+    assert!(read.is_some_and(|r| r.index <= commit && r.index >= 2));
+
+    let follower = (1..=3).find(|&id| id != leader).expect("a follower");
+    c.node(follower)
+        .replica
+        .read_index(8)
+        .expect("follower reads");
+    c.process(follower);
+    c.deliver_all();
+    c.ticks(3);
+    let read = c.nodes[&follower]
+        .reads
+        .iter()
+        .find(|r| r.ctx == 8)
+        .copied();
+    let applied = c.nodes[&follower].applied.len() as u64;
+    assert!(read.is_some_and(|r| r.index <= applied), "{read:?}");
+}
+
+#[test]
+fn without_a_quorum_reads_are_not_confirmed() {
+    let mut c = Cluster::with(3, |config| config.lease_ticks = 0); // read-index only
+    let leader = c.elect();
+    for id in 1..=3 {
+        if id != leader {
+            c.crash(id);
+        }
+    }
+    c.node(leader).replica.read_index(9).expect("taken");
+    c.process(leader);
+    c.ticks(100);
+    assert!(c.nodes[&leader].reads.iter().all(|r| r.ctx != 9));
+    // It stepped down and says so.
+    assert!(c.nodes[&leader].failed_reads.contains(&9));
+    assert!(c.leaders().is_empty());
+}
+
+#[test]
+fn under_a_lease_the_leader_answers_reads_at_once() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    c.ticks(4); // a heartbeat round confirms the lease
+    c.node(leader).replica.read_index(5).expect("taken");
+    c.process(leader);
+    let read = c.nodes[&leader].reads.iter().find(|r| r.ctx == 5).copied();
+    assert!(read.is_some(), "no read without any message round");
+    assert!(c.queue.iter().all(|(_, _, m)| m.kind() != "Heartbeat"));
+}
+
+#[test]
+fn the_leader_lease_accounts_for_drift() {
+    let mut c = Config::new(1, vec![1, 2, 3]);
+    c.lease_ticks = 16;
+    c.drift_ppm = 0;
+    assert_eq!(c.leader_lease_ticks(), 14);
+    c.drift_ppm = 100_000;
+    // (16 - 1) * 0.9 / 1.1 = 12.27, minus a tick.
+    assert_eq!(c.leader_lease_ticks(), 11);
+    c.lease_ticks = 0;
+    assert_eq!(c.leader_lease_ticks(), 0);
+}
+
+#[test]
+fn configs_that_cannot_work_are_refused() {
+    let mut c = Config::new(4, vec![1, 2, 3]);
+    assert_eq!(c.validate(), Err(ConfigError::NotAMember(4)));
+    c.members = vec![1, 1, 4];
+    assert_eq!(c.validate(), Err(ConfigError::DuplicateMember));
+    c.members = vec![4];
+    c.lease_ticks = c.election_ticks;
+    assert!(c.validate().is_err());
+}
+
+#[test]
+fn records_replayed_rebuild_the_same_durable_state() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    for i in 0..30 {
+        c.propose(leader, &format!("z{i}"));
+    }
+    c.ticks(5);
+    for id in 1..=3 {
+        let node = &c.nodes[&id];
+        let status = node.replica.status();
+        assert_eq!(node.durable.commit, status.commit, "node {id}");
+        assert_eq!(node.durable.promised, status.promised, "node {id}");
+        for slot in 1..=status.commit {
+            assert_eq!(node.durable.chosen_value(slot), node.replica.chosen(slot));
+        }
+    }
+}
