@@ -2,3 +2,4 @@
 
 pub mod bugs;
 pub mod model;
+pub mod resp;
