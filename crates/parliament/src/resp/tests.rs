@@ -454,10 +454,23 @@ impl Rng {
     }
 }
 
-const INTERESTING: &[u8] = b"*$\r\n \t\"'\\x0123456789-+abcPOST";
+const INTERESTING: &[u8] = b"*$\r\n \t\"'\\x0123456789-+abcPOST:";
+
+/// Fragments that push the parser towards its edge cases when spliced in.
+const FRAGMENTS: &[&[u8]] = &[
+    b"*-1\r\n",
+    b"*0\r\n",
+    b"$-1\r\n",
+    b"$99999999999999999999\r\n",
+    b"*9223372036854775807\r\n",
+    b"$0\r\n\r\n",
+    b"\"\\x4",
+    b"'\\'",
+    b"Host:",
+    b"\r\n",
+];
 
 fn random_input(rng: &mut Rng) -> Vec<u8> {
-    let base = pipeline();
     match rng.below(3) {
         // Pure noise, biased towards bytes that mean something.
         0 => (0..rng.below(200))
@@ -471,14 +484,18 @@ fn random_input(rng: &mut Rng) -> Vec<u8> {
             .collect(),
         // A valid pipeline with a few mutations.
         _ => {
-            let mut input = base;
+            let mut input = pipeline();
             for _ in 0..=rng.below(4) {
                 let at = rng.below(input.len() + 1);
                 let byte = INTERESTING[rng.below(INTERESTING.len())];
-                match rng.below(3) {
+                match rng.below(4) {
                     0 if at < input.len() => input[at] = byte,
                     1 if at < input.len() => {
                         input.remove(at);
+                    }
+                    2 => {
+                        let fragment = FRAGMENTS[rng.below(FRAGMENTS.len())];
+                        input.splice(at..at, fragment.iter().copied());
                     }
                     _ => input.insert(at, byte),
                 }
@@ -488,21 +505,20 @@ fn random_input(rng: &mut Rng) -> Vec<u8> {
     }
 }
 
-#[test]
-fn random_input_never_panics_and_is_chunking_independent() {
-    let limits = Limits {
-        inline_bytes_max: 40,
-        array_len_max: 8,
-        bulk_bytes_max: 32,
-        request_bytes_max: 128,
-    };
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    for _ in 0..3000 {
-        let input = random_input(&mut rng);
-        let mut decoder = Decoder::new(limits);
-        let mut buf = BytesMut::from(&input[..]);
-        let mut requests = Vec::new();
-        let error = loop {
+/// Feeds `input` in random-sized pieces, checking after every call that the
+/// decoder either produced a request from consumed input, asked for more
+/// while holding only a bounded amount, or failed.
+fn decode_randomly_chunked(limits: Limits, input: &[u8], rng: &mut Rng) -> Outcome {
+    let mut decoder = Decoder::new(limits);
+    let mut buf = BytesMut::new();
+    let mut requests = Vec::new();
+    let mut rest = input;
+    loop {
+        let take = rest.len().min(1 + rng.below(12));
+        let (piece, tail) = rest.split_at(take);
+        buf.extend_from_slice(piece);
+        rest = tail;
+        loop {
             let before = buf.len();
             match decoder.decode(&mut buf) {
                 Ok(Some(request)) => {
@@ -510,23 +526,63 @@ fn random_input_never_panics_and_is_chunking_independent() {
                     assert!(buf.len() < before, "a request consumes input");
                     requests.push(request);
                 }
-                // Waiting for more must never mean buffering beyond what
-                // the limits allow for one pending element.
                 Ok(None) => {
-                    assert!(buf.len() <= limits.inline_bytes_max + limits.bulk_bytes_max + 2);
-                    break None;
+                    // One pending element at most: a line, or a bulk.
+                    let bound = limits.inline_bytes_max.max(limits.bulk_bytes_max) + 2;
+                    assert!(buf.len() <= bound, "buffered {} bytes", buf.len());
+                    break;
                 }
-                Err(error) => break Some(error),
+                Err(error) => return (requests, Some(error)),
             }
+        }
+        if rest.is_empty() {
+            return (requests, None);
+        }
+    }
+}
+
+#[test]
+fn random_input_never_panics_and_is_chunking_independent() {
+    let tight = Limits {
+        inline_bytes_max: 40,
+        array_len_max: 8,
+        bulk_bytes_max: 32,
+        request_bytes_max: 128,
+    };
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for round in 0..4000 {
+        let limits = if round % 2 == 0 {
+            tight
+        } else {
+            Limits::default()
         };
-        let whole = (requests, error);
-        let chunk = 1 + rng.below(9);
+        let input = random_input(&mut rng);
+        let whole = decode_all_with(limits, &input);
         assert_eq!(
-            decode_chunked(limits, &input, chunk),
+            decode_randomly_chunked(limits, &input, &mut rng),
             whole,
-            "input {input:?} chunk {chunk}"
+            "input {input:?}"
         );
     }
+}
+
+#[test]
+fn one_byte_feeding_is_linear_even_for_long_lines() {
+    // Rescanning a line from its start on every byte would take about
+    // 10^12 steps here; remembering the scanned prefix makes it instant.
+    let limits = Limits {
+        inline_bytes_max: 2 * 1024 * 1024,
+        ..Limits::default()
+    };
+    let mut input = vec![b'x'; 1024 * 1024];
+    input.extend_from_slice(b"\r\n");
+    let (requests, error) = decode_chunked(limits, &input, 1);
+    assert_eq!((requests.len(), error), (1, None));
+    let mut input = b"*".to_vec();
+    input.resize(limits.inline_bytes_max + 1, b'1');
+    let (requests, error) = decode_chunked(limits, &input, 1);
+    assert!(requests.is_empty());
+    assert_eq!(error, Some(ProtocolError::TooBigMultibulkCount));
 }
 
 // ---- replies ----
