@@ -2,4 +2,5 @@
 
 pub mod bugs;
 pub mod model;
+pub mod resp;
 pub mod sim;
