@@ -41,7 +41,7 @@ pub enum SnapshotError {
     #[error("unexpected data after the snapshot trailer")]
     TrailingData,
     #[error("reading snapshot: {0}")]
-    Io(io::Error),
+    Io(#[source] io::Error),
 }
 
 impl From<io::Error> for SnapshotError {

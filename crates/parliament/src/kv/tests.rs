@@ -779,6 +779,27 @@ fn garbage_never_panics_and_lengths_are_checked() {
     }
     deep.push(15);
     assert_eq!(Request::decode(&deep), Err(DecodeError::TooDeep));
+    // Out-of-range flag bytes in a SET.
+    let valid = Request::anonymous(set("k", "v")).encode().to_vec();
+    let n = valid.len();
+    let mut bad_condition = valid.clone();
+    bad_condition[n - 2] = 3;
+    assert!(matches!(
+        Request::decode(&bad_condition),
+        Err(DecodeError::UnknownTag { .. })
+    ));
+    let mut bad_flag = valid.clone();
+    bad_flag[n - 1] = 2;
+    assert!(matches!(
+        Request::decode(&bad_flag),
+        Err(DecodeError::UnknownTag { .. })
+    ));
+    let mut bad_tag = valid;
+    bad_tag[4] = 200;
+    assert!(matches!(
+        Request::decode(&bad_tag),
+        Err(DecodeError::UnknownTag { .. })
+    ));
     // Random bytes, and random mutations of valid requests.
     let mut g = Gen(7);
     for _ in 0..20_000 {
@@ -898,6 +919,62 @@ fn snapshot_corruption_is_detected() {
     assert!(matches!(
         Store::restore_from(&mut wrong.as_slice()),
         Err(SnapshotError::BadMagic)
+    ));
+}
+
+/// Reads and writes at most one byte per call, as a slow socket or pipe may.
+struct Trickle<T>(T);
+
+impl<T: std::io::Read> std::io::Read for Trickle<T> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(1);
+        self.0.read(&mut buf[..n])
+    }
+}
+
+impl<T: std::io::Write> std::io::Write for Trickle<T> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(1);
+        self.0.write(&buf[..n])
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+#[test]
+fn snapshot_survives_short_reads_and_writes() {
+    let (store, _) = busy_store(11, 800);
+    let mut out = Trickle(Vec::new());
+    store.snapshot_to(&mut out).expect("writing to memory");
+    assert_eq!(out.0, snapshot(&store));
+    let restored = Store::restore_from(&mut Trickle(out.0.as_slice())).expect("valid");
+    assert_eq!(restored, store);
+}
+
+#[test]
+fn snapshot_write_errors_propagate() {
+    struct Broken;
+    impl std::io::Write for Broken {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("disk full"))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let (store, _) = busy_store(12, 100);
+    assert!(store.snapshot_to(&mut Broken).is_err());
+}
+
+#[test]
+fn snapshot_rejects_other_format_versions() {
+    let mut image = snapshot(&Store::new());
+    image[8] = SNAPSHOT_FORMAT + 1;
+    assert!(matches!(
+        Store::restore_from(&mut image.as_slice()),
+        Err(SnapshotError::UnsupportedFormat(_))
     ));
 }
 
