@@ -69,7 +69,9 @@ struct CrcWriter<W> {
 impl<W: Write> Write for CrcWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.crc.update(&buf[..n]);
+        // A writer claiming more than it was given breaks the contract;
+        // checksum what it was given rather than panic.
+        self.crc.update(buf.get(..n).unwrap_or(buf));
         Ok(n)
     }
 
@@ -87,7 +89,7 @@ struct CrcReader<R> {
 impl<R: Read> Read for CrcReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.crc.update(&buf[..n]);
+        self.crc.update(buf.get(..n).unwrap_or(buf));
         Ok(n)
     }
 }
@@ -138,6 +140,8 @@ impl<R: Read> CrcReader<R> {
 
 impl Store {
     /// Writes the whole state (data, versions, counters, sessions) to `w`.
+    /// The session limits are saved too: eviction must stay identical on
+    /// every replica, so a restored store keeps the limits it was built with.
     pub fn snapshot_to(&self, w: &mut impl Write) -> io::Result<()> {
         let mut out = BufWriter::with_capacity(
             64 * 1024,

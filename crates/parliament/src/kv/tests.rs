@@ -944,6 +944,23 @@ impl<T: std::io::Write> std::io::Write for Trickle<T> {
 }
 
 #[test]
+fn sessions_survive_a_snapshot() {
+    let mut n = Node::new();
+    let incr = || Command::IncrBy {
+        key: b("c"),
+        delta: 1,
+    };
+    assert_eq!(n.session(9, 1, 0, incr()), Reply::Integer(1));
+    let image = snapshot(&n.store);
+    let mut restored = Node::with(Store::restore_from(&mut image.as_slice()).expect("valid"));
+    restored.index = n.index;
+    // The retry reaches the log after a failover to a restored replica.
+    assert_eq!(restored.session(9, 1, 0, incr()), Reply::Integer(1));
+    assert_eq!(restored.run(get("c")), bulk("1"));
+    assert_eq!(restored.store.last_applied(), Some(n.index + 1));
+}
+
+#[test]
 fn snapshot_survives_short_reads_and_writes() {
     let (store, _) = busy_store(11, 800);
     let mut out = Trickle(Vec::new());
