@@ -1,0 +1,307 @@
+//! Streaming snapshots of the whole store.
+//!
+//! Layout: the magic `PRLMTKV\0`, a format version byte, the counters and
+//! session limits, the entries (key, value, version) in store order, the
+//! sessions with their cached replies, and finally the CRC-32C of every
+//! preceding byte (4 bytes, little-endian). Entries are written one at a
+//! time through a buffer, so taking a snapshot needs no second copy of the
+//! data; restoring reads the same way and checks the checksum before
+//! handing back the store.
+
+use std::collections::BTreeMap;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+
+use bytes::Bytes;
+use thiserror::Error;
+
+use super::codec::{DecodeError, decode_reply, put_bytes, put_reply, put_varint};
+use super::crc32c::Crc32c;
+use super::session::{Session, SessionLimits, Sessions};
+use super::store::{Entry, Slot, Store};
+
+pub const SNAPSHOT_MAGIC: [u8; 8] = *b"PRLMTKV\0";
+pub const SNAPSHOT_FORMAT: u8 = 1;
+
+/// Longest byte string a snapshot may hold; a larger length can only come
+/// from corruption.
+const MAX_BLOB: u64 = 1 << 30;
+
+#[derive(Debug, Error)]
+pub enum SnapshotError {
+    #[error("not a snapshot (bad magic)")]
+    BadMagic,
+    #[error("unsupported snapshot format version {0}")]
+    UnsupportedFormat(u8),
+    #[error("snapshot is truncated")]
+    Truncated,
+    #[error("snapshot checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    ChecksumMismatch { stored: u32, computed: u32 },
+    #[error("snapshot is corrupt: {0}")]
+    Corrupt(String),
+    #[error("unexpected data after the snapshot trailer")]
+    TrailingData,
+    #[error("reading snapshot: {0}")]
+    Io(#[source] io::Error),
+}
+
+impl From<io::Error> for SnapshotError {
+    fn from(e: io::Error) -> Self {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            SnapshotError::Truncated
+        } else {
+            SnapshotError::Io(e)
+        }
+    }
+}
+
+impl From<DecodeError> for SnapshotError {
+    fn from(e: DecodeError) -> Self {
+        SnapshotError::Corrupt(e.to_string())
+    }
+}
+
+/// Passes writes through and checksums them.
+struct CrcWriter<W> {
+    inner: W,
+    crc: Crc32c,
+}
+
+impl<W: Write> Write for CrcWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        // A writer claiming more than it was given breaks the contract;
+        // checksum what it was given rather than panic.
+        self.crc.update(buf.get(..n).unwrap_or(buf));
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Passes reads through and checksums them.
+struct CrcReader<R> {
+    inner: R,
+    crc: Crc32c,
+}
+
+impl<R: Read> Read for CrcReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.crc.update(buf.get(..n).unwrap_or(buf));
+        Ok(n)
+    }
+}
+
+impl<R: Read> CrcReader<R> {
+    fn u8(&mut self) -> Result<u8, SnapshotError> {
+        let mut b = [0u8; 1];
+        self.read_exact(&mut b)?;
+        Ok(b[0])
+    }
+
+    fn varint(&mut self) -> Result<u64, SnapshotError> {
+        let mut v: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8()?;
+            let bits = u64::from(b & 0x7f);
+            if shift == 63 && bits > 1 {
+                return Err(DecodeError::VarintOverflow.into());
+            }
+            v |= bits << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(DecodeError::VarintOverflow.into())
+    }
+
+    /// A length-prefixed byte string. The buffer grows only as bytes
+    /// actually arrive, so a corrupt length cannot allocate much.
+    fn blob(&mut self) -> Result<Vec<u8>, SnapshotError> {
+        let n = self.varint()?;
+        if n > MAX_BLOB {
+            return Err(SnapshotError::Corrupt(format!("length {n} too large")));
+        }
+        let mut buf = Vec::new();
+        (&mut *self).take(n).read_to_end(&mut buf)?;
+        if (buf.len() as u64) < n {
+            return Err(SnapshotError::Truncated);
+        }
+        Ok(buf)
+    }
+
+    fn count(&mut self) -> Result<usize, SnapshotError> {
+        let n = self.varint()?;
+        usize::try_from(n).map_err(|_| SnapshotError::Corrupt(format!("count {n} too large")))
+    }
+}
+
+impl Store {
+    /// Writes the whole state (data, versions, counters, sessions) to `w`.
+    /// The session limits are saved too: eviction must stay identical on
+    /// every replica, so a restored store keeps the limits it was built with.
+    pub fn snapshot_to(&self, w: &mut impl Write) -> io::Result<()> {
+        let mut out = BufWriter::with_capacity(
+            64 * 1024,
+            CrcWriter {
+                inner: &mut *w,
+                crc: Crc32c::new(),
+            },
+        );
+        let mut buf = Vec::with_capacity(256);
+        buf.extend_from_slice(&SNAPSHOT_MAGIC);
+        buf.push(SNAPSHOT_FORMAT);
+        put_varint(&mut buf, self.writes);
+        put_varint(&mut buf, self.last_removal);
+        match self.last_applied {
+            None => buf.push(0),
+            Some(i) => {
+                buf.push(1);
+                put_varint(&mut buf, i);
+            }
+        }
+        let limits = self.sessions.limits;
+        put_varint(&mut buf, limits.max_sessions as u64);
+        put_varint(&mut buf, limits.max_replies as u64);
+        put_varint(&mut buf, self.data.len() as u64);
+        out.write_all(&buf)?;
+
+        for (slot, entry) in &self.data {
+            buf.clear();
+            put_bytes(&mut buf, &slot.key);
+            put_bytes(&mut buf, &entry.value);
+            put_varint(&mut buf, entry.version);
+            out.write_all(&buf)?;
+        }
+
+        buf.clear();
+        put_varint(&mut buf, self.sessions.by_client.len() as u64);
+        out.write_all(&buf)?;
+        let mut reply = Vec::new();
+        for (client, session) in &self.sessions.by_client {
+            buf.clear();
+            put_varint(&mut buf, *client);
+            put_varint(&mut buf, session.pruned_below);
+            put_varint(&mut buf, session.last_used);
+            put_varint(&mut buf, session.replies.len() as u64);
+            for (seq, r) in &session.replies {
+                put_varint(&mut buf, *seq);
+                reply.clear();
+                put_reply(&mut reply, r);
+                put_bytes(&mut buf, &reply);
+            }
+            out.write_all(&buf)?;
+        }
+
+        out.flush()?;
+        let inner = out.get_mut();
+        let crc = inner.crc.finish();
+        inner.inner.write_all(&crc.to_le_bytes())?;
+        inner.inner.flush()
+    }
+
+    /// Rebuilds a store from a snapshot, failing on a truncated, corrupt or
+    /// foreign input rather than returning a store that differs from the
+    /// one that was saved.
+    pub fn restore_from(r: &mut impl Read) -> Result<Store, SnapshotError> {
+        let mut input = CrcReader {
+            inner: BufReader::with_capacity(64 * 1024, r),
+            crc: Crc32c::new(),
+        };
+        let mut magic = [0u8; 8];
+        input.read_exact(&mut magic)?;
+        if magic != SNAPSHOT_MAGIC {
+            return Err(SnapshotError::BadMagic);
+        }
+        let format = input.u8()?;
+        if format != SNAPSHOT_FORMAT {
+            return Err(SnapshotError::UnsupportedFormat(format));
+        }
+        let writes = input.varint()?;
+        let last_removal = input.varint()?;
+        let last_applied = match input.u8()? {
+            0 => None,
+            1 => Some(input.varint()?),
+            t => return Err(SnapshotError::Corrupt(format!("bad last-applied flag {t}"))),
+        };
+        let max_sessions = input.count()?;
+        let max_replies = input.count()?;
+        if max_sessions == 0 || max_replies == 0 {
+            return Err(SnapshotError::Corrupt("zero session limit".into()));
+        }
+        let limits = SessionLimits {
+            max_sessions,
+            max_replies,
+        };
+
+        let entries = input.count()?;
+        let mut data = BTreeMap::new();
+        let mut previous: Option<Slot> = None;
+        for _ in 0..entries {
+            let key = Bytes::from(input.blob()?);
+            let value = Bytes::from(input.blob()?);
+            let version = input.varint()?;
+            let slot = Slot::new(&key);
+            // Entries are written in store order; anything else is damage
+            // (and would hide duplicates).
+            if previous.as_ref().is_some_and(|p| *p >= slot) {
+                return Err(SnapshotError::Corrupt("entries out of order".into()));
+            }
+            previous = Some(slot.clone());
+            data.insert(slot, Entry { value, version });
+        }
+
+        let mut sessions = Sessions::new(limits);
+        let count = input.count()?;
+        for _ in 0..count {
+            let client = input.varint()?;
+            let pruned_below = input.varint()?;
+            let last_used = input.varint()?;
+            let n = input.count()?;
+            let mut replies = BTreeMap::new();
+            for _ in 0..n {
+                let seq = input.varint()?;
+                let reply = decode_reply(&input.blob()?)?;
+                if replies.insert(seq, reply).is_some() {
+                    return Err(SnapshotError::Corrupt("duplicate cached seq".into()));
+                }
+            }
+            let session = Session {
+                pruned_below,
+                last_used,
+                replies,
+            };
+            if sessions.by_client.insert(client, session).is_some() {
+                return Err(SnapshotError::Corrupt("duplicate session".into()));
+            }
+            sessions.lru.insert((last_used, client));
+        }
+        if sessions.by_client.len() > max_sessions {
+            return Err(SnapshotError::Corrupt(
+                "more sessions than the limit".into(),
+            ));
+        }
+
+        let computed = input.crc.finish();
+        let mut trailer = [0u8; 4];
+        input.inner.read_exact(&mut trailer)?;
+        let stored = u32::from_le_bytes(trailer);
+        if stored != computed {
+            return Err(SnapshotError::ChecksumMismatch { stored, computed });
+        }
+        let mut extra = [0u8; 1];
+        if input.inner.read(&mut extra)? != 0 {
+            return Err(SnapshotError::TrailingData);
+        }
+
+        Ok(Store {
+            data,
+            writes,
+            last_removal,
+            last_applied,
+            sessions,
+        })
+    }
+}
