@@ -1,6 +1,7 @@
 //! parliament: a Multi-Paxos replicated key-value database.
 
 pub mod bugs;
+pub mod check;
 pub mod kv;
 pub mod model;
 pub mod resp;
