@@ -3,16 +3,78 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use parliament::bugs::SynodBug;
+use parliament::sim::kv::{self, KvBug, KvSimConfig};
 use parliament::sim::synod::{self, SynodSimConfig};
 
 #[derive(Subcommand, Debug)]
 pub enum SimCommand {
     /// Single-decree Paxos: proposers, acceptors and learners under faults.
     Synod(SynodArgs),
+    /// The replicated key-value database: replicas, disks, clocks and clients
+    /// under faults, with every client history checked for linearizability.
+    Kv(KvArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct KvArgs {
+    /// How many seeds to run (default 100, or 1 when --seed is given).
+    #[arg(long)]
+    seeds: Option<u64>,
+    /// The first seed. Alone, it replays that one run.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Replicas.
+    #[arg(long, default_value_t = 3, value_parser = parse_nodes)]
+    nodes: usize,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    clients: u16,
+    /// Operations per run, over all clients.
+    #[arg(long, default_value_t = 200)]
+    ops: usize,
+    /// Keys the clients use.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    keys: u16,
+    /// Probability that a message is lost during the chaos.
+    #[arg(long, default_value_t = 0.1, value_parser = parse_probability)]
+    loss: f64,
+    /// Probability that a message is delivered twice during the chaos.
+    #[arg(long, default_value_t = 0.05, value_parser = parse_probability)]
+    dup: f64,
+    /// No partitions during the chaos.
+    #[arg(long)]
+    no_partitions: bool,
+    /// No crashes during the chaos.
+    #[arg(long)]
+    no_crashes: bool,
+    /// Largest clock drift rate of any node, parts per million.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(0..500_000))]
+    drift_ppm: u64,
+    /// Length of the chaos phase, in simulated milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    chaos_ms: u64,
+    /// Run a deliberately broken variant ("list" names them); a caught bug
+    /// exits 1.
+    #[arg(long)]
+    bug: Option<String>,
+    /// Write the client history of the (last) run as JSON lines.
+    #[arg(long)]
+    history: Option<std::path::PathBuf>,
+    /// Write every protocol event of the (last) run as JSON lines.
+    #[arg(long)]
+    trace: Option<std::path::PathBuf>,
+}
+
+fn parse_nodes(s: &str) -> Result<usize, String> {
+    match s {
+        "3" => Ok(3),
+        "5" => Ok(5),
+        _ => Err(format!("'{s}' nodes: use 3 or 5")),
+    }
 }
 
 #[derive(Args, Debug)]
@@ -68,7 +130,149 @@ fn parse_probability(s: &str) -> Result<f64, String> {
 pub fn run(command: SimCommand) -> Result<ExitCode> {
     match command {
         SimCommand::Synod(args) => sim_synod(args),
+        SimCommand::Kv(args) => sim_kv(args),
     }
+}
+
+fn progress(count: u64) -> ProgressBar {
+    let bar = if count > 1 {
+        ProgressBar::new(count)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} seeds, {per_sec}, eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+fn sim_kv(args: KvArgs) -> Result<ExitCode> {
+    let bug = match args.bug.as_deref() {
+        None => None,
+        Some("list") => {
+            for b in KvBug::ALL {
+                println!("{:<28} {}", b.name(), b.description());
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(name) => match KvBug::parse(name) {
+            Some(b) => Some(b),
+            None => bail!("unknown bug '{name}'; `--bug list` names them"),
+        },
+    };
+    let config = KvSimConfig {
+        nodes: args.nodes,
+        clients: usize::from(args.clients),
+        ops: args.ops,
+        keys: usize::from(args.keys),
+        loss: args.loss,
+        dup: args.dup,
+        partitions: !args.no_partitions,
+        crashes: !args.no_crashes,
+        drift_ppm: args.drift_ppm,
+        chaos_ms: args.chaos_ms,
+        bug,
+    };
+    let first = args.seed.unwrap_or(0);
+    let count = args
+        .seeds
+        .unwrap_or(if args.seed.is_some() { 1 } else { 100 });
+    let replay = |seed: u64| {
+        let mut cmd = format!(
+            "parliament sim kv --seed {seed} --nodes {} --clients {} --ops {} --keys {} --loss {} --dup {} --drift-ppm {} --chaos-ms {}",
+            config.nodes,
+            config.clients,
+            config.ops,
+            config.keys,
+            config.loss,
+            config.dup,
+            config.drift_ppm,
+            config.chaos_ms
+        );
+        if !config.partitions {
+            cmd.push_str(" --no-partitions");
+        }
+        if !config.crashes {
+            cmd.push_str(" --no-crashes");
+        }
+        if let Some(b) = bug {
+            cmd.push_str(&format!(" --bug {}", b.name()));
+        }
+        cmd
+    };
+    let keep_trace = args.trace.is_some();
+    let bar = progress(count);
+    let started = Instant::now();
+    let (mut ops, mut acked, mut violations) = (0usize, 0usize, 0u64);
+    let mut first_violation = None;
+    let mut last = None;
+    for seed in first..first.saturating_add(count) {
+        let outcome = kv::run(&config, seed, keep_trace);
+        bar.inc(1);
+        ops += outcome.ops;
+        acked += outcome.acked;
+        if let Some(why) = &outcome.violation {
+            violations += 1;
+            if first_violation.is_none() {
+                first_violation = Some(seed);
+                bar.suspend(|| {
+                    println!("seed {seed}: {why}");
+                    println!("  replay: {}", replay(seed));
+                });
+            }
+        }
+        last = Some(outcome);
+    }
+    bar.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+    if let Some(outcome) = &last {
+        if let Some(path) = &args.history {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            outcome
+                .history
+                .to_jsonl(std::io::BufWriter::new(file))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        if let Some(path) = &args.trace {
+            write_trace(path, outcome.trace.lines().unwrap_or_default())?;
+        }
+    }
+    println!(
+        "{count} seeds, {ops} operations, {acked} acknowledged, {violations} with a violation, {:.1} seeds/s",
+        count as f64 / elapsed.max(1e-9)
+    );
+    if let Some(seed) = first_violation {
+        println!(
+            "first violation at seed {seed} (after {} seeds); replay: {}",
+            seed - first + 1,
+            replay(seed)
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes trace lines as JSON lines: `{"time_us": .., "event": ".."}`.
+fn write_trace(path: &std::path::Path, lines: &[String]) -> Result<()> {
+    use std::io::Write;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    for line in lines {
+        let (time, event) = line.split_once("ms ").unwrap_or(("", line));
+        let micros = time
+            .trim()
+            .replace('.', "")
+            .parse::<u64>()
+            .unwrap_or_default();
+        let object = serde_json::json!({ "time_us": micros, "event": event });
+        writeln!(out, "{object}").with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    out.flush()
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }
 
 fn sim_synod(args: SynodArgs) -> Result<ExitCode> {

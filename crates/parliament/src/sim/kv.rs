@@ -1,0 +1,1111 @@
+//! A simulated parliament: replicas of `paxos::replica` with key-value state
+//! machines, clients that behave like real ones, and every fault the network,
+//! the disks and the clocks can throw at them. One `u64` seed decides it all.
+//!
+//! # The world
+//!
+//! Time is in microseconds. Each node ticks its replica every 10 ms *by its own
+//! clock*, which runs fast or slow by up to the configured drift. Messages take
+//! 0.1 to 3 ms, sometimes much longer (which reorders them), and are lost or
+//! duplicated at the configured rates; partitions cut links symmetrically, in
+//! one direction only, or between some pairs of nodes. A node's disk makes
+//! records durable a little after they are written, in order; a crash loses
+//! everything not yet durable, and whatever was waiting for it (messages,
+//! applications, replies). A restarted node rebuilds its replica from its disk
+//! and re-applies the log to an empty state machine.
+//!
+//! Clients run one operation at a time (read, write, compare-and-swap or
+//! increment on a few keys). They time out, retry the same request (same
+//! session and sequence number) at another node, and after a few attempts
+//! record the operation as indeterminate and carry on as a new process, as
+//! Jepsen's clients do. After the chaos comes a calm phase (network healed,
+//! every node up) in which the cluster must make progress again.
+//!
+//! # Checks
+//!
+//! - agreement: every replica applies the same value in every slot;
+//! - persist before send: a message leaves only once what it reports is
+//!   durable (checked on every message);
+//! - linearizability of the whole client history (which also catches lost
+//!   acknowledged writes, stale reads and commands applied twice);
+//! - liveness: operations complete in the calm phase.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::fmt::Write as _;
+
+use bytes::Bytes;
+use paxos::NodeId;
+use paxos::replica::{Config, Durable, Message, Record, Replica, Slot, Value};
+use paxos::rng::Rng;
+
+use super::trace::Trace;
+use crate::check::{self, History, Op, OpId, Outcome, Ret};
+use crate::kv::{Command, Reply, Request, SetCondition, Store};
+
+/// Microseconds of simulated time.
+type Micros = u64;
+
+const TICK: Micros = 10_000;
+
+/// Deliberately broken variants of the replicated database.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum KvBug {
+    /// A new leader ignores the accepted values reported in promises.
+    IgnorePromisedValues,
+    /// A leader answers reads from its state machine without a lease or a
+    /// read-index round.
+    ReadWithoutConfirmation,
+    /// Leases are trusted for their full length, not shortened for drift.
+    LeaseWithoutDriftWait,
+    /// A follower applies a value as soon as it accepts it, before it is
+    /// chosen.
+    ApplyBeforeChosen,
+    /// The state machine ignores client sessions, so a retried command is
+    /// applied again.
+    RetryAppliedTwice,
+}
+
+impl KvBug {
+    pub const ALL: [KvBug; 5] = [
+        KvBug::IgnorePromisedValues,
+        KvBug::ReadWithoutConfirmation,
+        KvBug::LeaseWithoutDriftWait,
+        KvBug::ApplyBeforeChosen,
+        KvBug::RetryAppliedTwice,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KvBug::IgnorePromisedValues => "ignore-promised-values",
+            KvBug::ReadWithoutConfirmation => "read-without-confirmation",
+            KvBug::LeaseWithoutDriftWait => "lease-without-drift-wait",
+            KvBug::ApplyBeforeChosen => "apply-before-chosen",
+            KvBug::RetryAppliedTwice => "retry-applied-twice",
+        }
+    }
+
+    pub fn description(self) -> &'static str {
+        match self {
+            KvBug::IgnorePromisedValues => {
+                "a new leader that ignores the accepted values in promises"
+            }
+            KvBug::ReadWithoutConfirmation => {
+                "a leader that serves reads without lease or read-index"
+            }
+            KvBug::LeaseWithoutDriftWait => "a lease without the drift wait",
+            KvBug::ApplyBeforeChosen => "a follower that applies a slot before it is chosen",
+            KvBug::RetryAppliedTwice => "a client retry that is applied twice",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<KvBug> {
+        Self::ALL.into_iter().find(|b| b.name() == name)
+    }
+}
+
+/// The parameters of a family of runs; the seed picks one run.
+#[derive(Clone, Debug)]
+pub struct KvSimConfig {
+    pub nodes: usize,
+    pub clients: usize,
+    /// Operations in a run, over all clients.
+    pub ops: usize,
+    pub keys: usize,
+    pub loss: f64,
+    pub dup: f64,
+    /// Whether partitions happen during the chaos.
+    pub partitions: bool,
+    /// Whether nodes crash (and restart) during the chaos.
+    pub crashes: bool,
+    /// Largest clock drift rate, parts per million, of any node.
+    pub drift_ppm: u64,
+    /// Length of the chaos phase.
+    pub chaos_ms: u64,
+    pub bug: Option<KvBug>,
+}
+
+impl Default for KvSimConfig {
+    fn default() -> Self {
+        KvSimConfig {
+            nodes: 3,
+            clients: 5,
+            ops: 200,
+            keys: 3,
+            loss: 0.1,
+            dup: 0.05,
+            partitions: true,
+            crashes: true,
+            drift_ppm: 100_000,
+            chaos_ms: 10_000,
+            bug: None,
+        }
+    }
+}
+
+/// What one run did.
+#[derive(Debug)]
+pub struct KvRun {
+    pub seed: u64,
+    /// Operations invoked.
+    pub ops: usize,
+    /// Operations that completed with a definite result.
+    pub acked: usize,
+    pub slots_applied: Slot,
+    pub violation: Option<String>,
+    pub history: History,
+    pub trace: Trace,
+}
+
+/// Where a message goes: between replicas, or between a client and a node.
+#[derive(Clone, Debug)]
+enum Packet {
+    Peer(Message),
+    Request {
+        client: usize,
+        seq: u64,
+    },
+    Reply {
+        client: usize,
+        seq: u64,
+        reply: Reply,
+    },
+}
+
+#[derive(Clone, Debug)]
+enum Event {
+    Tick(usize),
+    /// A packet arrives. Endpoints are node indexes, or `CLIENT` + index.
+    Deliver {
+        from: usize,
+        to: usize,
+        packet: Packet,
+    },
+    /// Disk writes of `node` made before `epoch`'s crash complete up to batch `id`.
+    Synced {
+        node: usize,
+        epoch: u64,
+        id: u64,
+    },
+    Restart(usize),
+    Fault,
+    Calm,
+    ClientStart(usize),
+    ClientTimeout {
+        client: usize,
+        seq: u64,
+        attempt: u32,
+    },
+}
+
+/// Client endpoints are numbered from here, nodes from 0.
+const CLIENT: usize = 1 << 20;
+
+/// What a node's Ready asked for, waiting for its records to be durable.
+struct Batch {
+    id: u64,
+    records: Vec<Record>,
+    messages: Vec<(NodeId, Message)>,
+    committed: Vec<(Slot, Value)>,
+    reads: Vec<paxos::replica::ReadState>,
+    failed_reads: Vec<u64>,
+}
+
+struct Node {
+    up: bool,
+    /// Increments on every crash, so that stale disk completions are ignored.
+    epoch: u64,
+    config: Config,
+    replica: Replica,
+    disk: Durable,
+    unsynced: VecDeque<Batch>,
+    next_batch: u64,
+    /// When the disk will have synced everything written so far.
+    disk_busy_until: Micros,
+    store: Store,
+    /// The last slot applied to `store`.
+    applied: Slot,
+    /// Writes waiting to be applied here: (client, seq) -> client index.
+    waiting_writes: BTreeMap<(u64, u64), usize>,
+    /// Reads waiting for their read index: ctx -> (client index, seq, key).
+    waiting_reads: BTreeMap<u64, (usize, u64, Bytes)>,
+    next_ctx: u64,
+    /// This node's clock rate, in parts per million away from real time.
+    drift: i64,
+}
+
+struct Pending {
+    id: OpId,
+    op: Op,
+    key: String,
+    seq: u64,
+    attempt: u32,
+}
+
+struct Client {
+    /// The process id in the history; a new one after an indeterminate op.
+    process: u64,
+    /// The session id the state machine deduplicates by.
+    session: u64,
+    seq: u64,
+    node: usize,
+    pending: Option<Pending>,
+    done: usize,
+    /// The last value this client saw per key (for plausible CAS).
+    seen: BTreeMap<String, String>,
+}
+
+const ATTEMPTS_MAX: u32 = 4;
+const CLIENT_TIMEOUT: Micros = 400_000;
+
+struct Sim<'a> {
+    config: &'a KvSimConfig,
+    rng: Rng,
+    now: Micros,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(Micros, u64, usize)>>,
+    events: BTreeMap<usize, Event>,
+    next_event: usize,
+    nodes: Vec<Node>,
+    clients: Vec<Client>,
+    /// Directed links that drop everything.
+    cut: BTreeSet<(usize, usize)>,
+    calm: bool,
+    calm_since: Micros,
+    /// The value every replica applied in each slot (by its description).
+    applied_values: BTreeMap<Slot, String>,
+    history: History,
+    ops_started: usize,
+    acked: usize,
+    acked_in_calm: usize,
+    next_process: u64,
+    violation: Option<String>,
+    trace: Trace,
+}
+
+/// Runs seed `seed` of `config`.
+pub fn run(config: &KvSimConfig, seed: u64, keep_trace: bool) -> KvRun {
+    assert!(config.nodes >= 1 && config.clients >= 1 && config.keys >= 1);
+    let mut rng = Rng::new(seed);
+    let members: Vec<NodeId> = (1..=config.nodes as NodeId).collect();
+    let mut nodes = Vec::new();
+    for i in 0..config.nodes {
+        let mut c = Config::new(i as NodeId + 1, members.clone());
+        c.seed = rng.next_u64();
+        c.drift_ppm = if config.bug == Some(KvBug::LeaseWithoutDriftWait) {
+            0
+        } else {
+            config.drift_ppm
+        };
+        c.election_ticks = 20;
+        c.lease_ticks = 19;
+        c.inflight_slots_max = 16;
+        c.batch_commands_max = 64;
+        let span = config.drift_ppm as i64;
+        let drift = rng.between(0, 2 * span as u64) as i64 - span;
+        let replica = Replica::new(c.clone()).expect("the simulator's config is valid");
+        nodes.push(Node {
+            up: true,
+            epoch: 0,
+            config: c,
+            replica,
+            disk: Durable::default(),
+            unsynced: VecDeque::new(),
+            next_batch: 0,
+            disk_busy_until: 0,
+            store: Store::new(),
+            applied: 0,
+            waiting_writes: BTreeMap::new(),
+            waiting_reads: BTreeMap::new(),
+            next_ctx: 1,
+            drift,
+        });
+    }
+    let clients = (0..config.clients)
+        .map(|i| Client {
+            process: i as u64,
+            session: i as u64 + 1,
+            seq: 0,
+            node: i % config.nodes,
+            pending: None,
+            done: 0,
+            seen: BTreeMap::new(),
+        })
+        .collect();
+    let mut sim = Sim {
+        config,
+        rng,
+        now: 0,
+        seq: 0,
+        queue: BinaryHeap::new(),
+        events: BTreeMap::new(),
+        next_event: 0,
+        nodes,
+        clients,
+        cut: BTreeSet::new(),
+        calm: false,
+        calm_since: 0,
+        applied_values: BTreeMap::new(),
+        history: History::new(),
+        ops_started: 0,
+        acked: 0,
+        acked_in_calm: 0,
+        next_process: config.clients as u64,
+        violation: None,
+        trace: Trace::new(keep_trace),
+    };
+    sim.start();
+    let calm_end = config.chaos_ms * 1000 + 30_000_000;
+    while let Some(Reverse((time, _, id))) = sim.queue.pop() {
+        let Some(event) = sim.events.remove(&id) else {
+            continue;
+        };
+        if time > calm_end || sim.violation.is_some() || sim.finished() {
+            break;
+        }
+        sim.now = time;
+        sim.handle(event);
+    }
+    sim.finish();
+    let slots_applied = sim.applied_values.keys().next_back().copied().unwrap_or(0);
+    KvRun {
+        seed,
+        ops: sim.ops_started,
+        acked: sim.acked,
+        slots_applied,
+        violation: sim.violation,
+        history: sim.history,
+        trace: sim.trace,
+    }
+}
+
+impl Sim<'_> {
+    fn at(&mut self, delay: Micros, event: Event) {
+        self.seq += 1;
+        let id = self.next_event;
+        self.next_event += 1;
+        self.events.insert(id, event);
+        self.queue.push(Reverse((self.now + delay, self.seq, id)));
+    }
+
+    fn log(&mut self, line: impl FnOnce() -> String) {
+        let text = line();
+        let now = self.now;
+        self.trace
+            .record(format!("{:>6}.{:03}ms {text}", now / 1000, now % 1000));
+    }
+
+    fn fail(&mut self, why: String) {
+        self.log(|| format!("VIOLATION {why}"));
+        self.violation.get_or_insert(why);
+    }
+
+    fn start(&mut self) {
+        for n in 0..self.nodes.len() {
+            let first = self.rng.between(1, TICK);
+            self.at(first, Event::Tick(n));
+        }
+        for c in 0..self.clients.len() {
+            let first = self.rng.between(100_000, 600_000);
+            self.at(first, Event::ClientStart(c));
+        }
+        if self.config.partitions || self.config.crashes {
+            let first = self.rng.between(300_000, 1_500_000);
+            self.at(first, Event::Fault);
+        }
+        self.at(self.config.chaos_ms * 1000, Event::Calm);
+    }
+
+    fn finished(&self) -> bool {
+        self.ops_started >= self.config.ops && self.clients.iter().all(|c| c.pending.is_none())
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Tick(n) => self.tick(n),
+            Event::Deliver { from, to, packet } => self.deliver(from, to, packet),
+            Event::Synced { node, epoch, id } => self.synced(node, epoch, id),
+            Event::Restart(n) => self.restart(n),
+            Event::Fault => self.fault(),
+            Event::Calm => self.start_calm(),
+            Event::ClientStart(c) => self.client_next(c),
+            Event::ClientTimeout {
+                client,
+                seq,
+                attempt,
+            } => self.client_timeout(client, seq, attempt),
+        }
+    }
+
+    // ----- nodes ---------------------------------------------------------
+
+    fn tick(&mut self, n: usize) {
+        let node = &mut self.nodes[n];
+        // The node's own clock: a fast clock ticks more often.
+        let period = (TICK as i64 * 1_000_000 / (1_000_000 + node.drift)) as Micros;
+        if node.up {
+            node.replica.tick();
+            self.collect(n);
+        }
+        self.at(period, Event::Tick(n));
+    }
+
+    /// Takes the node's Ready and writes its records; the rest waits until
+    /// they are durable.
+    fn collect(&mut self, n: usize) {
+        let node = &mut self.nodes[n];
+        let ready = node.replica.take_ready();
+        if ready.is_empty() {
+            return;
+        }
+        let id = node.next_batch;
+        node.next_batch += 1;
+        let has_records = !ready.records.is_empty();
+        node.unsynced.push_back(Batch {
+            id,
+            records: ready.records,
+            messages: ready.messages,
+            committed: ready.committed,
+            reads: ready.reads,
+            failed_reads: ready.failed_reads,
+        });
+        let epoch = node.epoch;
+        // Group commit: one sync covers every batch written before it starts.
+        let latency = if has_records {
+            self.rng.between(50, 600)
+        } else {
+            0
+        };
+        let done = node.disk_busy_until.max(self.now) + latency;
+        node.disk_busy_until = done;
+        self.at(done - self.now, Event::Synced { node: n, epoch, id });
+    }
+
+    fn synced(&mut self, n: usize, epoch: u64, id: u64) {
+        if self.nodes[n].epoch != epoch || !self.nodes[n].up {
+            return; // the writes died with a crash
+        }
+        while self.nodes[n].unsynced.front().is_some_and(|b| b.id <= id) {
+            let Some(batch) = self.nodes[n].unsynced.pop_front() else {
+                break;
+            };
+            self.release(n, batch);
+            if self.violation.is_some() {
+                return;
+            }
+        }
+    }
+
+    /// The batch's records are durable: now its messages may leave, its
+    /// entries be applied and its reads answered.
+    fn release(&mut self, n: usize, batch: Batch) {
+        for record in &batch.records {
+            self.nodes[n].disk.apply(record);
+            if self.config.bug == Some(KvBug::ApplyBeforeChosen)
+                && let Record::Accept { slot, value, .. } = record
+                && *slot == self.nodes[n].applied + 1
+            {
+                let (slot, value) = (*slot, value.clone());
+                self.apply(n, slot, &value);
+            }
+        }
+        for (to, message) in batch.messages {
+            if let Some(why) = uncovered(&self.nodes[n].disk, &message) {
+                self.fail(format!(
+                    "node {} sent {message} before it was durable: {why}",
+                    n + 1
+                ));
+                return;
+            }
+            self.send(n, to as usize - 1, Packet::Peer(message));
+        }
+        for (slot, value) in batch.committed {
+            if slot > self.nodes[n].applied {
+                self.apply(n, slot, &value);
+            }
+        }
+        for read in batch.reads {
+            if let Some((client, seq, key)) = self.nodes[n].waiting_reads.remove(&read.ctx) {
+                let reply = self.nodes[n].store.read(&Command::Get(key));
+                self.send(n, CLIENT + client, Packet::Reply { client, seq, reply });
+            }
+        }
+        for ctx in batch.failed_reads {
+            if let Some((client, seq, _)) = self.nodes[n].waiting_reads.remove(&ctx) {
+                let reply = Reply::error("ERR read could not be confirmed");
+                self.send(n, CLIENT + client, Packet::Reply { client, seq, reply });
+            }
+        }
+    }
+
+    fn apply(&mut self, n: usize, slot: Slot, value: &Value) {
+        let description = describe(value);
+        match self.applied_values.get(&slot) {
+            Some(other) if *other != description => {
+                self.fail(format!(
+                    "slot {slot}: node {} applies {description}, another node applied {other}",
+                    n + 1
+                ));
+                return;
+            }
+            Some(_) => {}
+            None => {
+                self.applied_values.insert(slot, description);
+            }
+        }
+        self.nodes[n].applied = slot;
+        for (i, command) in value.commands().iter().enumerate() {
+            let Ok(mut request) = Request::decode(command) else {
+                continue;
+            };
+            let key = (request.client, request.seq);
+            if self.config.bug == Some(KvBug::RetryAppliedTwice) {
+                request.client = 0;
+            }
+            let node = &mut self.nodes[n];
+            let reply = node.store.apply((slot << 16) | i as u64, &request);
+            if let Some(client) = node.waiting_writes.remove(&key) {
+                let seq = key.1;
+                self.send(n, CLIENT + client, Packet::Reply { client, seq, reply });
+            }
+        }
+    }
+
+    fn crash(&mut self, n: usize) {
+        if !self.nodes[n].up {
+            return;
+        }
+        self.log(|| format!("node {} crashes", n + 1));
+        let node = &mut self.nodes[n];
+        node.up = false;
+        node.epoch += 1;
+        node.unsynced.clear();
+        node.waiting_writes.clear();
+        node.waiting_reads.clear();
+    }
+
+    fn restart(&mut self, n: usize) {
+        if self.nodes[n].up {
+            return;
+        }
+        self.log(|| format!("node {} restarts", n + 1));
+        let node = &mut self.nodes[n];
+        node.replica = Replica::restore(node.config.clone(), node.disk.clone(), 0)
+            .expect("the simulator's config is valid");
+        node.store = Store::new();
+        node.applied = 0;
+        node.up = true;
+        node.disk_busy_until = self.now;
+    }
+
+    // ----- network -------------------------------------------------------
+
+    fn send(&mut self, from: usize, to: usize, packet: Packet) {
+        let lossy = !self.calm;
+        if lossy && self.rng.chance(self.config.loss) {
+            return;
+        }
+        let copies = if lossy && self.rng.chance(self.config.dup) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let delay = if self.rng.chance(0.05) {
+                self.rng.between(3_000, 40_000)
+            } else {
+                self.rng.between(100, 3_000)
+            };
+            self.at(
+                delay,
+                Event::Deliver {
+                    from,
+                    to,
+                    packet: packet.clone(),
+                },
+            );
+        }
+    }
+
+    fn deliver(&mut self, from: usize, to: usize, packet: Packet) {
+        let node_of = |e: usize| (e < CLIENT).then_some(e);
+        if let (Some(a), Some(b)) = (node_of(from), node_of(to))
+            && self.cut.contains(&(a, b))
+        {
+            return;
+        }
+        if to >= CLIENT {
+            if let Packet::Reply { client, seq, reply } = packet {
+                self.client_reply(client, seq, reply);
+            }
+            return;
+        }
+        if !self.nodes[to].up {
+            return;
+        }
+        match packet {
+            Packet::Peer(mut message) => {
+                if self.config.bug == Some(KvBug::IgnorePromisedValues)
+                    && let Message::Promise { entries, .. } = &mut message
+                {
+                    entries.retain(|e| e.chosen);
+                }
+                let kind = message.kind();
+                if kind != "Heartbeat" && kind != "HeartbeatAck" {
+                    self.log(|| format!("{} -> {} {message}", from + 1, to + 1));
+                }
+                self.nodes[to].replica.step(from as NodeId + 1, message);
+                self.collect(to);
+            }
+            Packet::Request { client, seq } => self.node_request(to, client, seq),
+            Packet::Reply { .. } => {}
+        }
+    }
+
+    /// A client's request reaches node `n`.
+    fn node_request(&mut self, n: usize, client: usize, seq: u64) {
+        let Some(pending) = &self.clients[client].pending else {
+            return;
+        };
+        if pending.seq != seq {
+            return;
+        }
+        let session = self.clients[client].session;
+        let key = Bytes::from(pending.key.clone());
+        let command = match &pending.op {
+            Op::Read => None,
+            Op::Write(v) => Some(Command::Set {
+                key: key.clone(),
+                value: Bytes::from(v.clone()),
+                condition: SetCondition::None,
+                get: false,
+            }),
+            Op::Cas { expected, new } => Some(Command::Cas {
+                key: key.clone(),
+                expected: expected.clone().map(Bytes::from),
+                new: Bytes::from(new.clone()),
+            }),
+            Op::Incr(delta) => Some(Command::IncrBy {
+                key: key.clone(),
+                delta: *delta,
+            }),
+        };
+        let node = &mut self.nodes[n];
+        let result = match command {
+            None => {
+                if self.config.bug == Some(KvBug::ReadWithoutConfirmation)
+                    && node.replica.status().role == paxos::replica::RoleName::Leader
+                {
+                    let reply = node.store.read(&Command::Get(key));
+                    self.send(n, CLIENT + client, Packet::Reply { client, seq, reply });
+                    return;
+                }
+                let ctx = node.next_ctx;
+                node.next_ctx += 1;
+                node.waiting_reads.insert(ctx, (client, seq, key));
+                node.replica.read_index(ctx)
+            }
+            Some(command) => {
+                let request = Request {
+                    client: session,
+                    seq,
+                    ack_below: seq,
+                    command,
+                };
+                node.waiting_writes.insert((session, seq), client);
+                node.replica.propose(request.encode())
+            }
+        };
+        if let Err(e) = result {
+            let node = &mut self.nodes[n];
+            node.waiting_writes.remove(&(session, seq));
+            node.waiting_reads
+                .retain(|_, (c, s, _)| !(*c == client && *s == seq));
+            let reply = Reply::Error(format!("CLUSTERDOWN {e}"));
+            self.send(n, CLIENT + client, Packet::Reply { client, seq, reply });
+        }
+        self.collect(n);
+    }
+
+    // ----- faults --------------------------------------------------------
+
+    fn fault(&mut self) {
+        if self.calm {
+            return;
+        }
+        let n = self.nodes.len();
+        let choice = self.rng.below(6);
+        match choice {
+            0 | 1 if self.config.crashes => {
+                let victim = self.rng.below(n as u64) as usize;
+                let down = self.rng.between(100_000, 3_000_000);
+                self.crash(victim);
+                self.at(down, Event::Restart(victim));
+            }
+            2 if self.config.partitions => {
+                // Symmetric: a random minority or majority side.
+                self.cut.clear();
+                let side: Vec<bool> = (0..n).map(|_| self.rng.chance(0.5)).collect();
+                for a in 0..n {
+                    for b in 0..n {
+                        if side[a] != side[b] {
+                            self.cut.insert((a, b));
+                        }
+                    }
+                }
+                self.log(|| format!("partition {side:?}"));
+            }
+            3 if self.config.partitions => {
+                // Asymmetric: one node hears nobody, or nobody hears it.
+                self.cut.clear();
+                let victim = self.rng.below(n as u64) as usize;
+                let deaf = self.rng.chance(0.5);
+                for other in 0..n {
+                    if other != victim {
+                        self.cut.insert(if deaf {
+                            (other, victim)
+                        } else {
+                            (victim, other)
+                        });
+                    }
+                }
+                self.log(|| {
+                    format!(
+                        "node {} is {}",
+                        victim + 1,
+                        if deaf { "deaf" } else { "mute" }
+                    )
+                });
+            }
+            4 if self.config.partitions && n >= 3 => {
+                // Partial: one link is cut both ways; both ends still reach
+                // the others.
+                self.cut.clear();
+                let a = self.rng.below(n as u64) as usize;
+                let b = (a + 1 + self.rng.below(n as u64 - 1) as usize) % n;
+                self.cut.insert((a, b));
+                self.cut.insert((b, a));
+                self.log(|| format!("link {}-{} cut", a + 1, b + 1));
+            }
+            _ => {
+                self.cut.clear();
+                self.log(|| "network healed".to_owned());
+            }
+        }
+        let next = self.rng.between(200_000, 2_000_000);
+        self.at(next, Event::Fault);
+    }
+
+    fn start_calm(&mut self) {
+        self.log(|| "calm: network healed, every node up".to_owned());
+        self.calm = true;
+        self.calm_since = self.now;
+        self.cut.clear();
+        for n in 0..self.nodes.len() {
+            self.restart(n);
+        }
+    }
+
+    // ----- clients -------------------------------------------------------
+
+    fn client_next(&mut self, c: usize) {
+        if self.clients[c].pending.is_some() || self.ops_started >= self.config.ops {
+            return;
+        }
+        self.ops_started += 1;
+        let key = format!("k{}", self.rng.below(self.config.keys as u64));
+        let unique = (c as u64 + 1) * 1_000_000 + self.clients[c].done as u64;
+        let op = match self.rng.below(10) {
+            0..=3 => Op::Read,
+            4..=6 => Op::Write(unique.to_string()),
+            7 | 8 => Op::Cas {
+                expected: self.clients[c].seen.get(&key).cloned(),
+                new: unique.to_string(),
+            },
+            _ => Op::Incr(self.rng.between(1, 5) as i64),
+        };
+        let client = &mut self.clients[c];
+        client.seq += 1;
+        let seq = client.seq;
+        let id = self
+            .history
+            .invoke(client.process, op.clone(), key.clone(), self.now * 1000);
+        client.pending = Some(Pending {
+            id,
+            op,
+            key,
+            seq,
+            attempt: 0,
+        });
+        self.client_send(c);
+    }
+
+    fn client_send(&mut self, c: usize) {
+        let client = &self.clients[c];
+        let Some(p) = &client.pending else {
+            return;
+        };
+        let (seq, attempt, node) = (p.seq, p.attempt, client.node);
+        self.send(CLIENT + c, node, Packet::Request { client: c, seq });
+        self.at(
+            CLIENT_TIMEOUT,
+            Event::ClientTimeout {
+                client: c,
+                seq,
+                attempt,
+            },
+        );
+    }
+
+    /// Tries the same request again at the next node, or gives up on it.
+    fn client_retry(&mut self, c: usize) {
+        let nodes = self.nodes.len();
+        let client = &mut self.clients[c];
+        client.node = (client.node + 1) % nodes;
+        let Some(p) = &mut client.pending else {
+            return;
+        };
+        p.attempt += 1;
+        if p.attempt < ATTEMPTS_MAX {
+            self.client_send(c);
+            return;
+        }
+        // Indeterminate: it may still take effect. The process is done; the
+        // client carries on as a new one.
+        let Some(p) = client.pending.take() else {
+            return;
+        };
+        let outcome = if p.op == Op::Read {
+            Outcome::Fail
+        } else {
+            Outcome::Info
+        };
+        let _ = self.history.complete(p.id, outcome, self.now * 1000);
+        client.process = self.next_process;
+        self.next_process += 1;
+        client.done += 1;
+        let think = self.rng.between(1_000, 50_000);
+        self.at(think, Event::ClientStart(c));
+    }
+
+    fn client_timeout(&mut self, c: usize, seq: u64, attempt: u32) {
+        let current = self.clients[c]
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.seq == seq && p.attempt == attempt);
+        if current {
+            self.client_retry(c);
+        }
+    }
+
+    fn client_reply(&mut self, c: usize, seq: u64, reply: Reply) {
+        let Some(p) = &self.clients[c].pending else {
+            return;
+        };
+        if p.seq != seq {
+            return; // a late answer to an operation already finished
+        }
+        if let Reply::Error(text) = &reply
+            && (text.starts_with("CLUSTERDOWN") || text.starts_with("ERR read"))
+        {
+            // Not taken here; the request may have been taken by an earlier
+            // attempt elsewhere, so retrying with the same seq is the only
+            // safe move.
+            let attempt = p.attempt;
+            let backoff = self.rng.between(20_000, 100_000);
+            self.at(
+                backoff,
+                Event::ClientTimeout {
+                    client: c,
+                    seq,
+                    attempt,
+                },
+            );
+            return;
+        }
+        let outcome = match (&p.op, &reply) {
+            (Op::Read, Reply::Bulk(v)) => {
+                Outcome::Ok(Ret::Read(Some(String::from_utf8_lossy(v).into_owned())))
+            }
+            (Op::Read, Reply::Nil) => Outcome::Ok(Ret::Read(None)),
+            (Op::Write(_), Reply::Status(_)) => Outcome::Ok(Ret::Write),
+            (Op::Cas { .. }, Reply::Integer(1)) => Outcome::Ok(Ret::Cas),
+            (Op::Cas { .. }, Reply::Integer(0)) => Outcome::Fail,
+            (Op::Incr(_), Reply::Integer(n)) => Outcome::Ok(Ret::Incr(*n)),
+            (Op::Incr(_), Reply::Error(_)) => Outcome::Fail,
+            (op, reply) => {
+                let why = format!("client {c}: unexpected reply {reply:?} to {op:?}");
+                self.fail(why);
+                return;
+            }
+        };
+        let Some(p) = self.clients[c].pending.take() else {
+            return;
+        };
+        match (&p.op, &outcome) {
+            (Op::Read, Outcome::Ok(Ret::Read(Some(v)))) | (Op::Write(v), Outcome::Ok(_)) => {
+                self.clients[c].seen.insert(p.key.clone(), v.clone());
+            }
+            (Op::Cas { new, .. }, Outcome::Ok(_)) => {
+                self.clients[c].seen.insert(p.key.clone(), new.clone());
+            }
+            _ => {}
+        }
+        if matches!(outcome, Outcome::Ok(_)) {
+            self.acked += 1;
+            if self.calm {
+                self.acked_in_calm += 1;
+            }
+        }
+        let _ = self.history.complete(p.id, outcome, self.now * 1000);
+        self.clients[c].done += 1;
+        let think = self.rng.between(1_000, 50_000);
+        self.at(think, Event::ClientStart(c));
+    }
+
+    // ----- the verdict ---------------------------------------------------
+
+    fn finish(&mut self) {
+        if self.violation.is_some() {
+            return;
+        }
+        // Operations still open at the end are indeterminate.
+        for c in 0..self.clients.len() {
+            if let Some(p) = self.clients[c].pending.take() {
+                let outcome = if p.op == Op::Read {
+                    Outcome::Fail
+                } else {
+                    Outcome::Info
+                };
+                let _ = self.history.complete(p.id, outcome, self.now * 1000);
+            }
+        }
+        if self.calm && self.acked_in_calm == 0 && self.ops_started < self.config.ops {
+            self.fail(format!(
+                "no progress: nothing completed in {} ms of calm",
+                (self.now - self.calm_since) / 1000
+            ));
+            return;
+        }
+        if !self.finished() && self.ops_started < self.config.ops {
+            self.fail(format!(
+                "no progress: only {} of {} operations were started",
+                self.ops_started, self.config.ops
+            ));
+            return;
+        }
+        let verdict = check::check_history(&self.history, &check::Options::default());
+        if let Some(v) = verdict.violation {
+            let mut why = String::from("history is not linearizable: ");
+            let _ = write!(why, "{v}");
+            self.fail(why);
+        } else if !verdict.unknown_keys.is_empty() {
+            self.fail(format!(
+                "linearizability undecided for keys {:?} (search budget)",
+                verdict.unknown_keys
+            ));
+        }
+    }
+}
+
+/// A value as the agreement check compares it.
+fn describe(value: &Value) -> String {
+    match value {
+        Value::Noop => "noop".to_owned(),
+        Value::Batch(commands) => {
+            let mut h: u64 = 0xCBF2_9CE4_8422_2325;
+            for c in commands {
+                for b in c.iter().chain(b"|") {
+                    h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01B3);
+                }
+            }
+            format!("batch of {} ({h:016x})", commands.len())
+        }
+    }
+}
+
+/// Why `message` reports something `durable` does not hold, if it does.
+fn uncovered(durable: &Durable, message: &Message) -> Option<String> {
+    match message {
+        Message::Promise { ballot, .. } | Message::HeartbeatAck { ballot, .. }
+            if durable.promised < *ballot =>
+        {
+            Some(format!("promised {} on disk", durable.promised))
+        }
+        Message::Accepted { ballot, slots } => slots
+            .iter()
+            .find(|slot| {
+                **slot > durable.commit
+                    && durable.accepted.get(slot).is_none_or(|(b, _)| b != ballot)
+            })
+            .map(|slot| format!("slot {slot} not accepted in {ballot} on disk")),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_replays_bit_for_bit() {
+        let config = KvSimConfig {
+            ops: 60,
+            ..KvSimConfig::default()
+        };
+        for seed in 0..3 {
+            let a = run(&config, seed, true);
+            let b = run(&config, seed, false);
+            assert_eq!(a.trace.digest(), b.trace.digest(), "seed {seed}");
+            assert_eq!(a.acked, b.acked);
+        }
+    }
+
+    #[test]
+    fn seeds_under_full_faults_are_clean() {
+        for nodes in [3, 5] {
+            let config = KvSimConfig {
+                nodes,
+                ops: 100,
+                ..KvSimConfig::default()
+            };
+            for seed in 0..40 {
+                let r = run(&config, seed, false);
+                assert!(
+                    r.violation.is_none(),
+                    "{nodes} nodes, seed {seed}: {:?}",
+                    r.violation
+                );
+                assert!(
+                    r.acked > 0,
+                    "{nodes} nodes, seed {seed}: nothing acknowledged"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn without_faults_everything_is_acknowledged() {
+        let config = KvSimConfig {
+            loss: 0.0,
+            dup: 0.0,
+            partitions: false,
+            crashes: false,
+            ops: 100,
+            ..KvSimConfig::default()
+        };
+        for seed in 0..10 {
+            let r = run(&config, seed, false);
+            assert!(r.violation.is_none(), "seed {seed}: {:?}", r.violation);
+            assert_eq!(r.acked + failed_cas_or_incr(&r.history), 100, "seed {seed}");
+        }
+    }
+
+    fn failed_cas_or_incr(history: &History) -> usize {
+        history
+            .operations()
+            .iter()
+            .filter(|o| matches!(o.outcome(), Outcome::Fail))
+            .count()
+    }
+}
