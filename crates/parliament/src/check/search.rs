@@ -12,7 +12,7 @@
 //! time after their invocation, and the search succeeds once every
 //! operation that completed ok is linearized, whatever remains of them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use super::history::{History, Op, Outcome, Ret};
@@ -83,6 +83,8 @@ struct KeyOp {
     call_rank: u64,
     /// `u64::MAX` for indeterminate operations.
     return_rank: u64,
+    /// Index among the definite, or among the indeterminate, operations.
+    slot: usize,
 }
 
 const NONE: usize = usize::MAX;
@@ -133,7 +135,11 @@ impl Hasher for FastHasher {
     }
 }
 
-type FastSet<T> = HashSet<T, BuildHasherDefault<FastHasher>>;
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+
+fn is_subset(a: &[u64], b: &[u64]) -> bool {
+    a.iter().zip(b).all(|(x, y)| x & !y == 0)
+}
 
 /// What the search concluded for one key.
 pub(crate) enum KeyVerdict {
@@ -156,6 +162,12 @@ pub(crate) struct KeySearch<'h> {
     ops: Vec<KeyOp>,
     entries: Vec<Entry>,
     interner: Interner,
+    /// Per value: remaining (not yet linearized) operations that need it.
+    observers: Vec<u32>,
+    /// Remaining increments, which observe every numeric value.
+    incrs_left: u32,
+    /// History of `slot` for indeterminate operations: slot -> op.
+    optional_ops: Vec<usize>,
 }
 
 impl<'h> KeySearch<'h> {
@@ -168,7 +180,7 @@ impl<'h> KeySearch<'h> {
         rank: impl Fn(usize, bool) -> u64,
     ) -> Self {
         let mut interner = Interner::default();
-        let mut ops = Vec::with_capacity(indices.len());
+        let mut ops: Vec<KeyOp> = Vec::with_capacity(indices.len());
         for &i in indices {
             let Some(o) = history.operations().get(i) else {
                 continue;
@@ -204,7 +216,42 @@ impl<'h> KeySearch<'h> {
                 definite,
                 call_rank: rank(i, true),
                 return_rank: if definite { rank(i, false) } else { u64::MAX },
+                slot: 0,
             });
+        }
+
+        // An indeterminate write (or cas) of a value that nothing on this key
+        // can observe is equivalent to one that never happened: from that
+        // value only blind writes can move on, so dropping it keeps every
+        // linearization valid. Histories with unique written values then
+        // carry no lingering indeterminate writes, which otherwise multiply
+        // the search space.
+        let has_incr = ops.iter().any(|o| matches!(o.step, Step::Incr { .. }));
+        let mut observed = vec![false; interner.values.len() + 1];
+        for o in &ops {
+            if let Step::Read(v) | Step::Cas(v, _) = o.step {
+                if let Some(seen) = observed.get_mut(v as usize) {
+                    *seen = true;
+                }
+            }
+        }
+        let observable = |v: State| {
+            observed.get(v as usize).copied().unwrap_or(true)
+                || (has_incr && interner.as_int(v).is_some())
+        };
+        ops.retain(|o| match o.step {
+            Step::Write(v) | Step::Cas(_, v) if !o.definite => observable(v),
+            _ => true,
+        });
+        let (mut definite, mut optional) = (0, 0);
+        for o in &mut ops {
+            let counter = if o.definite {
+                &mut definite
+            } else {
+                &mut optional
+            };
+            o.slot = *counter;
+            *counter += 1;
         }
 
         // (rank, is_call, op) in real-time order, then linked between sentinels.
@@ -249,6 +296,9 @@ impl<'h> KeySearch<'h> {
             ops,
             entries,
             interner,
+            observers: Vec::new(),
+            incrs_left: 0,
+            optional_ops: Vec::new(),
         }
     }
 
@@ -267,7 +317,41 @@ impl<'h> KeySearch<'h> {
         }
     }
 
+    /// The value an operation needs to find, if any (incr is counted apart).
+    fn observes(&self, op: usize) -> Option<State> {
+        match self.ops.get(op)?.step {
+            Step::Read(v) | Step::Cas(v, _) => Some(v),
+            Step::Write(_) | Step::Incr { .. } => None,
+        }
+    }
+
+    fn count_observer(&mut self, op: usize, add: bool) {
+        let change = |n: &mut u32| *n = if add { *n + 1 } else { n.saturating_sub(1) };
+        if let Some(v) = self.observes(op) {
+            if self.observers.len() <= v as usize {
+                self.observers.resize(v as usize + 1, 0);
+            }
+            change(&mut self.observers[v as usize]);
+        } else if matches!(self.ops[op].step, Step::Incr { .. }) {
+            change(&mut self.incrs_left);
+        }
+    }
+
+    /// Whether linearizing this operation could still matter: an
+    /// indeterminate write or cas whose value no remaining operation can
+    /// observe is as good as never having happened (see `new`).
+    fn live(&self, op: usize) -> bool {
+        match self.ops[op].step {
+            Step::Write(v) | Step::Cas(_, v) if !self.ops[op].definite => {
+                self.observers.get(v as usize).is_some_and(|&n| n > 0)
+                    || (self.incrs_left > 0 && self.interner.as_int(v).is_some())
+            }
+            _ => true,
+        }
+    }
+
     fn lift(&mut self, call: usize) {
+        self.count_observer(self.entries[call].op, false);
         let (prev, next, partner) = {
             let e = &self.entries[call];
             (e.prev, e.next, e.partner)
@@ -292,14 +376,38 @@ impl<'h> KeySearch<'h> {
         let (prev, next) = (self.entries[call].prev, self.entries[call].next);
         self.entries[prev].next = call;
         self.entries[next].prev = call;
+        self.count_observer(self.entries[call].op, true);
     }
 
     /// Runs the search for at most `budget` steps.
+    ///
+    /// Indeterminate operations never leave the window of candidates, and
+    /// each one used or not doubles the configurations. Two refinements keep
+    /// that in check:
+    /// - An indeterminate write whose value can no longer be observed is not
+    ///   tried, and whether it was used is left out of the memo key, since it
+    ///   cannot change what follows.
+    /// - A configuration is pruned when the same acknowledged set and value
+    ///   were reached before with a subset of the (live) indeterminate
+    ///   operations used: more of them left only adds options, so the earlier
+    ///   configuration covers this one.
     pub(crate) fn run(mut self, budget: u64) -> KeyVerdict {
-        let mut remaining = self.ops.iter().filter(|o| o.definite).count();
-        let words = self.ops.len().div_ceil(64);
-        let mut linearized = vec![0u64; words];
-        let mut seen: FastSet<(Box<[u64]>, State)> = FastSet::default();
+        for op in 0..self.ops.len() {
+            self.count_observer(op, true);
+        }
+        self.optional_ops = (0..self.ops.len())
+            .filter(|&n| !self.ops[n].definite)
+            .collect();
+        let definite_total = self.ops.len() - self.optional_ops.len();
+        let mut remaining = definite_total;
+        let def_words = definite_total.div_ceil(64);
+        let info_words = self.optional_ops.len().div_ceil(64);
+        // The acknowledged set with the value appended as a last word, so a
+        // lookup needs no allocation.
+        let mut key = vec![0u64; def_words + 1];
+        let mut used = vec![0u64; info_words];
+        let mut live_used = vec![0u64; info_words];
+        let mut seen: FastMap<Box<[u64]>, Vec<Box<[u64]>>> = FastMap::default();
         // (call entry, state before it) for each operation linearized so far.
         let mut stack: Vec<(usize, State)> = Vec::new();
         let mut best: Vec<usize> = Vec::new();
@@ -315,41 +423,78 @@ impl<'h> KeySearch<'h> {
                 let e = &self.entries[entry];
                 (e.is_call, e.op, e.next)
             };
-            if is_call {
-                if let Some(after) = self.apply(state, op) {
-                    let (word, bit) = (op / 64, 1u64 << (op % 64));
-                    linearized[word] |= bit;
-                    if seen.insert((linearized.clone().into_boxed_slice(), after)) {
-                        stack.push((entry, state));
-                        state = after;
-                        self.lift(entry);
-                        if self.ops[op].definite {
-                            remaining -= 1;
-                        }
-                        if stack.len() > best.len() {
-                            best = stack.iter().map(|&(e, _)| self.entries[e].op).collect();
-                        }
-                        entry = self.entries[HEAD].next;
-                        continue;
-                    }
-                    linearized[word] &= !bit;
-                }
-                entry = next;
-            } else {
+            if !is_call {
                 // A return (or, defensively, the tail): that operation had to
                 // be linearized by now. Undo the latest choice.
                 let Some((call, before)) = stack.pop() else {
                     return self.violation(&best);
                 };
                 let op = self.entries[call].op;
+                let (definite, slot) = (self.ops[op].definite, self.ops[op].slot);
                 state = before;
-                linearized[op / 64] &= !(1u64 << (op % 64));
-                if self.ops[op].definite {
+                let bits = if definite { &mut key } else { &mut used };
+                bits[slot / 64] &= !(1u64 << (slot % 64));
+                if definite {
                     remaining += 1;
                 }
                 self.unlift(call);
                 entry = self.entries[call].next;
+                continue;
             }
+            if !self.live(op) {
+                entry = next;
+                continue;
+            }
+            let Some(after) = self.apply(state, op) else {
+                entry = next;
+                continue;
+            };
+            let (definite, slot) = (self.ops[op].definite, self.ops[op].slot);
+            let (word, bit) = (slot / 64, 1u64 << (slot % 64));
+            let bits = if definite { &mut key } else { &mut used };
+            bits[word] |= bit;
+            self.lift(entry);
+            key[def_words] = u64::from(after);
+            live_used.fill(0);
+            for (w, &bits) in used.iter().enumerate() {
+                let mut rest = bits;
+                while rest != 0 {
+                    let b = rest.trailing_zeros() as usize;
+                    rest &= rest - 1;
+                    let n = self.optional_ops.get(w * 64 + b).copied().unwrap_or(NONE);
+                    if n != NONE && self.live(n) {
+                        live_used[w] |= 1u64 << b;
+                    }
+                }
+            }
+            let fresh = match seen.get_mut(key.as_slice()) {
+                None => {
+                    seen.insert(key.clone().into(), vec![live_used.clone().into()]);
+                    true
+                }
+                Some(sets) if sets.iter().any(|s| is_subset(s, &live_used)) => false,
+                Some(sets) => {
+                    sets.retain(|s| !is_subset(&live_used, s));
+                    sets.push(live_used.clone().into());
+                    true
+                }
+            };
+            if !fresh {
+                self.unlift(entry);
+                let bits = if definite { &mut key } else { &mut used };
+                bits[word] &= !bit;
+                entry = next;
+                continue;
+            }
+            stack.push((entry, state));
+            state = after;
+            if definite {
+                remaining -= 1;
+            }
+            if stack.len() > best.len() {
+                best = stack.iter().map(|&(e, _)| self.entries[e].op).collect();
+            }
+            entry = self.entries[HEAD].next;
         }
         KeyVerdict::Linearizable
     }
