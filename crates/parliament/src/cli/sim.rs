@@ -55,7 +55,7 @@ pub struct KvArgs {
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(0..500_000))]
     drift_ppm: u64,
     /// Length of the chaos phase, in simulated milliseconds.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 3_000)]
     chaos_ms: u64,
     /// Run a deliberately broken variant ("list" names them); a caught bug
     /// exits 1.
@@ -208,7 +208,23 @@ fn sim_kv(args: KvArgs) -> Result<ExitCode> {
     let mut first_violation = None;
     let mut last = None;
     for seed in first..first.saturating_add(count) {
-        let outcome = kv::run(&config, seed, keep_trace);
+        // A panic (a broken invariant) is a failure of this seed like any
+        // other: report it with the command that replays it.
+        let outcome = match std::panic::catch_unwind(|| kv::run(&config, seed, keep_trace)) {
+            Ok(outcome) => outcome,
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_else(|| "unknown panic".to_owned());
+                bar.suspend(|| {
+                    println!("seed {seed}: panicked: {why}");
+                    println!("  replay: {}", replay(seed));
+                });
+                return Ok(ExitCode::FAILURE);
+            }
+        };
         bar.inc(1);
         ops += outcome.ops;
         acked += outcome.acked;

@@ -137,7 +137,7 @@ impl Default for KvSimConfig {
             partitions: true,
             crashes: true,
             drift_ppm: 100_000,
-            chaos_ms: 10_000,
+            chaos_ms: 3_000,
             bug: None,
         }
     }
@@ -255,8 +255,9 @@ struct Client {
     seen: BTreeMap<String, String>,
 }
 
-const ATTEMPTS_MAX: u32 = 4;
-const CLIENT_TIMEOUT: Micros = 400_000;
+const ATTEMPTS_MAX: u32 = 6;
+/// A client waits between these for an answer before it tries elsewhere.
+const CLIENT_TIMEOUT: (Micros, Micros) = (40_000, 200_000);
 
 struct Sim<'a> {
     config: &'a KvSimConfig,
@@ -410,7 +411,7 @@ impl Sim<'_> {
             self.at(first, Event::ClientStart(c));
         }
         if self.config.partitions || self.config.crashes {
-            let first = self.rng.between(300_000, 1_500_000);
+            let first = self.rng.between(100_000, 500_000);
             self.at(first, Event::Fault);
         }
         self.at(self.config.chaos_ms * 1000, Event::Calm);
@@ -734,11 +735,27 @@ impl Sim<'_> {
             return;
         }
         let n = self.nodes.len();
-        let choice = self.rng.below(6);
+        let choice = self.rng.below(7);
         match choice {
+            5 if self.config.partitions => {
+                // Cut whoever leads from everyone else: the deposed leader
+                // is where stale reads and lost writes come from.
+                let leader = (0..n).find(|&i| {
+                    self.nodes[i].up
+                        && self.nodes[i].replica.status().role == paxos::replica::RoleName::Leader
+                });
+                self.cut.clear();
+                if let Some(l) = leader {
+                    for other in (0..n).filter(|&o| o != l) {
+                        self.cut.insert((l, other));
+                        self.cut.insert((other, l));
+                    }
+                    self.log(|| format!("leader {} isolated", l + 1));
+                }
+            }
             0 | 1 if self.config.crashes => {
                 let victim = self.rng.below(n as u64) as usize;
-                let down = self.rng.between(100_000, 3_000_000);
+                let down = self.rng.between(50_000, 1_500_000);
                 self.crash(victim);
                 self.at(down, Event::Restart(victim));
             }
@@ -792,7 +809,7 @@ impl Sim<'_> {
                 self.log(|| "network healed".to_owned());
             }
         }
-        let next = self.rng.between(200_000, 2_000_000);
+        let next = self.rng.between(100_000, 600_000);
         self.at(next, Event::Fault);
     }
 
@@ -847,8 +864,9 @@ impl Sim<'_> {
         };
         let (seq, attempt, node) = (p.seq, p.attempt, client.node);
         self.send(CLIENT + c, node, Packet::Request { client: c, seq });
+        let timeout = self.rng.between(CLIENT_TIMEOUT.0, CLIENT_TIMEOUT.1);
         self.at(
-            CLIENT_TIMEOUT,
+            timeout,
             Event::ClientTimeout {
                 client: c,
                 seq,

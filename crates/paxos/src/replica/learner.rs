@@ -1,7 +1,7 @@
 //! The learner's side: finding out which values are chosen.
 
-use super::Replica;
 use super::message::{Message, Record, Slot, Value};
+use super::{Replica, Role};
 use crate::ballot::{Ballot, NodeId};
 
 impl Replica {
@@ -35,6 +35,13 @@ impl Replica {
                 break;
             }
             self.commit += 1;
+        }
+        // A leader may learn that a slot it re-proposed is chosen from a
+        // replica outside its promise quorum (catch-up): the value is the one
+        // it proposed, and the slot is no longer in flight.
+        if let Role::Leader(leader) = &mut self.role {
+            let commit = self.commit;
+            leader.inflight.retain(|slot, _| *slot > commit);
         }
     }
 
