@@ -31,7 +31,7 @@ pub struct KvArgs {
     #[arg(long, default_value_t = 3, value_parser = parse_nodes)]
     nodes: usize,
     /// Concurrent clients.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1000))]
     clients: u16,
     /// Operations per run, over all clients.
     #[arg(long, default_value_t = 200)]

@@ -129,7 +129,7 @@ impl Default for KvSimConfig {
     fn default() -> Self {
         KvSimConfig {
             nodes: 3,
-            clients: 5,
+            clients: 8,
             ops: 200,
             keys: 3,
             loss: 0.1,
@@ -302,8 +302,14 @@ pub fn run(config: &KvSimConfig, seed: u64, keep_trace: bool) -> KvRun {
         c.lease_ticks = 19;
         c.inflight_slots_max = 16;
         c.batch_commands_max = 64;
+        // Clocks at the edges of the bound are the most adversarial: most
+        // nodes run as fast or as slow as the bound allows.
         let span = config.drift_ppm as i64;
-        let drift = rng.between(0, 2 * span as u64) as i64 - span;
+        let drift = match rng.below(4) {
+            0 => span,
+            1 => -span,
+            _ => rng.between(0, 2 * span as u64) as i64 - span,
+        };
         let replica = Replica::new(c.clone()).expect("the simulator's config is valid");
         nodes.push(Node {
             up: true,
