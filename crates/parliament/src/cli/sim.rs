@@ -204,8 +204,9 @@ fn sim_kv(args: KvArgs) -> Result<ExitCode> {
     let keep_trace = args.trace.is_some();
     let bar = progress(count);
     let started = Instant::now();
-    let (mut ops, mut acked, mut violations) = (0usize, 0usize, 0u64);
+    let (mut ops, mut acked, mut violations, mut undecided) = (0usize, 0usize, 0u64, 0u64);
     let mut first_violation = None;
+    let mut first_undecided = None;
     let mut last = None;
     for seed in first..first.saturating_add(count) {
         // A panic (a broken invariant) is a failure of this seed like any
@@ -228,6 +229,10 @@ fn sim_kv(args: KvArgs) -> Result<ExitCode> {
         bar.inc(1);
         ops += outcome.ops;
         acked += outcome.acked;
+        if !outcome.undecided.is_empty() {
+            undecided += 1;
+            first_undecided.get_or_insert(seed);
+        }
         if let Some(why) = &outcome.violation {
             violations += 1;
             if first_violation.is_none() {
@@ -256,7 +261,7 @@ fn sim_kv(args: KvArgs) -> Result<ExitCode> {
         }
     }
     println!(
-        "{count} seeds, {ops} operations, {acked} acknowledged, {violations} with a violation, {:.1} seeds/s",
+        "{count} seeds, {ops} operations, {acked} acknowledged, {violations} with a violation, {undecided} undecided, {:.1} seeds/s",
         count as f64 / elapsed.max(1e-9)
     );
     if let Some(seed) = first_violation {
@@ -266,6 +271,14 @@ fn sim_kv(args: KvArgs) -> Result<ExitCode> {
             replay(seed)
         );
         return Ok(ExitCode::FAILURE);
+    }
+    if let Some(seed) = first_undecided {
+        // Not proved linearizable, not caught either: say so, distinctly.
+        println!(
+            "the linearizability search ran out of budget on {undecided} seeds (first: {seed}); use fewer clients or more keys; replay: {}",
+            replay(seed)
+        );
+        return Ok(ExitCode::from(3));
     }
     Ok(ExitCode::SUCCESS)
 }

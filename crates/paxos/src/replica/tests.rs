@@ -14,6 +14,8 @@ struct Node {
     applied: Vec<(Slot, Value)>,
     reads: Vec<ReadState>,
     failed_reads: Vec<u64>,
+    /// The last snapshot request the replica made.
+    snapshot_needed: Option<(NodeId, Slot)>,
     up: bool,
 }
 
@@ -48,6 +50,7 @@ impl Cluster {
                     applied: Vec::new(),
                     reads: Vec::new(),
                     failed_reads: Vec::new(),
+                    snapshot_needed: None,
                     up: true,
                 };
                 (id, node)
@@ -88,6 +91,9 @@ impl Cluster {
         }
         node.reads.extend(ready.reads);
         node.failed_reads.extend(ready.failed_reads);
+        if ready.snapshot_needed.is_some() {
+            node.snapshot_needed = ready.snapshot_needed;
+        }
     }
 
     fn deliver_all(&mut self) {
@@ -480,4 +486,54 @@ fn records_replayed_rebuild_the_same_durable_state() {
             assert_eq!(node.durable.chosen_value(slot), node.replica.chosen(slot));
         }
     }
+}
+
+#[test]
+fn a_follower_behind_a_compacted_log_installs_a_snapshot_then_catches_up() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    let lagger = (1..=3).find(|&id| id != leader).expect("a follower");
+    c.crash(lagger);
+    for i in 0..30 {
+        c.propose(leader, &format!("s{i}"));
+    }
+    c.ticks(3);
+    // Everyone up compacts what it applied into a (host-side) snapshot.
+    for id in (1..=3).filter(|&id| id != lagger) {
+        let applied = c.nodes[&id].replica.status().applied;
+        c.node(id).replica.compact(applied);
+        c.process(id);
+        assert_eq!(c.nodes[&id].durable.log_start, applied);
+    }
+    let snapshot_slot = c.nodes[&leader].replica.status().log_start;
+    assert!(snapshot_slot >= 30);
+    c.restart(lagger);
+    for _ in 0..50 {
+        c.ticks(1);
+        if c.nodes[&lagger].snapshot_needed.is_some() {
+            break;
+        }
+    }
+    let (from, slot) = c.nodes[&lagger]
+        .snapshot_needed
+        .expect("the lagging follower is told to fetch a snapshot");
+    assert!(slot >= snapshot_slot);
+    // The host transfers the snapshot out of band: here, the entries the
+    // sender applied up to `slot`.
+    let entries: Vec<(Slot, Value)> = c.nodes[&from]
+        .applied
+        .iter()
+        .filter(|(s, _)| *s <= slot)
+        .cloned()
+        .collect();
+    let node = c.node(lagger);
+    node.applied = entries;
+    node.replica.install_snapshot(slot);
+    c.process(lagger);
+    assert_eq!(c.nodes[&lagger].durable.log_start, slot);
+    c.propose(leader, "after-snapshot");
+    c.ticks(10);
+    let cmds = c.commands(lagger);
+    assert_eq!(cmds.len(), 31, "{cmds:?}");
+    assert_eq!(cmds.last().map(String::as_str), Some("after-snapshot"));
 }
