@@ -9,6 +9,18 @@
 use paxos::Ballot;
 use paxos::synod::{Ledger, Message};
 
+/// A family of broken variants, named on the command line.
+pub trait Variant: Copy + Sized + 'static {
+    const ALL: &'static [Self];
+    /// The name used with `--bug`.
+    fn name(self) -> &'static str;
+    fn description(self) -> &'static str;
+
+    fn parse(name: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|b| b.name() == name)
+    }
+}
+
 /// A broken synod.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum SynodBug {
@@ -22,15 +34,14 @@ pub enum SynodBug {
     LearnerMixesBallots,
 }
 
-impl SynodBug {
-    pub const ALL: [SynodBug; 3] = [
+impl Variant for SynodBug {
+    const ALL: &'static [SynodBug] = &[
         SynodBug::ForgetPromise,
         SynodBug::IgnorePromisedValues,
         SynodBug::LearnerMixesBallots,
     ];
 
-    /// The name used on the command line.
-    pub fn name(self) -> &'static str {
+    fn name(self) -> &'static str {
         match self {
             SynodBug::ForgetPromise => "forget-promise",
             SynodBug::IgnorePromisedValues => "ignore-promised-values",
@@ -38,7 +49,7 @@ impl SynodBug {
         }
     }
 
-    pub fn description(self) -> &'static str {
+    fn description(self) -> &'static str {
         match self {
             SynodBug::ForgetPromise => "an acceptor that forgets its promise on restart",
             SynodBug::IgnorePromisedValues => {
@@ -49,11 +60,9 @@ impl SynodBug {
             }
         }
     }
+}
 
-    pub fn parse(name: &str) -> Option<SynodBug> {
-        Self::ALL.into_iter().find(|b| b.name() == name)
-    }
-
+impl SynodBug {
     /// What an acceptor's disk holds after it was asked to persist `ledger`.
     pub fn stored<V: Clone>(bug: Option<SynodBug>, ledger: &Ledger<V>) -> Ledger<V> {
         let mut stored = ledger.clone();

@@ -2,9 +2,9 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::{Args, Subcommand};
-use parliament::bugs::SynodBug;
+use parliament::bugs::{SynodBug, Variant};
 use parliament::model::synod::SynodModel;
 use parliament::model::{Expectation, Options, explore};
 
@@ -40,18 +40,9 @@ pub fn run(command: ModelCommand) -> Result<ExitCode> {
 }
 
 fn synod(args: SynodArgs) -> Result<ExitCode> {
-    let bug = match args.bug.as_deref() {
-        None => None,
-        Some("list") => {
-            for b in SynodBug::ALL {
-                println!("{:<24} {}", b.name(), b.description());
-            }
-            return Ok(ExitCode::SUCCESS);
-        }
-        Some(name) => match SynodBug::parse(name) {
-            Some(b) => Some(b),
-            None => bail!("unknown bug '{name}'; `--bug list` names them"),
-        },
+    let bug = match super::choose_bug::<SynodBug>(args.bug.as_deref())? {
+        super::BugChoice::Listed => return Ok(ExitCode::SUCCESS),
+        choice => choice.bug().copied(),
     };
     let model = SynodModel::new(usize::from(args.proposers), args.rounds, args.restarts, bug);
     println!(

@@ -3,10 +3,10 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use parliament::bugs::SynodBug;
+use parliament::bugs::{SynodBug, Variant};
 use parliament::sim::kv::{self, KvBug, KvSimConfig};
 use parliament::sim::synod::{self, SynodSimConfig};
 
@@ -148,18 +148,9 @@ fn progress(count: u64) -> ProgressBar {
 }
 
 fn sim_kv(args: KvArgs) -> Result<ExitCode> {
-    let bug = match args.bug.as_deref() {
-        None => None,
-        Some("list") => {
-            for b in KvBug::ALL {
-                println!("{:<28} {}", b.name(), b.description());
-            }
-            return Ok(ExitCode::SUCCESS);
-        }
-        Some(name) => match KvBug::parse(name) {
-            Some(b) => Some(b),
-            None => bail!("unknown bug '{name}'; `--bug list` names them"),
-        },
+    let bug = match super::choose_bug::<KvBug>(args.bug.as_deref())? {
+        super::BugChoice::Listed => return Ok(ExitCode::SUCCESS),
+        choice => choice.bug().copied(),
     };
     let config = KvSimConfig {
         nodes: args.nodes,
@@ -305,18 +296,9 @@ fn write_trace(path: &std::path::Path, lines: &[String]) -> Result<()> {
 }
 
 fn sim_synod(args: SynodArgs) -> Result<ExitCode> {
-    let bug = match args.bug.as_deref() {
-        None => None,
-        Some("list") => {
-            for b in SynodBug::ALL {
-                println!("{:<24} {}", b.name(), b.description());
-            }
-            return Ok(ExitCode::SUCCESS);
-        }
-        Some(name) => match SynodBug::parse(name) {
-            Some(b) => Some(b),
-            None => bail!("unknown bug '{name}'; `--bug list` names them"),
-        },
+    let bug = match super::choose_bug::<SynodBug>(args.bug.as_deref())? {
+        super::BugChoice::Listed => return Ok(ExitCode::SUCCESS),
+        choice => choice.bug().copied(),
     };
     let config = SynodSimConfig {
         acceptors: args.acceptors,
@@ -343,15 +325,7 @@ fn sim_synod(args: SynodArgs) -> Result<ExitCode> {
         cmd
     };
 
-    let bar = if count > 1 {
-        ProgressBar::new(count)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} seeds, {per_sec}, eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = progress(count);
     let started = Instant::now();
     let (mut decided, mut violations, mut messages_to_choose) = (0u64, 0u64, 0u64);
     let mut first_violation = None;

@@ -430,6 +430,7 @@ impl Model for SynodModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bugs::Variant;
     use crate::model::{Options, explore};
 
     #[test]

@@ -40,6 +40,7 @@ use paxos::replica::{Config, Durable, Message, Record, Replica, Slot, Value};
 use paxos::rng::Rng;
 
 use super::trace::Trace;
+use crate::bugs::Variant;
 use crate::check::{self, History, Op, OpId, Outcome, Ret};
 use crate::kv::{Command, Reply, Request, SetCondition, Store};
 
@@ -66,8 +67,8 @@ pub enum KvBug {
     RetryAppliedTwice,
 }
 
-impl KvBug {
-    pub const ALL: [KvBug; 5] = [
+impl Variant for KvBug {
+    const ALL: &'static [KvBug] = &[
         KvBug::IgnorePromisedValues,
         KvBug::ReadWithoutConfirmation,
         KvBug::LeaseWithoutDriftWait,
@@ -75,7 +76,7 @@ impl KvBug {
         KvBug::RetryAppliedTwice,
     ];
 
-    pub fn name(self) -> &'static str {
+    fn name(self) -> &'static str {
         match self {
             KvBug::IgnorePromisedValues => "ignore-promised-values",
             KvBug::ReadWithoutConfirmation => "read-without-confirmation",
@@ -85,7 +86,7 @@ impl KvBug {
         }
     }
 
-    pub fn description(self) -> &'static str {
+    fn description(self) -> &'static str {
         match self {
             KvBug::IgnorePromisedValues => {
                 "a new leader that ignores the accepted values in promises"
@@ -97,10 +98,6 @@ impl KvBug {
             KvBug::ApplyBeforeChosen => "a follower that applies a slot before it is chosen",
             KvBug::RetryAppliedTwice => "a client retry that is applied twice",
         }
-    }
-
-    pub fn parse(name: &str) -> Option<KvBug> {
-        Self::ALL.into_iter().find(|b| b.name() == name)
     }
 }
 

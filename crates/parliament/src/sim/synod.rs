@@ -514,6 +514,7 @@ fn listeners_of(config: &SynodSimConfig) -> Vec<NodeId> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bugs::Variant;
 
     #[test]
     fn a_seed_replays_bit_for_bit() {
@@ -560,7 +561,7 @@ mod tests {
 
     #[test]
     fn every_bug_is_caught() {
-        for bug in SynodBug::ALL {
+        for &bug in SynodBug::ALL {
             let config = SynodSimConfig {
                 bug: Some(bug),
                 ..SynodSimConfig::default()

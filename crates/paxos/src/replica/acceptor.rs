@@ -26,13 +26,7 @@ impl Replica {
     /// Phase 1b for every slot from `from_slot` on.
     pub(super) fn on_prepare(&mut self, from: NodeId, ballot: Ballot, from_slot: Slot) {
         if ballot < self.promised {
-            self.send(
-                from,
-                Message::Nack {
-                    ballot,
-                    promised: self.promised,
-                },
-            );
+            self.nack(from, ballot);
             return;
         }
         if ballot > self.promised && self.now < self.lease_granted_until {
@@ -43,26 +37,7 @@ impl Replica {
         self.promise(ballot);
         // A contender is running: give it time before running ourselves.
         self.reset_election_deadline();
-        let first = from_slot.max(self.log_start + 1);
-        let entries = self
-            .log
-            .range(first..)
-            .filter_map(|(&slot, e)| {
-                let chosen = e.chosen.is_some();
-                let (b, v) = match (&e.chosen, &e.accepted) {
-                    (Some(v), Some((b, _))) => (*b, v.clone()),
-                    (Some(v), None) => (Ballot::ZERO, v.clone()),
-                    (None, Some((b, v))) => (*b, v.clone()),
-                    (None, None) => return None,
-                };
-                Some(PromisedEntry {
-                    slot,
-                    ballot: b,
-                    value: v,
-                    chosen,
-                })
-            })
-            .collect();
+        let entries = self.promised_entries(from_slot);
         self.send(
             from,
             Message::Promise {
@@ -83,13 +58,7 @@ impl Replica {
         commit: Slot,
     ) {
         if ballot < self.promised {
-            self.send(
-                from,
-                Message::Nack {
-                    ballot,
-                    promised: self.promised,
-                },
-            );
+            self.nack(from, ballot);
             return;
         }
         self.promise(ballot);
@@ -120,13 +89,7 @@ impl Replica {
     /// A leader's heartbeat: it is alive, and this is its commit point.
     pub(super) fn on_heartbeat(&mut self, from: NodeId, ballot: Ballot, commit: Slot, seq: u64) {
         if ballot < self.promised {
-            self.send(
-                from,
-                Message::Nack {
-                    ballot,
-                    promised: self.promised,
-                },
-            );
+            self.nack(from, ballot);
             return;
         }
         self.promise(ballot);
@@ -139,6 +102,36 @@ impl Replica {
         }
         self.send(from, Message::HeartbeatAck { ballot, seq });
         self.learn_commit(from, ballot, commit);
+    }
+
+    /// Refuses `ballot`, saying what we promised instead.
+    fn nack(&mut self, to: NodeId, ballot: Ballot) {
+        let promised = self.promised;
+        self.send(to, Message::Nack { ballot, promised });
+    }
+
+    /// What a promise reports from `from_slot` on: for each slot, the chosen
+    /// value if known (flagged, so the candidate learns it outright), else
+    /// the latest acceptance with its ballot.
+    pub(super) fn promised_entries(&self, from_slot: Slot) -> Vec<PromisedEntry> {
+        let first = from_slot.max(self.log_start + 1);
+        self.log
+            .range(first..)
+            .filter_map(|(&slot, e)| {
+                let (ballot, value) = match (&e.chosen, &e.accepted) {
+                    (Some(v), Some((b, _))) => (*b, v.clone()),
+                    (Some(v), None) => (Ballot::ZERO, v.clone()),
+                    (None, Some((b, v))) => (*b, v.clone()),
+                    (None, None) => return None,
+                };
+                Some(PromisedEntry {
+                    slot,
+                    ballot,
+                    value,
+                    chosen: e.chosen.is_some(),
+                })
+            })
+            .collect()
     }
 
     /// Takes `from` as the leader of `ballot`.

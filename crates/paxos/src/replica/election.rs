@@ -76,29 +76,9 @@ impl Replica {
             started: self.now,
         };
         // Our own promise, as our acceptor would answer it.
-        let own = self.own_promise(from_slot);
+        let own = self.promised_entries(from_slot);
         self.broadcast(Message::Prepare { ballot, from_slot });
         self.on_promise(self.config.id, ballot, self.commit, own);
-    }
-
-    fn own_promise(&self, from_slot: Slot) -> Vec<PromisedEntry> {
-        self.log
-            .range(from_slot..)
-            .filter_map(|(&slot, e)| {
-                let (ballot, value) = match (&e.chosen, &e.accepted) {
-                    (Some(v), Some((b, _))) => (*b, v.clone()),
-                    (Some(v), None) => (Ballot::ZERO, v.clone()),
-                    (None, Some((b, v))) => (*b, v.clone()),
-                    (None, None) => return None,
-                };
-                Some(PromisedEntry {
-                    slot,
-                    ballot,
-                    value,
-                    chosen: e.chosen.is_some(),
-                })
-            })
-            .collect()
     }
 
     pub(super) fn on_promise(
