@@ -22,6 +22,8 @@ enum Command {
     /// Explore every interleaving of a small configuration (model checking).
     #[command(subcommand)]
     Model(cli::model::ModelCommand),
+    /// Check a recorded client history (JSON lines) for linearizability.
+    Check(cli::check::CheckArgs),
 }
 
 fn main() -> ExitCode {
@@ -29,6 +31,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Sim(command) => cli::sim::run(command),
         Command::Model(command) => cli::model::run(command),
+        Command::Check(args) => cli::check::run(args),
     };
     match result {
         Ok(code) => code,

@@ -217,14 +217,14 @@ impl fmt::Display for Operation {
 /// Errors building or parsing a history. Line numbers count from 1.
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
-    #[error("cannot open {path}: {source}")]
+    #[error("cannot open {path}")]
     Open {
         path: String,
         source: std::io::Error,
     },
-    #[error("line {line}: cannot read: {source}")]
+    #[error("line {line}: cannot read")]
     Io { line: usize, source: std::io::Error },
-    #[error("line {line}: not a valid event: {source}")]
+    #[error("line {line}: not a valid event")]
     Json {
         line: usize,
         source: serde_json::Error,

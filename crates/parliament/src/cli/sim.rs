@@ -21,7 +21,7 @@ pub enum SimCommand {
 
 #[derive(Args, Debug)]
 pub struct KvArgs {
-    /// How many seeds to run (default 100, or 1 when --seed is given).
+    /// How many seeds to run (default 1000, or 1 when --seed is given).
     #[arg(long)]
     seeds: Option<u64>,
     /// The first seed. Alone, it replays that one run.
@@ -169,7 +169,7 @@ fn sim_kv(args: KvArgs) -> Result<ExitCode> {
     let first = args.seed.unwrap_or(0);
     let count = args
         .seeds
-        .unwrap_or(if args.seed.is_some() { 1 } else { 100 });
+        .unwrap_or(if args.seed.is_some() { 1 } else { 1000 });
     let replay = |seed: u64| {
         let mut cmd = format!(
             "parliament sim kv --seed {seed} --nodes {} --clients {} --ops {} --keys {} --loss {} --dup {} --drift-ppm {} --chaos-ms {}",
