@@ -436,3 +436,21 @@ fn benchmarks_run() {
     assert!(bench_raw_fdatasync(tmp.path(), 5).unwrap() > 0.0);
     assert!(segment_files(tmp.path()).is_empty());
 }
+
+/// Not a check: prints the benchmark numbers on this machine's disk.
+/// Run with `-- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn print_benchmarks() {
+    let tmp = TempDir::new("bench-print");
+    let raw = bench_raw_fdatasync(tmp.path(), 200).unwrap();
+    println!("raw fdatasync: {raw:.0}/s");
+    for writers in [1, 16, 256] {
+        let per = (4000 / writers).max(20);
+        let r = bench_group_commit(tmp.path(), writers, per, 100).unwrap();
+        println!(
+            "group commit {writers:>3} writers x {per} x 100 B: {:.0} records/s, {} syncs, {:.1} records/sync",
+            r.records_per_sec, r.syncs, r.records_per_sync
+        );
+    }
+}
