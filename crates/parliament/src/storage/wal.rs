@@ -10,11 +10,15 @@
 //! `[payload length u32 LE][crc32c of payload u32 LE][payload]`, and records
 //! are numbered consecutively from 1. Payloads are opaque here.
 //!
-//! Recovery trusts the log only as far as it can prove it: a record that was
-//! being written when the machine died (the tail of the last segment) is cut
-//! off, and anything else that does not check out stops the node, because
-//! silently dropping an acknowledged record would break the promises that the
-//! rest of the cluster relies on.
+//! Recovery trusts the log only as far as it can prove it. In the last
+//! segment, a final record that runs past the end of the file, or fails its
+//! checksum with nothing but zeros (or nothing) after it, or a zero-filled
+//! tail, is what a crash mid-write leaves: it is cut off and reported. Every
+//! other bad record, a bad record in an earlier segment, a length above the
+//! limit, a gap in indexes between segments, or a length field one bit away
+//! from a valid record, stops the node instead, because silently dropping an
+//! acknowledged record would break the promises the rest of the cluster relies
+//! on. Empty records are refused on append so that zeros are never data.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -95,6 +99,10 @@ pub enum WalError {
     },
     #[error("record of {len} bytes exceeds the limit of {max} bytes; nothing was written")]
     RecordTooLarge { len: usize, max: u32 },
+    #[error(
+        "empty records are not accepted (a zero length marks a zero-filled tail); nothing was written"
+    )]
+    EmptyRecord,
     #[error(
         "write-ahead log in {} refuses writes after an earlier write or sync \
          failure (what reached the disk is unknown); restart the node to recover it",
@@ -286,6 +294,18 @@ fn scan_segment(
                 format!("record length {len} exceeds the limit of {max} bytes"),
             ));
         }
+        if len == 0 {
+            // Appends refuse empty records, so a zero length is either the
+            // zero-filled tail some file systems leave after a crash (the size
+            // grew, the data never landed) or damage.
+            if is_last
+                && rest.iter().all(|b| *b == 0)
+                && !length_bit_flipped(rest, len, stored, max)
+            {
+                return Ok(off);
+            }
+            return Err(corrupt(off, "record of length zero".into()));
+        }
         let end = RECORD_HEADER_BYTES + len as usize;
         if end > rest.len() {
             if is_last && !length_bit_flipped(rest, len, stored, max) {
@@ -301,7 +321,11 @@ fn scan_segment(
         }
         let payload = &rest[RECORD_HEADER_BYTES..end];
         if crc32c(payload) != stored {
-            if is_last && end == rest.len() && !length_bit_flipped(rest, len, stored, max) {
+            // Torn if nothing but zeros follows: no good record can come after.
+            if is_last
+                && rest[end..].iter().all(|b| *b == 0)
+                && !length_bit_flipped(rest, len, stored, max)
+            {
                 return Ok(off);
             }
             return Err(corrupt(off, format!("checksum mismatch in record {index}")));
@@ -428,17 +452,20 @@ impl Wal {
         Arc::clone(&self.stats)
     }
 
-    /// Refuses the whole batch if any record is over the limit, so a caller
-    /// never sees half of a batch written.
+    /// Refuses the whole batch if any record is empty or over the limit, so a
+    /// caller never sees half of a batch written.
     pub fn check_sizes<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<(), WalError> {
         let max = self.opts.record_bytes_max;
-        match payloads.iter().find(|p| p.as_ref().len() > max as usize) {
-            Some(p) => Err(WalError::RecordTooLarge {
-                len: p.as_ref().len(),
-                max,
-            }),
-            None => Ok(()),
+        for p in payloads {
+            let len = p.as_ref().len();
+            if len == 0 {
+                return Err(WalError::EmptyRecord);
+            }
+            if len > max as usize {
+                return Err(WalError::RecordTooLarge { len, max });
+            }
         }
+        Ok(())
     }
 
     /// Appends the records with one write and (with [`FsyncPolicy::Always`])

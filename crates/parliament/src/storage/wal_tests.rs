@@ -100,9 +100,9 @@ fn round_trip_in_random_batches_and_continue_after_reopen() {
             let batch: Vec<Vec<u8>> = (0..1 + rng.below(40))
                 .map(|_| {
                     let len = match rng.below(10) {
-                        0 => 0,
-                        1 => rng.below(5000) as usize,
-                        _ => rng.below(200) as usize,
+                        0 => 1,
+                        1 => 1 + rng.below(5000) as usize,
+                        _ => 1 + rng.below(200) as usize,
                     };
                     rng.bytes(len)
                 })
@@ -188,6 +188,55 @@ fn bad_checksum_of_a_complete_last_record_is_a_torn_write() {
         (RECORD_HEADER_BYTES + last.len()) as u64
     );
     assert_eq!(fs::metadata(&seg).unwrap().len(), *start);
+}
+
+#[test]
+fn zero_filled_tail_is_a_torn_write() {
+    let tmp = TempDir::new("zeros");
+    let records = write_records(tmp.path(), 6, 40, 5);
+    let seg = tmp.path().join(segment_file_name(1));
+    let good = fs::read(&seg).unwrap();
+    let (_, last, last_start) = &records[5];
+    let last_start = *last_start as usize;
+
+    // The size grew but no data landed.
+    let mut data = good.clone();
+    data.extend_from_slice(&[0u8; 4096]);
+    fs::write(&seg, &data).unwrap();
+    let (mut wal, rec) = Wal::open(tmp.path(), Options::default()).unwrap();
+    assert_eq!(rec.records.len(), 6);
+    assert_eq!(rec.torn.unwrap().bytes_dropped, 4096);
+    assert_eq!(wal.append(&[b"seven"]).unwrap(), 7);
+    drop(wal);
+    fs::write(&seg, &good).unwrap();
+
+    // The last record's header landed, its payload did not, zeros follow.
+    let mut data = good.clone();
+    for b in &mut data[last_start + RECORD_HEADER_BYTES..] {
+        *b = 0;
+    }
+    data.extend_from_slice(&[0u8; 100]);
+    fs::write(&seg, &data).unwrap();
+    let (_, rec) = Wal::open(tmp.path(), Options::default()).unwrap();
+    assert_eq!(rec.records.len(), 5);
+    assert_eq!(
+        rec.torn.unwrap().bytes_dropped,
+        (RECORD_HEADER_BYTES + last.len() + 100) as u64
+    );
+
+    // Zeros in the middle, with a good record after them, are damage.
+    let mut data = good.clone();
+    let (_, _, third) = &records[2];
+    let third = *third as usize;
+    for b in &mut data[third..third + RECORD_HEADER_BYTES] {
+        *b = 0;
+    }
+    fs::write(&seg, &data).unwrap();
+    let err = Wal::open(tmp.path(), Options::default()).unwrap_err();
+    assert!(
+        matches!(err, WalError::Corrupt { offset, .. } if offset == third as u64),
+        "{err}"
+    );
 }
 
 #[test]
@@ -397,6 +446,9 @@ fn oversized_record_is_refused_and_nothing_written() {
     assert_eq!(fs::metadata(&seg).unwrap().len(), size);
     assert_eq!(wal.last_index(), 1);
     assert_eq!(wal.append(&[b"ok"]).unwrap(), 2);
+    let err = wal.append(&[&b"x"[..], &b""[..]]).unwrap_err();
+    assert!(matches!(err, WalError::EmptyRecord), "{err}");
+    assert_eq!(wal.last_index(), 2);
 
     // Through group commit the oversized request fails alone.
     let gc = GroupCommit::start(wal, GroupCommitOptions::default()).unwrap();
