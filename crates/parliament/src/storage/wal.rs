@@ -343,7 +343,21 @@ impl Wal {
     /// Opens (creating if needed) the log in `dir` and replays it.
     pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<(Wal, Recovered), WalError> {
         let dir = dir.as_ref().to_path_buf();
-        fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+        if !dir.is_dir() {
+            // Every directory created here must have its name synced into its
+            // parent, or a crash could lose the whole log.
+            let created: Vec<PathBuf> = dir
+                .ancestors()
+                .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+                .map(Path::to_path_buf)
+                .collect();
+            fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+            for new in &created {
+                if let Some(parent) = new.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    sync_dir(parent)?;
+                }
+            }
+        }
         let mut segments = list_segments(&dir)?;
         let mut records = Vec::new();
         let mut torn = None;

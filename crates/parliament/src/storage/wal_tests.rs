@@ -358,6 +358,38 @@ fn rotation_and_removing_old_segments() {
 }
 
 #[test]
+fn torn_tail_after_rotation_is_cut_only_in_the_last_segment() {
+    let tmp = TempDir::new("rotate-torn");
+    let opts = Options {
+        segment_bytes_max: 120,
+        ..no_sync()
+    };
+    let (mut wal, _) = Wal::open(tmp.path().join("new/nested"), opts.clone()).unwrap();
+    for i in 0..10u8 {
+        // 8 + 32 = 40 bytes a record: 3 per segment, segments at 1, 4, 7, 10.
+        wal.append(&[vec![i + 1; 32]]).unwrap();
+    }
+    drop(wal);
+    let dir = tmp.path().join("new/nested");
+    assert_eq!(segment_files(&dir).len(), 4);
+    let last = dir.join(segment_file_name(10));
+    let data = fs::read(&last).unwrap();
+    assert_eq!(data.len(), 40);
+    fs::write(&last, &data[..17]).unwrap();
+    let (mut wal, rec) = Wal::open(&dir, opts.clone()).unwrap();
+    assert_eq!(rec.last_index, 9);
+    assert_eq!(rec.torn.unwrap().bytes_dropped, 17);
+    // The emptied last segment is reused for index 10.
+    assert_eq!(wal.append(&[b"ten"]).unwrap(), 10);
+    assert_eq!(wal.remove_segments_before(7).unwrap(), 2);
+    drop(wal);
+    let (_, rec) = Wal::open(&dir, opts).unwrap();
+    assert_eq!(rec.torn, None);
+    assert_eq!(rec.first_index, 7);
+    assert_eq!(rec.records.last().unwrap(), &(10, b"ten".to_vec()));
+}
+
+#[test]
 fn group_commit_batches_concurrent_writers() {
     let tmp = TempDir::new("group");
     let (wal, _) = Wal::open(tmp.path(), Options::default()).unwrap();
