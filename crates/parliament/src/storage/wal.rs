@@ -87,8 +87,8 @@ pub enum WalError {
     },
     #[error(
         "the log of this node is damaged at {} offset {offset}: {reason}. \
-         Do not delete or edit the log to make the node start, that can lose \
-         acknowledged writes: move the data directory aside and rejoin the node \
+         Do not delete or edit the log to make the node start (that can lose \
+         acknowledged writes); instead move the data directory aside and rejoin the node \
          as an empty learner so it re-learns the log from a quorum",
         .path.display()
     )]

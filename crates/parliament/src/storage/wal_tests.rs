@@ -400,12 +400,18 @@ fn group_commit_batches_concurrent_writers() {
         let handles: Vec<_> = (0..WRITERS)
             .map(|w| {
                 let gc = &gc;
+                let dir = tmp.path();
                 s.spawn(move || {
                     let mut mine = Vec::new();
                     for i in 0..PER {
                         let p = format!("writer {w} record {i}").into_bytes();
                         let idx = gc.submit(vec![Bytes::from(p.clone())]).unwrap();
-                        // Durable on return: a fresh read of the file sees it.
+                        if i % 25 == 0 {
+                            // Written (and synced) before submit returned:
+                            // a fresh read of the file already holds it.
+                            let data = fs::read(dir.join(segment_file_name(1))).unwrap();
+                            assert!(data.windows(p.len()).any(|win| win == p));
+                        }
                         mine.push((idx, p));
                     }
                     mine
@@ -426,6 +432,7 @@ fn group_commit_batches_concurrent_writers() {
         c.syncs
     );
     assert!(c.syncs >= 1);
+    eprintln!("group commit: {total} records, {} syncs", c.syncs);
     let (_, rec) = Wal::open(tmp.path(), Options::default()).unwrap();
     assert_eq!(rec.records.len() as u64, total);
     for (idx, p) in results.into_iter().flatten() {
