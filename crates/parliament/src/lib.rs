@@ -6,3 +6,4 @@ pub mod kv;
 pub mod model;
 pub mod resp;
 pub mod sim;
+pub mod storage;
