@@ -501,16 +501,12 @@ fn step_budget_gives_unknown() {
     assert!(b.check().linearizable);
 }
 
-/// A small deterministic generator (splitmix64), so failures replay by seed.
-struct Rng(u64);
+/// The project's seeded generator, so failures replay by seed.
+struct Rng(paxos::rng::Rng);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
@@ -549,7 +545,7 @@ fn random_history_with(
         Pending(Op, String),
         Done(Outcome),
     }
-    let mut rng = Rng(seed);
+    let mut rng = Rng(paxos::rng::Rng::new(seed));
     let mut store: HashMap<String, String> = HashMap::new();
     let mut procs: Vec<Proc> = (0..processes).map(|_| Proc::Idle).collect();
     let mut recs = Vec::new();
@@ -683,7 +679,7 @@ fn random_linearizable_histories_are_accepted_and_corruptions_rejected() {
         if reads.is_empty() {
             continue;
         }
-        let mut rng = Rng(seed ^ 0xdead_beef);
+        let mut rng = Rng(paxos::rng::Rng::new(seed ^ 0xdead_beef));
         let victim = reads[rng.below(reads.len() as u64) as usize];
         if let Rec::Complete(_, outcome, _) = &mut recs[victim] {
             *outcome = Outcome::Ok(Ret::Read(Some(s("never written"))));

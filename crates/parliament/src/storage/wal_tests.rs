@@ -34,15 +34,12 @@ impl Drop for TempDir {
     }
 }
 
-/// Small deterministic generator (xorshift64*), so failures reproduce.
-struct Rng(u64);
+/// The project's seeded generator, so failures reproduce.
+struct Rng(paxos::rng::Rng);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        self.0.next_u64()
     }
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
@@ -73,7 +70,7 @@ fn segment_files(dir: &Path) -> Vec<String> {
 /// returns them with the byte offset each one starts at (single segment).
 fn write_records(dir: &Path, n: usize, max_len: u64, seed: u64) -> Vec<(u64, Vec<u8>, u64)> {
     let (mut wal, _) = Wal::open(dir, no_sync()).unwrap();
-    let mut rng = Rng(seed);
+    let mut rng = Rng(paxos::rng::Rng::new(seed));
     let mut offset = 0u64;
     let mut out = Vec::new();
     for _ in 0..n {
@@ -90,7 +87,7 @@ fn write_records(dir: &Path, n: usize, max_len: u64, seed: u64) -> Vec<(u64, Vec
 #[test]
 fn round_trip_in_random_batches_and_continue_after_reopen() {
     let tmp = TempDir::new("roundtrip");
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut rng = Rng(paxos::rng::Rng::new(0x9E37_79B9_7F4A_7C15));
     let mut expected: Vec<(u64, Vec<u8>)> = Vec::new();
     {
         let (mut wal, rec) = Wal::open(tmp.path(), Options::default()).unwrap();
