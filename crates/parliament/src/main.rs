@@ -24,6 +24,9 @@ enum Command {
     Model(cli::model::ModelCommand),
     /// Check a recorded client history (JSON lines) for linearizability.
     Check(cli::check::CheckArgs),
+    /// Measure (a benchmark, not a test).
+    #[command(subcommand)]
+    Bench(cli::bench::BenchCommand),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +35,7 @@ fn main() -> ExitCode {
         Command::Sim(command) => cli::sim::run(command),
         Command::Model(command) => cli::model::run(command),
         Command::Check(args) => cli::check::run(args),
+        Command::Bench(command) => cli::bench::run(command),
     };
     match result {
         Ok(code) => code,

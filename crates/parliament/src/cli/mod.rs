@@ -1,5 +1,6 @@
 //! Subcommands of the `parliament` binary.
 
+pub mod bench;
 pub mod check;
 pub mod model;
 pub mod sim;
