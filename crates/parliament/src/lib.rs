@@ -7,3 +7,4 @@ pub mod model;
 pub mod resp;
 pub mod sim;
 pub mod storage;
+pub mod wire;

@@ -1,0 +1,688 @@
+//! The binary form of the protocol's messages and durable records: one codec
+//! for the peer wire and for the write-ahead log.
+//!
+//! Every encoding starts with a format version byte, then a tag naming the
+//! variant. Integers are LEB128 varints; byte strings and lists carry their
+//! length first. Decoding checks every length against the bytes that remain
+//! before allocating, so a hostile or corrupt input can cost at most its own
+//! size, and it never panics: it returns a [`WireError`].
+
+use bytes::{BufMut, Bytes, BytesMut};
+use paxos::Ballot;
+use paxos::replica::{Message, PromisedEntry, Record, Slot, Value};
+
+/// The format this code writes and reads.
+pub const WIRE_FORMAT: u8 = 1;
+
+/// Why bytes could not be decoded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("empty input")]
+    Empty,
+    #[error("unknown format version {0} (this build reads version {WIRE_FORMAT})")]
+    UnknownFormat(u8),
+    #[error("input ends inside {0}")]
+    Truncated(&'static str),
+    #[error("a varint is longer than 64 bits")]
+    VarintOverflow,
+    #[error("unknown {what} tag {tag}")]
+    UnknownTag { what: &'static str, tag: u8 },
+    #[error("{what} claims {claimed} items or bytes but only {left} bytes remain")]
+    LengthTooLong {
+        what: &'static str,
+        claimed: u64,
+        left: usize,
+    },
+    #[error("{0} bytes left over after the value")]
+    TrailingBytes(usize),
+}
+
+// ---------------------------------------------------------------------------
+// Encoding
+// ---------------------------------------------------------------------------
+
+fn put_varint(out: &mut BytesMut, mut n: u64) {
+    while n >= 0x80 {
+        out.put_u8((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.put_u8(n as u8);
+}
+
+fn put_bytes(out: &mut BytesMut, b: &[u8]) {
+    put_varint(out, b.len() as u64);
+    out.put_slice(b);
+}
+
+fn put_ballot(out: &mut BytesMut, b: Ballot) {
+    put_varint(out, b.round);
+    put_varint(out, b.node);
+}
+
+fn put_value(out: &mut BytesMut, v: &Value) {
+    match v {
+        Value::Noop => out.put_u8(0),
+        Value::Batch(commands) => {
+            out.put_u8(1);
+            put_varint(out, commands.len() as u64);
+            for c in commands {
+                put_bytes(out, c);
+            }
+        }
+    }
+}
+
+fn put_slots(out: &mut BytesMut, slots: &[Slot]) {
+    put_varint(out, slots.len() as u64);
+    for &s in slots {
+        put_varint(out, s);
+    }
+}
+
+fn put_entries(out: &mut BytesMut, entries: &[(Slot, Value)]) {
+    put_varint(out, entries.len() as u64);
+    for (s, v) in entries {
+        put_varint(out, *s);
+        put_value(out, v);
+    }
+}
+
+/// Encodes a message between replicas.
+pub fn encode_message(message: &Message) -> Bytes {
+    let mut out = BytesMut::with_capacity(64);
+    out.put_u8(WIRE_FORMAT);
+    match message {
+        Message::PreVote { ballot } => {
+            out.put_u8(1);
+            put_ballot(&mut out, *ballot);
+        }
+        Message::PreVoteReply { ballot, granted } => {
+            out.put_u8(2);
+            put_ballot(&mut out, *ballot);
+            out.put_u8(u8::from(*granted));
+        }
+        Message::Prepare { ballot, from_slot } => {
+            out.put_u8(3);
+            put_ballot(&mut out, *ballot);
+            put_varint(&mut out, *from_slot);
+        }
+        Message::Promise {
+            ballot,
+            commit,
+            log_start,
+            entries,
+        } => {
+            out.put_u8(4);
+            put_ballot(&mut out, *ballot);
+            put_varint(&mut out, *commit);
+            put_varint(&mut out, *log_start);
+            put_varint(&mut out, entries.len() as u64);
+            for e in entries {
+                put_varint(&mut out, e.slot);
+                put_ballot(&mut out, e.ballot);
+                put_value(&mut out, &e.value);
+                out.put_u8(u8::from(e.chosen));
+            }
+        }
+        Message::Nack { ballot, promised } => {
+            out.put_u8(5);
+            put_ballot(&mut out, *ballot);
+            put_ballot(&mut out, *promised);
+        }
+        Message::Accept {
+            ballot,
+            entries,
+            commit,
+        } => {
+            out.put_u8(6);
+            put_ballot(&mut out, *ballot);
+            put_entries(&mut out, entries);
+            put_varint(&mut out, *commit);
+        }
+        Message::Accepted { ballot, slots } => {
+            out.put_u8(7);
+            put_ballot(&mut out, *ballot);
+            put_slots(&mut out, slots);
+        }
+        Message::Heartbeat {
+            ballot,
+            commit,
+            seq,
+        } => {
+            out.put_u8(8);
+            put_ballot(&mut out, *ballot);
+            put_varint(&mut out, *commit);
+            put_varint(&mut out, *seq);
+        }
+        Message::HeartbeatAck { ballot, seq } => {
+            out.put_u8(9);
+            put_ballot(&mut out, *ballot);
+            put_varint(&mut out, *seq);
+        }
+        Message::CatchUp { from_slot } => {
+            out.put_u8(10);
+            put_varint(&mut out, *from_slot);
+        }
+        Message::Chosen { entries, commit } => {
+            out.put_u8(11);
+            put_entries(&mut out, entries);
+            put_varint(&mut out, *commit);
+        }
+        Message::SnapshotNeeded { slot } => {
+            out.put_u8(12);
+            put_varint(&mut out, *slot);
+        }
+        Message::Forward { commands } => {
+            out.put_u8(13);
+            put_varint(&mut out, commands.len() as u64);
+            for c in commands {
+                put_bytes(&mut out, c);
+            }
+        }
+        Message::ReadIndexRequest { ctx } => {
+            out.put_u8(14);
+            put_varint(&mut out, *ctx);
+        }
+        Message::ReadIndexReply { ctx, index } => {
+            out.put_u8(15);
+            put_varint(&mut out, *ctx);
+            put_varint(&mut out, *index);
+        }
+    }
+    out.freeze()
+}
+
+/// Encodes a durable record.
+pub fn encode_record(record: &Record) -> Bytes {
+    let mut out = BytesMut::with_capacity(32);
+    out.put_u8(WIRE_FORMAT);
+    match record {
+        Record::Promise(ballot) => {
+            out.put_u8(1);
+            put_ballot(&mut out, *ballot);
+        }
+        Record::Accept {
+            slot,
+            ballot,
+            value,
+        } => {
+            out.put_u8(2);
+            put_varint(&mut out, *slot);
+            put_ballot(&mut out, *ballot);
+            put_value(&mut out, value);
+        }
+        Record::Commit { up_to } => {
+            out.put_u8(3);
+            put_varint(&mut out, *up_to);
+        }
+        Record::Chosen { slot, value } => {
+            out.put_u8(4);
+            put_varint(&mut out, *slot);
+            put_value(&mut out, value);
+        }
+        Record::Compact { up_to } => {
+            out.put_u8(5);
+            put_varint(&mut out, *up_to);
+        }
+    }
+    out.freeze()
+}
+
+// ---------------------------------------------------------------------------
+// Decoding
+// ---------------------------------------------------------------------------
+
+/// Reads from a `Bytes`, slicing byte strings out of it without copying.
+struct Reader {
+    input: Bytes,
+    at: usize,
+}
+
+impl Reader {
+    fn left(&self) -> usize {
+        self.input.len() - self.at
+    }
+
+    fn u8(&mut self, what: &'static str) -> Result<u8, WireError> {
+        let b = *self.input.get(self.at).ok_or(WireError::Truncated(what))?;
+        self.at += 1;
+        Ok(b)
+    }
+
+    fn bool(&mut self, what: &'static str) -> Result<bool, WireError> {
+        match self.u8(what)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            tag => Err(WireError::UnknownTag { what, tag }),
+        }
+    }
+
+    fn varint(&mut self, what: &'static str) -> Result<u64, WireError> {
+        let mut n: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8(what)?;
+            let part = u64::from(b & 0x7F);
+            if shift == 63 && part > 1 {
+                return Err(WireError::VarintOverflow);
+            }
+            n |= part << shift;
+            if b & 0x80 == 0 {
+                return Ok(n);
+            }
+        }
+        Err(WireError::VarintOverflow)
+    }
+
+    /// A count of items each taking at least one byte: never more than what
+    /// remains, so a forged count cannot make us allocate.
+    fn count(&mut self, what: &'static str) -> Result<usize, WireError> {
+        let claimed = self.varint(what)?;
+        let left = self.left();
+        if claimed > left as u64 {
+            return Err(WireError::LengthTooLong {
+                what,
+                claimed,
+                left,
+            });
+        }
+        Ok(claimed as usize)
+    }
+
+    fn bytes(&mut self, what: &'static str) -> Result<Bytes, WireError> {
+        let len = self.count(what)?;
+        let b = self.input.slice(self.at..self.at + len);
+        self.at += len;
+        Ok(b)
+    }
+
+    fn ballot(&mut self) -> Result<Ballot, WireError> {
+        Ok(Ballot {
+            round: self.varint("a ballot round")?,
+            node: self.varint("a ballot node")?,
+        })
+    }
+
+    fn value(&mut self) -> Result<Value, WireError> {
+        match self.u8("a value")? {
+            0 => Ok(Value::Noop),
+            1 => {
+                let n = self.count("a batch")?;
+                let mut commands = Vec::with_capacity(n);
+                for _ in 0..n {
+                    commands.push(self.bytes("a command")?);
+                }
+                Ok(Value::Batch(commands))
+            }
+            tag => Err(WireError::UnknownTag { what: "value", tag }),
+        }
+    }
+
+    fn entries(&mut self) -> Result<Vec<(Slot, Value)>, WireError> {
+        let n = self.count("entries")?;
+        let mut entries = Vec::with_capacity(n);
+        for _ in 0..n {
+            entries.push((self.varint("a slot")?, self.value()?));
+        }
+        Ok(entries)
+    }
+
+    fn finish<T>(self, value: T) -> Result<T, WireError> {
+        match self.left() {
+            0 => Ok(value),
+            n => Err(WireError::TrailingBytes(n)),
+        }
+    }
+}
+
+fn reader(input: Bytes) -> Result<Reader, WireError> {
+    let mut r = Reader { input, at: 0 };
+    let format = r.u8("the format byte").map_err(|_| WireError::Empty)?;
+    if format != WIRE_FORMAT {
+        return Err(WireError::UnknownFormat(format));
+    }
+    Ok(r)
+}
+
+/// Decodes a message encoded by [`encode_message`].
+pub fn decode_message(input: Bytes) -> Result<Message, WireError> {
+    let mut r = reader(input)?;
+    let message = match r.u8("a message tag")? {
+        1 => Message::PreVote {
+            ballot: r.ballot()?,
+        },
+        2 => Message::PreVoteReply {
+            ballot: r.ballot()?,
+            granted: r.bool("granted")?,
+        },
+        3 => Message::Prepare {
+            ballot: r.ballot()?,
+            from_slot: r.varint("from_slot")?,
+        },
+        4 => {
+            let ballot = r.ballot()?;
+            let commit = r.varint("commit")?;
+            let log_start = r.varint("log_start")?;
+            let n = r.count("promised entries")?;
+            let mut entries = Vec::with_capacity(n);
+            for _ in 0..n {
+                entries.push(PromisedEntry {
+                    slot: r.varint("a slot")?,
+                    ballot: r.ballot()?,
+                    value: r.value()?,
+                    chosen: r.bool("chosen")?,
+                });
+            }
+            Message::Promise {
+                ballot,
+                commit,
+                log_start,
+                entries,
+            }
+        }
+        5 => Message::Nack {
+            ballot: r.ballot()?,
+            promised: r.ballot()?,
+        },
+        6 => Message::Accept {
+            ballot: r.ballot()?,
+            entries: r.entries()?,
+            commit: r.varint("commit")?,
+        },
+        7 => {
+            let ballot = r.ballot()?;
+            let n = r.count("slots")?;
+            let mut slots = Vec::with_capacity(n);
+            for _ in 0..n {
+                slots.push(r.varint("a slot")?);
+            }
+            Message::Accepted { ballot, slots }
+        }
+        8 => Message::Heartbeat {
+            ballot: r.ballot()?,
+            commit: r.varint("commit")?,
+            seq: r.varint("seq")?,
+        },
+        9 => Message::HeartbeatAck {
+            ballot: r.ballot()?,
+            seq: r.varint("seq")?,
+        },
+        10 => Message::CatchUp {
+            from_slot: r.varint("from_slot")?,
+        },
+        11 => Message::Chosen {
+            entries: r.entries()?,
+            commit: r.varint("commit")?,
+        },
+        12 => Message::SnapshotNeeded {
+            slot: r.varint("slot")?,
+        },
+        13 => {
+            let n = r.count("commands")?;
+            let mut commands = Vec::with_capacity(n);
+            for _ in 0..n {
+                commands.push(r.bytes("a command")?);
+            }
+            Message::Forward { commands }
+        }
+        14 => Message::ReadIndexRequest {
+            ctx: r.varint("ctx")?,
+        },
+        15 => Message::ReadIndexReply {
+            ctx: r.varint("ctx")?,
+            index: r.varint("index")?,
+        },
+        tag => {
+            return Err(WireError::UnknownTag {
+                what: "message",
+                tag,
+            });
+        }
+    };
+    r.finish(message)
+}
+
+/// Decodes a record encoded by [`encode_record`].
+pub fn decode_record(input: Bytes) -> Result<Record, WireError> {
+    let mut r = reader(input)?;
+    let record = match r.u8("a record tag")? {
+        1 => Record::Promise(r.ballot()?),
+        2 => Record::Accept {
+            slot: r.varint("slot")?,
+            ballot: r.ballot()?,
+            value: r.value()?,
+        },
+        3 => Record::Commit {
+            up_to: r.varint("up_to")?,
+        },
+        4 => Record::Chosen {
+            slot: r.varint("slot")?,
+            value: r.value()?,
+        },
+        5 => Record::Compact {
+            up_to: r.varint("up_to")?,
+        },
+        tag => {
+            return Err(WireError::UnknownTag {
+                what: "record",
+                tag,
+            });
+        }
+    };
+    r.finish(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use paxos::rng::Rng;
+
+    fn value(rng: &mut Rng) -> Value {
+        if rng.chance(0.2) {
+            return Value::Noop;
+        }
+        let n = rng.below(4) as usize;
+        Value::Batch(
+            (0..n)
+                .map(|_| {
+                    let len = rng.below(20) as usize;
+                    Bytes::from((0..len).map(|_| rng.next_u64() as u8).collect::<Vec<u8>>())
+                })
+                .collect(),
+        )
+    }
+
+    fn ballot(rng: &mut Rng) -> Ballot {
+        // Cover small values and the full range of a varint.
+        let big = |rng: &mut Rng| {
+            if rng.chance(0.3) {
+                rng.next_u64()
+            } else {
+                rng.below(300)
+            }
+        };
+        Ballot::new(big(rng), big(rng))
+    }
+
+    fn message(rng: &mut Rng) -> Message {
+        let slot = |rng: &mut Rng| rng.below(1 << 40);
+        match rng.below(15) {
+            0 => Message::PreVote {
+                ballot: ballot(rng),
+            },
+            1 => Message::PreVoteReply {
+                ballot: ballot(rng),
+                granted: rng.chance(0.5),
+            },
+            2 => Message::Prepare {
+                ballot: ballot(rng),
+                from_slot: slot(rng),
+            },
+            3 => Message::Promise {
+                ballot: ballot(rng),
+                commit: slot(rng),
+                log_start: slot(rng),
+                entries: (0..rng.below(4))
+                    .map(|_| PromisedEntry {
+                        slot: slot(rng),
+                        ballot: ballot(rng),
+                        value: value(rng),
+                        chosen: rng.chance(0.5),
+                    })
+                    .collect(),
+            },
+            4 => Message::Nack {
+                ballot: ballot(rng),
+                promised: ballot(rng),
+            },
+            5 => Message::Accept {
+                ballot: ballot(rng),
+                entries: (0..rng.below(4)).map(|_| (slot(rng), value(rng))).collect(),
+                commit: slot(rng),
+            },
+            6 => Message::Accepted {
+                ballot: ballot(rng),
+                slots: (0..rng.below(5)).map(|_| slot(rng)).collect(),
+            },
+            7 => Message::Heartbeat {
+                ballot: ballot(rng),
+                commit: slot(rng),
+                seq: rng.next_u64(),
+            },
+            8 => Message::HeartbeatAck {
+                ballot: ballot(rng),
+                seq: rng.next_u64(),
+            },
+            9 => Message::CatchUp {
+                from_slot: slot(rng),
+            },
+            10 => Message::Chosen {
+                entries: (0..rng.below(4)).map(|_| (slot(rng), value(rng))).collect(),
+                commit: slot(rng),
+            },
+            11 => Message::SnapshotNeeded { slot: slot(rng) },
+            12 => Message::Forward {
+                commands: value(rng).commands().to_vec(),
+            },
+            13 => Message::ReadIndexRequest {
+                ctx: rng.next_u64(),
+            },
+            _ => Message::ReadIndexReply {
+                ctx: rng.next_u64(),
+                index: slot(rng),
+            },
+        }
+    }
+
+    fn record(rng: &mut Rng) -> Record {
+        match rng.below(5) {
+            0 => Record::Promise(ballot(rng)),
+            1 => Record::Accept {
+                slot: rng.next_u64(),
+                ballot: ballot(rng),
+                value: value(rng),
+            },
+            2 => Record::Commit {
+                up_to: rng.next_u64(),
+            },
+            3 => Record::Chosen {
+                slot: rng.next_u64(),
+                value: value(rng),
+            },
+            _ => Record::Compact {
+                up_to: rng.next_u64(),
+            },
+        }
+    }
+
+    #[test]
+    fn every_message_and_record_round_trips() {
+        let mut rng = Rng::new(1);
+        let mut kinds = std::collections::BTreeSet::new();
+        for _ in 0..5_000 {
+            let m = message(&mut rng);
+            kinds.insert(m.kind());
+            assert_eq!(decode_message(encode_message(&m)), Ok(m));
+            let r = record(&mut rng);
+            assert_eq!(decode_record(encode_record(&r)), Ok(r));
+        }
+        assert_eq!(kinds.len(), 15, "every message kind was generated");
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let mut rng = Rng::new(2);
+        for _ in 0..300 {
+            let full = encode_message(&message(&mut rng));
+            for len in 0..full.len() {
+                assert!(
+                    decode_message(full.slice(..len)).is_err(),
+                    "{len} of {full:?}"
+                );
+            }
+            let full = encode_record(&record(&mut rng));
+            for len in 0..full.len() {
+                assert!(decode_record(full.slice(..len)).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn garbage_never_panics_and_forged_lengths_are_refused() {
+        let mut rng = Rng::new(3);
+        for _ in 0..20_000 {
+            let len = rng.below(40) as usize;
+            let mut bytes: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+            if !bytes.is_empty() {
+                bytes[0] = WIRE_FORMAT;
+            }
+            let _ = decode_message(Bytes::from(bytes.clone()));
+            let _ = decode_record(Bytes::from(bytes));
+        }
+        // A Forward claiming 2^40 commands in a few bytes.
+        let mut forged = BytesMut::new();
+        forged.put_u8(WIRE_FORMAT);
+        forged.put_u8(13);
+        put_varint(&mut forged, 1 << 40);
+        assert!(matches!(
+            decode_message(forged.freeze()),
+            Err(WireError::LengthTooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn wrong_versions_tags_and_trailing_bytes_are_named() {
+        assert_eq!(decode_message(Bytes::new()), Err(WireError::Empty));
+        assert_eq!(
+            decode_message(Bytes::from_static(&[9, 1])),
+            Err(WireError::UnknownFormat(9))
+        );
+        assert_eq!(
+            decode_record(Bytes::from_static(&[WIRE_FORMAT, 77])),
+            Err(WireError::UnknownTag {
+                what: "record",
+                tag: 77
+            })
+        );
+        let mut extra = BytesMut::from(&encode_record(&Record::Commit { up_to: 5 })[..]);
+        extra.put_u8(0);
+        assert_eq!(
+            decode_record(extra.freeze()),
+            Err(WireError::TrailingBytes(1))
+        );
+        let overlong = Bytes::from_static(&[
+            WIRE_FORMAT,
+            10,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0x7F,
+        ]);
+        assert_eq!(decode_message(overlong), Err(WireError::VarintOverflow));
+    }
+}
