@@ -1,0 +1,352 @@
+//! Where a replica's durable records live: the contract, and two
+//! implementations that keep it (in memory, for tests and the simulator; in
+//! the write-ahead log, for a node).
+//!
+//! # The contract
+//!
+//! - [`ReplicaStorage::append`] makes its records durable, in order, after
+//!   every record appended before: when it returns `Ok`, a crash loses none of
+//!   them. When it returns an error, nothing may be sent that reports them.
+//! - [`ReplicaStorage::durable`] is what a restart would find: the
+//!   [`Durable`] state that replaying every appended record gives.
+//! - A `Record::Compact` may let the storage forget records of compacted slots
+//!   and superseded records, but never the live state (the promise, and the
+//!   acceptances and chosen values above the snapshot).
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use paxos::replica::{Durable, Record};
+
+use super::wal::{Options, Wal, WalError};
+use crate::wire::{self, WireError};
+
+/// Why storage failed. Any of these stops the node: a replica that cannot
+/// persist must not reply.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error(
+        "record {index} of the log in {dir} cannot be decoded ({source}); the log is damaged: move the data directory aside and rejoin this node as an empty learner"
+    )]
+    Record {
+        dir: PathBuf,
+        index: u64,
+        source: WireError,
+    },
+}
+
+/// Durable storage of one replica's records.
+pub trait ReplicaStorage {
+    /// Makes `records` durable, in order; see the module notes.
+    fn append(&mut self, records: &[Record]) -> Result<(), StorageError>;
+
+    /// The state a restart would rebuild from what is durable.
+    fn durable(&self) -> &Durable;
+}
+
+/// Keeps the durable state itself; "durable" for as long as the value lives.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryStorage {
+    state: Durable,
+}
+
+impl ReplicaStorage for MemoryStorage {
+    fn append(&mut self, records: &[Record]) -> Result<(), StorageError> {
+        for record in records {
+            self.state.apply(record);
+        }
+        Ok(())
+    }
+
+    fn durable(&self) -> &Durable {
+        &self.state
+    }
+}
+
+/// Records in a write-ahead log, one log record each.
+///
+/// On a `Compact` record it writes a checkpoint (the live state as records)
+/// and drops the log segments wholly before it: replaying the checkpoint
+/// alone rebuilds the state, so nothing live is lost.
+pub struct FileStorage {
+    wal: Wal,
+    state: Durable,
+    dir: PathBuf,
+}
+
+impl FileStorage {
+    /// Opens (or creates) the log in `dir` and replays it. A torn final
+    /// record is dropped by the log (and reported in `torn_bytes`); any other
+    /// damage is an error that says what to do.
+    pub fn open(dir: &Path, options: Options) -> Result<(FileStorage, u64), StorageError> {
+        let (wal, recovered) = Wal::open(dir, options)?;
+        let mut state = Durable::default();
+        for (index, payload) in recovered.records {
+            let record = wire::decode_record(Bytes::from(payload)).map_err(|source| {
+                StorageError::Record {
+                    dir: dir.to_path_buf(),
+                    index,
+                    source,
+                }
+            })?;
+            state.apply(&record);
+        }
+        let torn_bytes = recovered.torn.map_or(0, |t| t.bytes_dropped);
+        let storage = FileStorage {
+            wal,
+            state,
+            dir: dir.to_path_buf(),
+        };
+        Ok((storage, torn_bytes))
+    }
+
+    /// The directory of the log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The live state as records: replayed alone, they rebuild `state`.
+    fn checkpoint(state: &Durable) -> Vec<Record> {
+        let mut records = vec![
+            Record::Compact {
+                up_to: state.log_start,
+            },
+            Record::Promise(state.promised),
+        ];
+        for (&slot, (ballot, value)) in &state.accepted {
+            records.push(Record::Accept {
+                slot,
+                ballot: *ballot,
+                value: value.clone(),
+            });
+        }
+        for (&slot, value) in &state.chosen {
+            records.push(Record::Chosen {
+                slot,
+                value: value.clone(),
+            });
+        }
+        records.push(Record::Commit {
+            up_to: state.commit,
+        });
+        records
+    }
+
+    fn write(&mut self, records: &[Record]) -> Result<u64, StorageError> {
+        let encoded: Vec<Bytes> = records.iter().map(wire::encode_record).collect();
+        Ok(self.wal.append(&encoded)?)
+    }
+}
+
+impl ReplicaStorage for FileStorage {
+    fn append(&mut self, records: &[Record]) -> Result<(), StorageError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.write(records)?;
+        for record in records {
+            self.state.apply(record);
+        }
+        if records.iter().any(|r| matches!(r, Record::Compact { .. })) {
+            let checkpoint = Self::checkpoint(&self.state);
+            let last = self.write(&checkpoint)?;
+            let first = last + 1 - checkpoint.len() as u64;
+            self.wal.remove_segments_before(first)?;
+        }
+        Ok(())
+    }
+
+    fn durable(&self) -> &Durable {
+        &self.state
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use paxos::Ballot;
+    use paxos::replica::Value;
+    use paxos::rng::Rng;
+
+    use super::super::wal::FsyncPolicy;
+    use super::*;
+
+    /// A fresh directory, removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            static NEXT: AtomicU64 = AtomicU64::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let path = std::env::temp_dir().join(format!(
+                "parliament-storage-{name}-{}-{n}",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&path);
+            Scratch(path)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A plausible stream of records: promises rise, slots are accepted and
+    /// committed in order, now and then a compaction.
+    fn records(rng: &mut Rng, n: usize) -> Vec<Vec<Record>> {
+        let (mut round, mut slot, mut commit, mut compacted) = (1, 0u64, 0u64, 0u64);
+        (0..n)
+            .map(|_| {
+                let mut batch = Vec::new();
+                if rng.chance(0.1) {
+                    round += 1;
+                    batch.push(Record::Promise(Ballot::new(round, rng.between(1, 3))));
+                }
+                for _ in 0..rng.below(4) {
+                    slot += 1;
+                    let value = if rng.chance(0.2) {
+                        Value::Noop
+                    } else {
+                        Value::Batch(vec![Bytes::from(format!("c{slot}"))])
+                    };
+                    let ballot = Ballot::new(round, 1);
+                    batch.push(Record::Accept {
+                        slot,
+                        ballot,
+                        value,
+                    });
+                }
+                if rng.chance(0.1) && slot > commit {
+                    commit += 1;
+                    batch.push(Record::Chosen {
+                        slot: commit,
+                        value: Value::Noop,
+                    });
+                }
+                if rng.chance(0.3) && slot > commit {
+                    commit = slot;
+                    batch.push(Record::Commit { up_to: commit });
+                }
+                if rng.chance(0.05) && commit > compacted {
+                    compacted = commit;
+                    batch.push(Record::Compact { up_to: compacted });
+                }
+                batch
+            })
+            .collect()
+    }
+
+    /// The conformance suite: what every storage must do. `reopen` stands
+    /// for a crash and restart (memory storage survives by being kept).
+    fn conformance<S: ReplicaStorage>(mut storage: S, reopen: impl Fn(S) -> S, seed: u64) {
+        assert_eq!(storage.durable(), &Durable::default(), "starts empty");
+        let mut rng = Rng::new(seed);
+        let mut expected = Durable::default();
+        for (i, batch) in records(&mut rng, 300).into_iter().enumerate() {
+            storage.append(&batch).expect("append");
+            for r in &batch {
+                expected.apply(r);
+            }
+            assert_eq!(storage.durable(), &expected, "after batch {i}");
+            if i % 50 == 49 {
+                storage = reopen(storage);
+                assert_eq!(storage.durable(), &expected, "after reopening at batch {i}");
+            }
+        }
+        storage.append(&[]).expect("an empty append is fine");
+        let storage = reopen(storage);
+        assert_eq!(storage.durable(), &expected);
+    }
+
+    #[test]
+    fn memory_storage_conforms() {
+        for seed in 0..5 {
+            conformance(MemoryStorage::default(), |s| s, seed);
+        }
+    }
+
+    #[test]
+    fn file_storage_conforms_and_survives_reopening() {
+        for seed in 0..3 {
+            let scratch = Scratch::new("conform");
+            let options = Options {
+                segment_bytes_max: 2048,
+                fsync: FsyncPolicy::Never,
+                ..Options::default()
+            };
+            let dir = scratch.0.clone();
+            let (storage, torn) = FileStorage::open(&dir, options.clone()).expect("open");
+            assert_eq!(torn, 0);
+            conformance(
+                storage,
+                |s| {
+                    drop(s);
+                    FileStorage::open(&dir, options.clone()).expect("reopen").0
+                },
+                seed,
+            );
+        }
+    }
+
+    #[test]
+    fn compaction_drops_old_segments_but_keeps_the_live_state() {
+        let scratch = Scratch::new("compact");
+        let options = Options {
+            segment_bytes_max: 1024,
+            fsync: FsyncPolicy::Never,
+            ..Options::default()
+        };
+        let (mut s, _) = FileStorage::open(&scratch.0, options.clone()).expect("open");
+        s.append(&[Record::Promise(Ballot::new(7, 2))])
+            .expect("append");
+        for slot in 1..=200 {
+            s.append(&[Record::Accept {
+                slot,
+                ballot: Ballot::new(7, 2),
+                value: Value::Batch(vec![Bytes::from(vec![b'x'; 40])]),
+            }])
+            .expect("append");
+        }
+        s.append(&[Record::Commit { up_to: 150 }]).expect("append");
+        let segments_before = std::fs::read_dir(&scratch.0).expect("dir").count();
+        // Compact twice, so the second checkpoint lands after a rotation.
+        s.append(&[Record::Compact { up_to: 100 }]).expect("append");
+        s.append(&[Record::Compact { up_to: 150 }]).expect("append");
+        let segments_after = std::fs::read_dir(&scratch.0).expect("dir").count();
+        assert!(
+            segments_after < segments_before,
+            "{segments_after} >= {segments_before}"
+        );
+        let expected = s.durable().clone();
+        assert_eq!(expected.promised, Ballot::new(7, 2), "the promise is live");
+        assert_eq!(expected.log_start, 150);
+        assert_eq!(expected.accepted.len(), 50);
+        drop(s);
+        let (s, _) = FileStorage::open(&scratch.0, options).expect("reopen");
+        assert_eq!(s.durable(), &expected);
+    }
+
+    #[test]
+    fn an_undecodable_record_is_reported_with_what_to_do() {
+        let scratch = Scratch::new("garbage");
+        let options = Options {
+            fsync: FsyncPolicy::Never,
+            ..Options::default()
+        };
+        let (mut wal, _) = Wal::open(&scratch.0, options.clone()).expect("open");
+        wal.append(&[b"not a record".as_slice()]).expect("append");
+        drop(wal);
+        match FileStorage::open(&scratch.0, options) {
+            Err(e @ StorageError::Record { index: 1, .. }) => {
+                assert!(e.to_string().contains("rejoin"), "{e}");
+            }
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("garbage was accepted as a record"),
+        }
+    }
+}
