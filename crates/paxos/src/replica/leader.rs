@@ -179,8 +179,9 @@ impl Replica {
             // Chosen slots we learned of in phase 1 but hold no value for.
             if r.commit < r.known_commit {
                 let peers: Vec<NodeId> = r.peers().collect();
-                let peer = peers[(now as usize) % peers.len()];
-                r.maybe_catch_up(peer);
+                if let Some(&peer) = peers.get((now as usize) % peers.len().max(1)) {
+                    r.maybe_catch_up(peer);
+                }
             }
         });
     }
