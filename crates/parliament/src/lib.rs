@@ -2,6 +2,7 @@
 
 pub mod bugs;
 pub mod check;
+mod fasthash;
 pub mod kv;
 pub mod model;
 pub mod resp;

@@ -12,10 +12,9 @@
 //! time after their invocation, and the search succeeds once every
 //! operation that completed ok is linearized, whatever remains of them.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
 use super::history::{History, Op, Outcome, Ret};
+use crate::fasthash::FastMap;
+use std::collections::HashMap;
 
 /// Register value: 0 is "absent", `n` is the interned value `n - 1`.
 type State = u32;
@@ -99,43 +98,6 @@ struct Entry {
     /// For a call: its return entry, or `NONE` if indeterminate.
     partner: usize,
 }
-
-/// FxHash-style mixing: the keys are already well spread, so a cheap hash is
-/// enough and SipHash would dominate the search time.
-#[derive(Default)]
-struct FastHasher(u64);
-
-impl Hasher for FastHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(word));
-        }
-        for &b in chunks.remainder() {
-            self.write_u64(u64::from(b));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 
 fn is_subset(a: &[u64], b: &[u64]) -> bool {
     a.iter().zip(b).all(|(x, y)| x & !y == 0)

@@ -11,6 +11,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt::{self, Debug};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
+
+use crate::fasthash::FastHasher;
 use std::time::{Duration, Instant};
 
 /// A system to explore: its initial states, the actions enabled in a state
@@ -134,70 +136,8 @@ impl Default for Options {
     }
 }
 
-/// SplitMix64's finaliser: every input bit affects every output bit.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// A fast, fixed (hence reproducible) 64-bit hasher for state fingerprints.
-/// Each word is scrambled before it is combined, which keeps fingerprints of
-/// structurally similar states apart; SipHash would be stronger but cost a
-/// third of the whole search.
-#[derive(Default)]
-struct Fingerprinter {
-    h: u64,
-}
-
-impl Hasher for Fingerprinter {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(word));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut word = [0u8; 8];
-            word[..rest.len()].copy_from_slice(rest);
-            self.write_u64(u64::from_le_bytes(word) ^ ((rest.len() as u64) << 56));
-        }
-    }
-
-    fn write_u8(&mut self, n: u8) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        // MurmurHash3's 64-bit block step: each word is scrambled by two
-        // multiplications before it is folded in; `finish` avalanches.
-        let k = n
-            .wrapping_mul(0x87C3_7B91_1142_53D5)
-            .rotate_left(31)
-            .wrapping_mul(0x4CF5_AD43_2745_937F);
-        self.h = (self.h ^ k)
-            .rotate_left(27)
-            .wrapping_mul(5)
-            .wrapping_add(0x52DC_E729);
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        mix(self.h)
-    }
-}
-
 fn fingerprint<S: Hash>(state: &S) -> u64 {
-    let mut h = Fingerprinter::default();
+    let mut h = FastHasher::default();
     state.hash(&mut h);
     h.finish()
 }
