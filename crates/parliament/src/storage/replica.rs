@@ -131,6 +131,9 @@ impl FileStorage {
         records.push(Record::Commit {
             up_to: state.commit,
         });
+        if state.rejoining {
+            records.push(Record::Rejoin);
+        }
         records
     }
 
