@@ -12,22 +12,23 @@ use crate::node::api::StatusReport;
 /// The largest response read, headers included.
 pub const RESPONSE_BYTES_MAX: usize = 4 << 20;
 
-/// Why a request got no usable answer. Each variant names the address.
+/// Why a request got no usable answer. Each variant names the address; the
+/// underlying error, if any, is its `source()`.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot resolve {addr}: {source}")]
+    #[error("cannot resolve {addr}")]
     Resolve {
         addr: String,
         source: std::io::Error,
     },
-    #[error("cannot connect to {addr}: {source}")]
+    #[error("cannot connect to {addr}")]
     Connect {
         addr: String,
         source: std::io::Error,
     },
     #[error("no answer from {addr} within {timeout:?}")]
     TimedOut { addr: String, timeout: Duration },
-    #[error("connection to {addr} failed: {source}")]
+    #[error("connection to {addr} failed")]
     Io {
         addr: String,
         source: std::io::Error,
@@ -42,7 +43,7 @@ pub enum ClientError {
         path: String,
         status: u16,
     },
-    #[error("{addr} sent a status this version cannot read: {source}")]
+    #[error("{addr} sent a status this version cannot read")]
     Json {
         addr: String,
         source: serde_json::Error,
