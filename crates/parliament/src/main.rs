@@ -27,6 +27,8 @@ enum Command {
     /// Measure (a benchmark, not a test).
     #[command(subcommand)]
     Bench(cli::bench::BenchCommand),
+    /// Show every member of a running parliament, read from any member's HTTP port.
+    Status(cli::status::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
         Command::Model(command) => cli::model::run(command),
         Command::Check(args) => cli::check::run(args),
         Command::Bench(command) => cli::bench::run(command),
+        Command::Status(args) => cli::status::run(args),
     };
     match result {
         Ok(code) => code,

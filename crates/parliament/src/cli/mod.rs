@@ -4,6 +4,7 @@ pub mod bench;
 pub mod check;
 pub mod model;
 pub mod sim;
+pub mod status;
 
 use anyhow::{Result, bail};
 use parliament::bugs::Variant;
