@@ -4,6 +4,7 @@
 
 pub mod replica;
 pub mod snapshot;
+pub mod transfer;
 pub mod wal;
 
 #[cfg(test)]

@@ -244,7 +244,7 @@ impl Header {
 
 /// Reads and checks the header of a snapshot file and that the file is
 /// exactly header plus body. Returns the open file, positioned at the body.
-fn open_checked(path: &Path) -> Result<(File, Header), SnapshotError> {
+pub(crate) fn open_checked(path: &Path) -> Result<(File, Header), SnapshotError> {
     let mut file = File::open(path).map_err(io_err("open", path))?;
     let len = file.metadata().map_err(io_err("inspect", path))?.len();
     if len < HEADER_BYTES as u64 {
@@ -304,7 +304,7 @@ fn sync_dir(dir: &Path) -> Result<(), SnapshotError> {
         .map_err(io_err("sync directory", dir))
 }
 
-fn file_bytes(path: &Path) -> u64 {
+pub(crate) fn file_bytes(path: &Path) -> u64 {
     fs::metadata(path).map_or(0, |m| m.len())
 }
 
