@@ -2,6 +2,7 @@
 //! promised and accepted across crashes, the snapshots of its state machine,
 //! and the streamed transfer of a snapshot to a lagging peer.
 
+pub mod faulty;
 pub mod replica;
 pub mod snapshot;
 pub mod transfer;
