@@ -146,7 +146,10 @@ impl<S: ReplicaStorage> FaultyStorage<S> {
         if let Some(u) = self.unsynced.as_mut() {
             u.appends_since_sync = 0;
             let pending = std::mem::take(&mut u.pending);
-            self.inner.append(&pending)?;
+            if let Err(e) = self.inner.append(&pending) {
+                u.pending = pending;
+                return Err(e);
+            }
         }
         Ok(())
     }

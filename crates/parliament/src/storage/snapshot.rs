@@ -498,7 +498,10 @@ impl SnapshotStore {
             .and_then(|f| f.sync_all())
             .map_err(io_err("sync", framed))?;
         let meta = self.install_synced(framed, header)?;
-        if let Some(from) = framed.parent().filter(|p| *p != self.dir.as_path()) {
+        let from = framed
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty() && *p != self.dir.as_path());
+        if let Some(from) = from {
             sync_dir(from)?;
         }
         Ok(meta)
