@@ -45,17 +45,21 @@ pub(crate) fn select(mut argv: Argv) -> Reply {
 }
 
 /// `AUTH [username] password`; the only user is `default`.
+///
+/// Without a configured password the `default` user needs none, as in
+/// Redis: `AUTH default <anything>` succeeds, while the one-argument form
+/// is answered with Redis's hint that no password is configured.
 pub(crate) fn auth(argv: Argv, state: &mut ClientState, config: &Config) -> Reply {
     let args = argv.rest();
     let (user, password) = match args.as_slice() {
         [password] => (None, password),
-        [user, password] => (Some(user), password),
+        [user, password] => (Some(&user[..]), password),
         _ => return ArgError::Syntax.to_reply(),
     };
-    let Some(expected) = &config.password else {
+    if config.password.is_none() && user.is_none() {
         return Reply::error(NO_PASSWORD);
-    };
-    match check_password(user.map(|u| &u[..]), password, expected) {
+    }
+    match check_password(user, password, config.password.as_deref()) {
         Ok(()) => {
             state.authenticated = true;
             Reply::ok()
@@ -64,14 +68,16 @@ pub(crate) fn auth(argv: Argv, state: &mut ClientState, config: &Config) -> Repl
     }
 }
 
-/// Checks a user and password against the configured password.
+/// Checks a user and password against the configured password, if any.
 pub(crate) fn check_password(
     user: Option<&[u8]>,
     password: &[u8],
-    expected: &str,
+    expected: Option<&str>,
 ) -> Result<(), Reply> {
     let user_ok = user.is_none_or(|user| user == b"default");
-    if user_ok && constant_time_eq(password, expected.as_bytes()) {
+    let password_ok =
+        expected.is_none_or(|expected| constant_time_eq(password, expected.as_bytes()));
+    if user_ok && password_ok {
         Ok(())
     } else {
         Err(Reply::error(WRONGPASS))
@@ -100,11 +106,15 @@ mod tests {
 
     #[test]
     fn passwords_compare_exactly() {
-        assert!(check_password(None, b"secret", "secret").is_ok());
-        assert!(check_password(Some(b"default"), b"secret", "secret").is_ok());
-        assert!(check_password(Some(b"admin"), b"secret", "secret").is_err());
-        assert!(check_password(None, b"secreT", "secret").is_err());
-        assert!(check_password(None, b"secret2", "secret").is_err());
-        assert!(check_password(None, b"", "secret").is_err());
+        let expected = Some("secret");
+        assert!(check_password(None, b"secret", expected).is_ok());
+        assert!(check_password(Some(b"default"), b"secret", expected).is_ok());
+        assert!(check_password(Some(b"admin"), b"secret", expected).is_err());
+        assert!(check_password(None, b"secreT", expected).is_err());
+        assert!(check_password(None, b"secret2", expected).is_err());
+        assert!(check_password(None, b"", expected).is_err());
+        // Without a password, only the user is checked.
+        assert!(check_password(Some(b"default"), b"any", None).is_ok());
+        assert!(check_password(Some(b"admin"), b"any", None).is_err());
     }
 }

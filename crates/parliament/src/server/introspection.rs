@@ -92,10 +92,7 @@ pub(crate) fn hello(mut argv: Argv, state: &mut ClientState, ctx: Ctx<'_>) -> Re
         }
     }
     if let Some((user, password)) = credentials {
-        let Some(expected) = &ctx.config.password else {
-            return Reply::error(super::connection::WRONGPASS);
-        };
-        if let Err(error) = check_password(Some(&user), &password, expected) {
+        if let Err(error) = check_password(Some(&user), &password, ctx.config.password.as_deref()) {
             return error;
         }
         state.authenticated = true;

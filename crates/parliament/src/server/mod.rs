@@ -8,12 +8,13 @@
 //! mode allows. Replies go back strictly in request order, however many
 //! requests are in flight.
 //!
-//! One file per command family: [`strings`](self) (`GET`, `SET`, counters,
-//! `CAS`), keys (`DEL`, `SCAN`...), txn (`MULTI`/`EXEC`/`WATCH`),
-//! connection (`PING`, `AUTH`, `SELECT`...), introspection (`HELLO`,
-//! `CLIENT`, `INFO`, `COMMAND`, `CONFIG`). The command table lists them
-//! all with their arity; dispatch applies Redis's order of checks; client
-//! runs the connection loop.
+//! One file per command family: `strings` (`GET`, `SET`, counters, `CAS`),
+//! `keys` (`DEL`, `SCAN`...), `txn` (`MULTI`/`EXEC`/`WATCH`), `connection`
+//! (`PING`, `AUTH`, `SELECT`...), `introspection` (`HELLO`, `CLIENT`,
+//! `INFO`, `COMMAND`, `CONFIG`). `table` lists every command with its
+//! arity and flags, `dispatch` applies Redis's order of checks, `client`
+//! runs the connection loop and `reply` turns the store's replies into
+//! RESP.
 //!
 //! Differences from Redis worth knowing:
 //!

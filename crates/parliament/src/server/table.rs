@@ -188,7 +188,7 @@ pub(crate) static COMMANDS: &[Spec] = &[
         keys: ALL,
         ..local("watch", Cmd::Watch, -2, TXN, InMulti::Run)
     },
-    local("unwatch", Cmd::Unwatch, 1, TXN, InMulti::Run),
+    local("unwatch", Cmd::Unwatch, 1, TXN, InMulti::Local),
     local("echo", Cmd::Echo, 2, CONN, InMulti::Local),
     Spec {
         no_auth: true,

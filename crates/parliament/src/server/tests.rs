@@ -458,6 +458,14 @@ async fn watch_aborts_exec_when_another_connection_writes() {
     a.call(&["GET", "k"], "+QUEUED\r\n").await;
     a.call(&["EXEC"], format!("*1\r\n{}", bulk("again"))).await;
 
+    // UNWATCH inside MULTI is queued and changes nothing, as in Redis.
+    a.call(&["WATCH", "k"], "+OK\r\n").await;
+    a.call(&["MULTI"], "+OK\r\n").await;
+    a.call(&["UNWATCH"], "+QUEUED\r\n").await;
+    b.call(&["SET", "k", "meanwhile"], "+OK\r\n").await;
+    a.call(&["SET", "k", "lost"], "+QUEUED\r\n").await;
+    a.call(&["EXEC"], "*-1\r\n").await;
+
     // All pipelined in one write, EXEC still sees the WATCH's version.
     let mut batch = Vec::new();
     for args in [
@@ -736,9 +744,16 @@ async fn auth_is_required_when_a_password_is_set() {
     assert!(hello.starts_with("*18\r\n$6\r\nserver\r\n"), "{hello}");
     d.call(&["CLIENT", "GETNAME"], bulk("d")).await;
 
+    // Without a password, the default user needs none.
     let open = start().await;
     let mut e = Client::connect(&open).await;
     e.call(&["AUTH", "x"], "-ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?\r\n").await;
+    e.call(&["AUTH", "default", "x"], "+OK\r\n").await;
+    e.call(
+        &["AUTH", "admin", "x"],
+        "-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+    )
+    .await;
 }
 
 #[tokio::test]
