@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod model;
 pub mod node;
 pub mod resp;
+pub mod server;
 pub mod sim;
 pub mod storage;
 pub mod wire;
