@@ -65,6 +65,10 @@ pub const CLIENTS_MAX: usize = 10_000;
 pub const PIPELINE_MAX: usize = 1_024;
 /// The largest value `SET` may write.
 pub const VALUE_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// The most request bytes all clients together may have in flight
+/// (`clients × pipeline × (value_bytes + 64)`), which bounds the load
+/// generator's own memory.
+pub const IN_FLIGHT_BYTES_MAX: u64 = 1 << 30;
 /// Distinct error kinds kept per client; any more are counted as `other`.
 pub const ERROR_KINDS_MAX: usize = 32;
 /// The first pause after a failed connection; it doubles after each failure.
@@ -194,6 +198,9 @@ impl Config {
             0,
             VALUE_BYTES_MAX as u64,
         )?;
+        let request_bytes = self.value_bytes as u64 + 64;
+        let in_flight = (self.clients as u64) * (self.pipeline as u64) * request_bytes;
+        within("bytes in flight", in_flight, 0, IN_FLIGHT_BYTES_MAX)?;
         if let Some(requests) = self.requests {
             within("requests", requests, 1, u64::MAX)?;
         }

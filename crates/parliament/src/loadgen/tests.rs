@@ -294,6 +294,12 @@ async fn bad_configurations_are_refused() {
             ..Config::default()
         },
         Config {
+            clients: CLIENTS_MAX,
+            pipeline: PIPELINE_MAX,
+            value_bytes: 1_000,
+            ..Config::default()
+        },
+        Config {
             duration: Duration::ZERO,
             ..Config::default()
         },
