@@ -6,6 +6,7 @@ mod fasthash;
 pub mod kv;
 pub mod metrics;
 pub mod model;
+pub mod net;
 pub mod node;
 pub mod resp;
 pub mod sim;

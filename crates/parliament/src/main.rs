@@ -27,6 +27,10 @@ enum Command {
     /// Measure (a benchmark, not a test).
     #[command(subcommand)]
     Bench(cli::bench::BenchCommand),
+    /// Run one node of a cluster.
+    Serve(cli::serve::ServeArgs),
+    /// Run a local cluster of nodes on 127.0.0.1 until Ctrl-C.
+    Cluster(cli::cluster::ClusterArgs),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +40,8 @@ fn main() -> ExitCode {
         Command::Model(command) => cli::model::run(command),
         Command::Check(args) => cli::check::run(args),
         Command::Bench(command) => cli::bench::run(command),
+        Command::Serve(args) => cli::serve::run(args),
+        Command::Cluster(args) => cli::cluster::run(args),
     };
     match result {
         Ok(code) => code,
