@@ -48,6 +48,8 @@ impl Drop for Scratch {
 
 struct Cluster {
     members: BTreeMap<u64, String>,
+    /// Applied to every node's configuration.
+    tweak: fn(&mut NodeConfig),
     nodes: BTreeMap<u64, Node>,
     // Dropped after the nodes (fields drop in order).
     dir: Scratch,
@@ -56,6 +58,10 @@ struct Cluster {
 impl Cluster {
     /// Binds a peer port per member; starts the nodes in `running`.
     async fn new(name: &str, size: u64, running: &[u64]) -> Cluster {
+        Cluster::with(name, size, running, |_| {}).await
+    }
+
+    async fn with(name: &str, size: u64, running: &[u64], tweak: fn(&mut NodeConfig)) -> Cluster {
         let mut listeners = BTreeMap::new();
         for id in 1..=size {
             let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -67,6 +73,7 @@ impl Cluster {
             .collect();
         let mut cluster = Cluster {
             members,
+            tweak,
             nodes: BTreeMap::new(),
             dir: Scratch::new(name),
         };
@@ -87,6 +94,7 @@ impl Cluster {
         c.client_addr = format!("127.0.0.1:{}", 16_000 + id);
         c.http_addr = format!("127.0.0.1:{}", 18_000 + id);
         c.fsync = FsyncPolicy::Never;
+        (self.tweak)(&mut c);
         c
     }
 
@@ -437,6 +445,33 @@ async fn a_majority_lost_after_serving_refuses_new_writes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_with_no_known_outcome_is_uncertain_never_failed() {
+    // A leader that has just lost its followers still leads for an election
+    // timeout (600 ms here, well beyond the time it takes to stop them): the
+    // write is proposed, so its fate is unknown until a quorum decides, and
+    // the answer at the deadline must say so.
+    let mut c = Cluster::with("uncertain", 3, &[1, 2, 3], |config| {
+        config.election_ticks = 60;
+        config.write_timeout_ms = 500;
+    })
+    .await;
+    let leader = c.leader().await;
+    write_ok(&c.handle(leader), 1, set("k", "v")).await;
+    for id in (1..=3).filter(|&id| id != leader) {
+        c.stop(id).await;
+    }
+    let started = Instant::now();
+    let result = c.handle(leader).write(1, set("k", "w")).await;
+    let took = started.elapsed();
+    assert_eq!(result, Err(NodeError::Uncertain));
+    assert!(
+        took >= Duration::from_millis(500),
+        "answered after {took:?}"
+    );
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_speaking_garbage_is_dropped_and_the_node_keeps_serving() {
     let c = Cluster::new("garbage", 3, &[1, 2, 3]).await;
     c.leader().await;
@@ -519,5 +554,39 @@ async fn a_data_directory_of_another_node_is_refused() {
         }
         Err(e) => panic!("unexpected error: {e}"),
         Ok(_) => panic!("node 2 started on node 1's data"),
+    }
+}
+
+/// Prints write throughput with fdatasync on every append; a measurement,
+/// not a test: `cargo test --test node_cluster -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn throughput_with_fsync_always() {
+    let c = Cluster::with("throughput", 3, &[1, 2, 3], |config| {
+        config.fsync = FsyncPolicy::Always;
+    })
+    .await;
+    let leader = c.leader().await;
+    for connections in [1u64, 16, 128] {
+        let per_connection = 2_000 / connections;
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for conn in 0..connections {
+            let h = c.handle(leader);
+            tasks.push(tokio::spawn(async move {
+                for i in 0..per_connection {
+                    write_ok(&h, conn, set(&format!("k{conn}-{i}"), "v")).await;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let writes = per_connection * connections;
+        eprintln!(
+            "{connections:>4} connections: {:>8.0} writes/s",
+            writes as f64 / secs
+        );
     }
 }
