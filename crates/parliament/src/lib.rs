@@ -3,6 +3,7 @@
 pub mod bugs;
 pub mod check;
 mod fasthash;
+pub mod http;
 pub mod kv;
 pub mod metrics;
 pub mod model;

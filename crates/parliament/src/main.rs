@@ -31,6 +31,8 @@ enum Command {
     Serve(cli::serve::ServeArgs),
     /// Run a local cluster of nodes on 127.0.0.1 until Ctrl-C.
     Cluster(cli::cluster::ClusterArgs),
+    /// Show every member of a running parliament, read from any member's HTTP port.
+    Status(cli::status::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +44,7 @@ fn main() -> ExitCode {
         Command::Bench(command) => cli::bench::run(command),
         Command::Serve(args) => cli::serve::run(args),
         Command::Cluster(args) => cli::cluster::run(args),
+        Command::Status(args) => cli::status::run(args),
     };
     match result {
         Ok(code) => code,

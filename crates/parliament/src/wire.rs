@@ -59,6 +59,16 @@ fn put_ballot(out: &mut BytesMut, b: Ballot) {
     put_varint(out, b.node);
 }
 
+fn put_optional_ballot(out: &mut BytesMut, b: Option<Ballot>) {
+    match b {
+        None => out.put_u8(0),
+        Some(b) => {
+            out.put_u8(1);
+            put_ballot(out, b);
+        }
+    }
+}
+
 fn put_value(out: &mut BytesMut, v: &Value) {
     match v {
         Value::Noop => out.put_u8(0),
@@ -188,6 +198,24 @@ pub fn encode_message(message: &Message) -> Bytes {
             put_varint(&mut out, *ctx);
             put_varint(&mut out, *index);
         }
+        Message::RejoinQuery { above } => {
+            out.put_u8(16);
+            put_optional_ballot(&mut out, *above);
+        }
+        Message::RejoinReply {
+            promised,
+            leading_from,
+        } => {
+            out.put_u8(17);
+            put_ballot(&mut out, *promised);
+            match leading_from {
+                None => out.put_u8(0),
+                Some(slot) => {
+                    out.put_u8(1);
+                    put_varint(&mut out, *slot);
+                }
+            }
+        }
     }
     out.freeze()
 }
@@ -224,6 +252,8 @@ pub fn encode_record(record: &Record) -> Bytes {
             out.put_u8(5);
             put_varint(&mut out, *up_to);
         }
+        Record::Rejoin => out.put_u8(6),
+        Record::Resume => out.put_u8(7),
     }
     out.freeze()
 }
@@ -431,6 +461,31 @@ pub fn decode_message(input: Bytes) -> Result<Message, WireError> {
             ctx: r.varint("ctx")?,
             index: r.varint("index")?,
         },
+        16 => Message::RejoinQuery {
+            above: match r.u8("an option tag")? {
+                0 => None,
+                1 => Some(r.ballot()?),
+                tag => {
+                    return Err(WireError::UnknownTag {
+                        what: "option",
+                        tag,
+                    });
+                }
+            },
+        },
+        17 => Message::RejoinReply {
+            promised: r.ballot()?,
+            leading_from: match r.u8("an option tag")? {
+                0 => None,
+                1 => Some(r.varint("leading_from")?),
+                tag => {
+                    return Err(WireError::UnknownTag {
+                        what: "option",
+                        tag,
+                    });
+                }
+            },
+        },
         tag => {
             return Err(WireError::UnknownTag {
                 what: "message",
@@ -461,6 +516,8 @@ pub fn decode_record(input: Bytes) -> Result<Record, WireError> {
         5 => Record::Compact {
             up_to: r.varint("up_to")?,
         },
+        6 => Record::Rejoin,
+        7 => Record::Resume,
         tag => {
             return Err(WireError::UnknownTag {
                 what: "record",
@@ -505,7 +562,7 @@ mod tests {
 
     fn message(rng: &mut Rng) -> Message {
         let slot = |rng: &mut Rng| rng.below(1 << 40);
-        match rng.below(15) {
+        match rng.below(17) {
             0 => Message::PreVote {
                 ballot: ballot(rng),
             },
@@ -566,6 +623,13 @@ mod tests {
             13 => Message::ReadIndexRequest {
                 ctx: rng.next_u64(),
             },
+            14 => Message::RejoinQuery {
+                above: rng.chance(0.5).then(|| ballot(rng)),
+            },
+            15 => Message::RejoinReply {
+                promised: ballot(rng),
+                leading_from: rng.chance(0.5).then(|| slot(rng)),
+            },
             _ => Message::ReadIndexReply {
                 ctx: rng.next_u64(),
                 index: slot(rng),
@@ -574,8 +638,10 @@ mod tests {
     }
 
     fn record(rng: &mut Rng) -> Record {
-        match rng.below(5) {
+        match rng.below(7) {
             0 => Record::Promise(ballot(rng)),
+            5 => Record::Rejoin,
+            6 => Record::Resume,
             1 => Record::Accept {
                 slot: rng.next_u64(),
                 ballot: ballot(rng),
@@ -605,7 +671,7 @@ mod tests {
             let r = record(&mut rng);
             assert_eq!(decode_record(encode_record(&r)), Ok(r));
         }
-        assert_eq!(kinds.len(), 15, "every message kind was generated");
+        assert_eq!(kinds.len(), 17, "every message kind was generated");
     }
 
     #[test]

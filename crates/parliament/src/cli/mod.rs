@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod model;
 pub mod serve;
 pub mod sim;
+pub mod status;
 
 use anyhow::{Result, bail};
 use parliament::bugs::Variant;

@@ -58,6 +58,16 @@ pub struct KvArgs {
     /// Length of the chaos phase, in simulated milliseconds.
     #[arg(long, default_value_t = 3_000)]
     chaos_ms: u64,
+    /// Probability that a crash damages the node's disk (it then rejoins as
+    /// a learner); at most one node at a time.
+    #[arg(long, default_value_t = 0.2, value_parser = parse_probability)]
+    corrupt: f64,
+    /// Probability that a crash tears the write in progress.
+    #[arg(long, default_value_t = 0.5, value_parser = parse_probability)]
+    torn: f64,
+    /// Never snapshot or compact the logs.
+    #[arg(long)]
+    no_snapshots: bool,
     /// Run a deliberately broken variant ("list" names them); a caught bug
     /// exits 1.
     #[arg(long)]
@@ -164,6 +174,9 @@ fn sim_kv(args: KvArgs) -> Result<ExitCode> {
         crashes: !args.no_crashes,
         drift_ppm: args.drift_ppm,
         chaos_ms: args.chaos_ms,
+        corrupt: args.corrupt,
+        torn: args.torn,
+        snapshots: !args.no_snapshots,
         bug,
     };
     let first = args.seed.unwrap_or(0);
@@ -172,7 +185,7 @@ fn sim_kv(args: KvArgs) -> Result<ExitCode> {
         .unwrap_or(if args.seed.is_some() { 1 } else { 1000 });
     let replay = |seed: u64| {
         let mut cmd = format!(
-            "parliament sim kv --seed {seed} --nodes {} --clients {} --ops {} --keys {} --loss {} --dup {} --drift-ppm {} --chaos-ms {}",
+            "parliament sim kv --seed {seed} --nodes {} --clients {} --ops {} --keys {} --loss {} --dup {} --drift-ppm {} --chaos-ms {} --corrupt {} --torn {}",
             config.nodes,
             config.clients,
             config.ops,
@@ -180,8 +193,13 @@ fn sim_kv(args: KvArgs) -> Result<ExitCode> {
             config.loss,
             config.dup,
             config.drift_ppm,
-            config.chaos_ms
+            config.chaos_ms,
+            config.corrupt,
+            config.torn
         );
+        if !config.snapshots {
+            cmd.push_str(" --no-snapshots");
+        }
         if !config.partitions {
             cmd.push_str(" --no-partitions");
         }
@@ -200,6 +218,7 @@ fn sim_kv(args: KvArgs) -> Result<ExitCode> {
     let mut first_violation = None;
     let mut first_undecided = None;
     let mut last = None;
+    let mut disk = kv::DiskEvents::default();
     for seed in first..first.saturating_add(count) {
         // A panic (a broken invariant) is a failure of this seed like any
         // other: report it with the command that replays it.
@@ -221,6 +240,12 @@ fn sim_kv(args: KvArgs) -> Result<ExitCode> {
         bar.inc(1);
         ops += outcome.ops;
         acked += outcome.acked;
+        disk.torn_writes += outcome.disk.torn_writes;
+        disk.boundary_crashes += outcome.disk.boundary_crashes;
+        disk.damaged += outcome.disk.damaged;
+        disk.rejoined += outcome.disk.rejoined;
+        disk.snapshots += outcome.disk.snapshots;
+        disk.installs += outcome.disk.installs;
         if !outcome.undecided.is_empty() {
             undecided += 1;
             first_undecided.get_or_insert(seed);
@@ -255,6 +280,15 @@ fn sim_kv(args: KvArgs) -> Result<ExitCode> {
     println!(
         "{count} seeds, {ops} operations, {acked} acknowledged, {violations} with a violation, {undecided} undecided, {:.1} seeds/s",
         count as f64 / elapsed.max(1e-9)
+    );
+    println!(
+        "disks: {} torn writes, {} crashes on a sync or snapshot boundary, {} damaged and {} rejoined, {} snapshots saved, {} installed from a peer",
+        disk.torn_writes,
+        disk.boundary_crashes,
+        disk.damaged,
+        disk.rejoined,
+        disk.snapshots,
+        disk.installs
     );
     if let Some(seed) = first_violation {
         println!(

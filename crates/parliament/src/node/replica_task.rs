@@ -690,6 +690,7 @@ impl ReplicaTask {
             RoleName::Leader => "leader",
             RoleName::Follower => "follower",
             RoleName::PreCandidate | RoleName::Candidate => "candidate",
+            RoleName::Learner => "learner",
         };
         let report = StatusReport {
             id: me,

@@ -8,11 +8,22 @@
 //! clock*, which runs fast or slow by up to the configured drift. Messages take
 //! 0.1 to 3 ms, sometimes much longer (which reorders them), and are lost or
 //! duplicated at the configured rates; partitions cut links symmetrically, in
-//! one direction only, or between some pairs of nodes. A node's disk makes
-//! records durable a little after they are written, in order; a crash loses
-//! everything not yet durable, and whatever was waiting for it (messages,
-//! applications, replies). A restarted node rebuilds its replica from its disk
-//! and re-applies the log to an empty state machine.
+//! one direction only, or between some pairs of nodes.
+//!
+//! A node's disk makes records durable a little after they are written, in
+//! order; a crash loses everything not yet durable, and whatever was waiting
+//! for it (messages, applications, replies), except that it may tear the
+//! write in progress, keeping a prefix of its records (what the log keeps
+//! after cutting a torn tail). Crashes also land exactly on the boundaries:
+//! just after a sync, before anything it released, and just after a snapshot
+//! is saved, before the log records the compaction. A crash may damage the
+//! disk (a flipped bit the checksums catch): the node then comes back empty
+//! and rejoins as a learner (`paxos::replica::Replica::rejoin`).
+//!
+//! Nodes snapshot their state machine every few slots and compact the log
+//! below; a node that needs slots compacted away fetches the snapshot from a
+//! peer in chunks, resuming where it stopped when chunks are lost. A
+//! restarted node loads its snapshot and re-applies the log above it.
 //!
 //! Clients run one operation at a time (read, write, compare-and-swap or
 //! increment on a few keys). They time out, retry the same request (same
@@ -65,6 +76,9 @@ pub enum KvBug {
     /// The state machine ignores client sessions, so a retried command is
     /// applied again.
     RetryAppliedTwice,
+    /// A node whose disk was damaged comes back empty and votes at once,
+    /// instead of rejoining as a learner.
+    RejoinVotesAtOnce,
 }
 
 impl Variant for KvBug {
@@ -74,6 +88,7 @@ impl Variant for KvBug {
         KvBug::LeaseWithoutDriftWait,
         KvBug::ApplyBeforeChosen,
         KvBug::RetryAppliedTwice,
+        KvBug::RejoinVotesAtOnce,
     ];
 
     fn name(self) -> &'static str {
@@ -83,6 +98,7 @@ impl Variant for KvBug {
             KvBug::LeaseWithoutDriftWait => "lease-without-drift-wait",
             KvBug::ApplyBeforeChosen => "apply-before-chosen",
             KvBug::RetryAppliedTwice => "retry-applied-twice",
+            KvBug::RejoinVotesAtOnce => "rejoin-votes-at-once",
         }
     }
 
@@ -97,6 +113,7 @@ impl Variant for KvBug {
             KvBug::LeaseWithoutDriftWait => "a lease without the drift wait",
             KvBug::ApplyBeforeChosen => "a follower that applies a slot before it is chosen",
             KvBug::RetryAppliedTwice => "a client retry that is applied twice",
+            KvBug::RejoinVotesAtOnce => "a node that lost its disk and votes again at once",
         }
     }
 }
@@ -119,6 +136,13 @@ pub struct KvSimConfig {
     pub drift_ppm: u64,
     /// Length of the chaos phase.
     pub chaos_ms: u64,
+    /// Chance that a crash damages the node's disk (at most one node at a
+    /// time: a majority of damaged disks is data loss no protocol survives).
+    pub corrupt: f64,
+    /// Chance that a crash tears the write in progress.
+    pub torn: f64,
+    /// Whether nodes snapshot and compact their logs.
+    pub snapshots: bool,
     pub bug: Option<KvBug>,
 }
 
@@ -137,6 +161,9 @@ impl Default for KvSimConfig {
             // so that any mistake in lease arithmetic shows.
             drift_ppm: 400_000,
             chaos_ms: 3_000,
+            corrupt: 0.2,
+            torn: 0.5,
+            snapshots: true,
             bug: None,
         }
     }
@@ -157,6 +184,23 @@ pub struct KvRun {
     pub undecided: Vec<String>,
     pub history: History,
     pub trace: Trace,
+    /// What the disks went through, to show the faults were exercised.
+    pub disk: DiskEvents,
+}
+
+/// Counts of the storage events of a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiskEvents {
+    /// Crashes that kept part of the write in progress.
+    pub torn_writes: u64,
+    /// Crashes armed on a sync or snapshot boundary.
+    pub boundary_crashes: u64,
+    /// Disks damaged, and rejoins completed.
+    pub damaged: u64,
+    pub rejoined: u64,
+    /// Snapshots saved, and snapshots installed from a peer.
+    pub snapshots: u64,
+    pub installs: u64,
 }
 
 /// Where a message goes: between replicas, or between a client and a node.
@@ -172,6 +216,41 @@ enum Packet {
         seq: u64,
         reply: Reply,
     },
+    /// "Send me your snapshot at `slot` (0: your latest) from `offset`."
+    SnapshotRequest {
+        slot: Slot,
+        offset: usize,
+    },
+    /// A piece of a snapshot.
+    SnapshotChunk {
+        slot: Slot,
+        offset: usize,
+        total: usize,
+        data: Bytes,
+    },
+}
+
+/// Bytes of snapshot per chunk: small, so that transfers take many chunks.
+const CHUNK_BYTES: usize = 64;
+
+/// Where a crash may be armed to land.
+#[derive(Clone, Copy, Debug)]
+enum CrashPoint {
+    /// Right after the next sync completes, before anything it releases.
+    AfterSync,
+    /// During the next sync: a prefix of its records lands, the rest is torn.
+    DuringSync,
+    /// Right after the next snapshot is saved, before the compaction record.
+    AfterSnapshot,
+}
+
+/// A snapshot being received.
+#[derive(Clone, Debug)]
+struct Incoming {
+    from: usize,
+    slot: Slot,
+    data: Vec<u8>,
+    last_progress: Micros,
 }
 
 #[derive(Clone, Debug)]
@@ -234,6 +313,14 @@ struct Node {
     next_ctx: u64,
     /// This node's clock rate, in parts per million away from real time.
     drift: i64,
+    /// The durable snapshot: the slot it holds everything up to, and its bytes.
+    snapshot: Option<(Slot, Bytes)>,
+    /// Snapshot every this many applied slots (0: never).
+    snapshot_every: Slot,
+    incoming: Option<Incoming>,
+    crash_at: Option<CrashPoint>,
+    /// The disk was damaged in the last crash.
+    damaged: bool,
 }
 
 struct Pending {
@@ -285,6 +372,7 @@ struct Sim<'a> {
     violation: Option<String>,
     undecided: Vec<String>,
     trace: Trace,
+    disk: DiskEvents,
 }
 
 /// Runs seed `seed` of `config`.
@@ -329,6 +417,15 @@ pub fn run(config: &KvSimConfig, seed: u64, keep_trace: bool) -> KvRun {
             waiting_reads: BTreeMap::new(),
             next_ctx: 1,
             drift,
+            snapshot: None,
+            snapshot_every: if config.snapshots {
+                rng.between(4, 40)
+            } else {
+                0
+            },
+            incoming: None,
+            crash_at: None,
+            damaged: false,
         });
     }
     let clients = (0..config.clients)
@@ -364,6 +461,7 @@ pub fn run(config: &KvSimConfig, seed: u64, keep_trace: bool) -> KvRun {
         violation: None,
         undecided: Vec::new(),
         trace: Trace::new(keep_trace),
+        disk: DiskEvents::default(),
     };
     sim.start();
     let calm_end = config.chaos_ms * 1000 + 30_000_000;
@@ -388,6 +486,7 @@ pub fn run(config: &KvSimConfig, seed: u64, keep_trace: bool) -> KvRun {
         undecided: sim.undecided,
         history: sim.history,
         trace: sim.trace,
+        disk: sim.disk,
     }
 }
 
@@ -458,6 +557,7 @@ impl Sim<'_> {
         if node.up {
             node.replica.tick();
             self.collect(n);
+            self.retry_snapshot(n);
         }
         self.at(period, Event::Tick(n));
     }
@@ -470,6 +570,14 @@ impl Sim<'_> {
         if ready.is_empty() {
             return;
         }
+        if let Some((peer, _)) = ready.snapshot_needed {
+            self.start_snapshot_fetch(n, peer as usize - 1);
+        }
+        if ready.records.contains(&Record::Resume) {
+            self.disk.rejoined += 1;
+            self.log(|| format!("node {} finished rejoining and votes again", n + 1));
+        }
+        let node = &mut self.nodes[n];
         let id = node.next_batch;
         node.next_batch += 1;
         let has_records = !ready.records.is_empty();
@@ -501,6 +609,34 @@ impl Sim<'_> {
             let Some(batch) = self.nodes[n].unsynced.pop_front() else {
                 break;
             };
+            if let Some(point) = self.nodes[n].crash_at {
+                // The sync completed, or tore part-way; either way the node
+                // dies before acting on it.
+                let kept = match point {
+                    CrashPoint::DuringSync => {
+                        self.rng.below(batch.records.len().max(1) as u64) as usize
+                    }
+                    _ => batch.records.len(),
+                };
+                if !matches!(point, CrashPoint::AfterSnapshot) {
+                    for record in &batch.records[..kept] {
+                        self.nodes[n].disk.apply(record);
+                    }
+                    let total = batch.records.len();
+                    self.disk.boundary_crashes += 1;
+                    if kept < total {
+                        self.disk.torn_writes += 1;
+                    }
+                    self.log(|| {
+                        format!(
+                            "node {} crashes {point:?}, {kept} of {total} records kept",
+                            n + 1
+                        )
+                    });
+                    self.crash_and_restart_later(n);
+                    return;
+                }
+            }
             self.release(n, batch);
             if self.violation.is_some() {
                 return;
@@ -535,6 +671,10 @@ impl Sim<'_> {
             if slot > self.nodes[n].applied {
                 self.apply(n, slot, &value);
             }
+        }
+        self.maybe_snapshot(n);
+        if !self.nodes[n].up {
+            return; // crashed right after saving the snapshot
         }
         for read in batch.reads {
             if let Some((client, seq, key)) = self.nodes[n].waiting_reads.remove(&read.ctx) {
@@ -588,26 +728,247 @@ impl Sim<'_> {
             return;
         }
         self.log(|| format!("node {} crashes", n + 1));
+        // The write in progress may be torn: the log keeps a prefix of its
+        // records (the torn tail is cut on recovery).
+        if self.rng.chance(self.config.torn) {
+            let total: usize = self.nodes[n].unsynced.iter().map(|b| b.records.len()).sum();
+            let kept = self.rng.below(total as u64 + 1) as usize;
+            if kept > 0 {
+                let records: Vec<Record> = self.nodes[n]
+                    .unsynced
+                    .iter()
+                    .flat_map(|b| b.records.iter().cloned())
+                    .take(kept)
+                    .collect();
+                for record in &records {
+                    self.nodes[n].disk.apply(record);
+                }
+                self.disk.torn_writes += 1;
+                self.log(|| {
+                    format!(
+                        "node {} tore its last write after {kept} of {total} records",
+                        n + 1
+                    )
+                });
+            }
+        }
+        // A flipped bit the checksums will catch, on at most one node at a
+        // time.
+        let others_whole = (0..self.nodes.len())
+            .filter(|&o| o != n)
+            .all(|o| !self.nodes[o].damaged && !self.nodes[o].disk.rejoining);
+        if others_whole && self.rng.chance(self.config.corrupt) {
+            self.nodes[n].damaged = true;
+            self.disk.damaged += 1;
+            self.log(|| format!("node {} has a damaged disk", n + 1));
+        }
         let node = &mut self.nodes[n];
         node.up = false;
         node.epoch += 1;
         node.unsynced.clear();
         node.waiting_writes.clear();
         node.waiting_reads.clear();
+        node.incoming = None;
+        node.crash_at = None;
+    }
+
+    fn crash_and_restart_later(&mut self, n: usize) {
+        self.crash(n);
+        let down = self.rng.between(50_000, 1_500_000);
+        self.at(down, Event::Restart(n));
     }
 
     fn restart(&mut self, n: usize) {
         if self.nodes[n].up {
             return;
         }
-        self.log(|| format!("node {} restarts", n + 1));
+        let bug = self.config.bug;
         let node = &mut self.nodes[n];
-        node.replica = Replica::restore(node.config.clone(), node.disk.clone(), 0)
-            .expect("the simulator's config is valid");
-        node.store = Store::new();
-        node.applied = 0;
+        let config = node.config.clone();
+        if node.damaged {
+            // Recovery finds a bad checksum and stops; the operator moves
+            // the damaged data aside and starts the node rejoining, which
+            // writes its rejoin mark before anything else.
+            node.damaged = false;
+            node.snapshot = None;
+            node.store = Store::new();
+            node.applied = 0;
+            if bug == Some(KvBug::RejoinVotesAtOnce) {
+                node.disk = Durable::default();
+                node.replica = Replica::new(config).expect("the simulator's config is valid");
+            } else {
+                node.disk = Durable {
+                    rejoining: true,
+                    ..Durable::default()
+                };
+                node.replica = Replica::rejoin(config).expect("the simulator's config is valid");
+            }
+            self.log(|| format!("node {} restarts empty and rejoins", n + 1));
+        } else {
+            let (applied, store) = match &node.snapshot {
+                Some((slot, bytes)) => match Store::restore_from(&mut &bytes[..]) {
+                    Ok(store) => (*slot, store),
+                    Err(e) => panic!("node {}: own snapshot unreadable: {e}", n + 1),
+                },
+                None => (0, Store::new()),
+            };
+            node.replica = Replica::restore(config, node.disk.clone(), applied)
+                .expect("the simulator's config is valid");
+            node.store = store;
+            node.applied = applied;
+            self.log(|| format!("node {} restarts from snapshot at slot {applied}", n + 1));
+        }
+        let node = &mut self.nodes[n];
         node.up = true;
         node.disk_busy_until = self.now;
+    }
+
+    // ----- snapshots -----------------------------------------------------
+
+    /// Saves a snapshot every few slots and lets the replica compact.
+    fn maybe_snapshot(&mut self, n: usize) {
+        let node = &mut self.nodes[n];
+        let last = node.snapshot.as_ref().map_or(0, |(slot, _)| *slot);
+        if node.snapshot_every == 0 || node.applied < last + node.snapshot_every {
+            return;
+        }
+        let mut bytes = Vec::new();
+        if node.store.snapshot_to(&mut bytes).is_err() {
+            return;
+        }
+        // Saved atomically (temp file, sync, rename): durable at once.
+        let slot = node.applied;
+        node.snapshot = Some((slot, Bytes::from(bytes)));
+        self.disk.snapshots += 1;
+        if let Some(CrashPoint::AfterSnapshot) = node.crash_at {
+            self.disk.boundary_crashes += 1;
+            self.log(|| format!("node {} crashes right after a snapshot at {slot}", n + 1));
+            self.crash_and_restart_later(n);
+            return;
+        }
+        node.replica.compact(slot);
+        self.collect(n);
+    }
+
+    /// The replica needs slots a peer compacted: fetch the peer's snapshot,
+    /// unless a fetch is already making progress.
+    fn start_snapshot_fetch(&mut self, n: usize, peer: usize) {
+        let node = &mut self.nodes[n];
+        if node
+            .incoming
+            .as_ref()
+            .is_some_and(|i| self.now < i.last_progress + 200_000)
+        {
+            return;
+        }
+        node.incoming = Some(Incoming {
+            from: peer,
+            slot: 0,
+            data: Vec::new(),
+            last_progress: self.now,
+        });
+        self.send(n, peer, Packet::SnapshotRequest { slot: 0, offset: 0 });
+    }
+
+    /// Asks again for the next chunk when the last one seems lost.
+    fn retry_snapshot(&mut self, n: usize) {
+        let Some(incoming) = &self.nodes[n].incoming else {
+            return;
+        };
+        if self.now < incoming.last_progress + 50_000 {
+            return;
+        }
+        let (from, slot, offset) = (incoming.from, incoming.slot, incoming.data.len());
+        if let Some(i) = &mut self.nodes[n].incoming {
+            i.last_progress = self.now;
+        }
+        self.send(n, from, Packet::SnapshotRequest { slot, offset });
+    }
+
+    /// A peer asks for a chunk of our snapshot.
+    fn serve_snapshot(&mut self, n: usize, to: usize, slot: Slot, offset: usize) {
+        let Some((have, bytes)) = &self.nodes[n].snapshot else {
+            return;
+        };
+        // A newer snapshot replaces the one asked for: start it over.
+        let offset = if slot == *have { offset } else { 0 };
+        let end = (offset + CHUNK_BYTES).min(bytes.len());
+        if offset > end {
+            return;
+        }
+        let chunk = Packet::SnapshotChunk {
+            slot: *have,
+            offset,
+            total: bytes.len(),
+            data: bytes.slice(offset..end),
+        };
+        self.send(n, to, chunk);
+    }
+
+    /// A chunk arrives: keep it if it is the next one, install when whole.
+    fn on_snapshot_chunk(
+        &mut self,
+        n: usize,
+        from: usize,
+        slot: Slot,
+        offset: usize,
+        total: usize,
+        data: Bytes,
+    ) {
+        let now = self.now;
+        let Some(incoming) = &mut self.nodes[n].incoming else {
+            return;
+        };
+        if incoming.slot != slot {
+            if offset != 0 {
+                return;
+            }
+            incoming.slot = slot;
+            incoming.data.clear();
+        }
+        if offset != incoming.data.len() {
+            return; // a duplicate or out of order: the retry asks again
+        }
+        incoming.from = from;
+        incoming.data.extend_from_slice(&data);
+        incoming.last_progress = now;
+        if incoming.data.len() < total {
+            let next = incoming.data.len();
+            self.send(n, from, Packet::SnapshotRequest { slot, offset: next });
+            return;
+        }
+        let Some(incoming) = self.nodes[n].incoming.take() else {
+            return;
+        };
+        let bytes = Bytes::from(incoming.data);
+        let store = match Store::restore_from(&mut &bytes[..]) {
+            Ok(store) => store,
+            Err(e) => {
+                self.fail(format!(
+                    "node {}: a transferred snapshot is unreadable: {e}",
+                    n + 1
+                ));
+                return;
+            }
+        };
+        let node = &mut self.nodes[n];
+        if slot <= node.replica.status().commit {
+            return; // caught up meanwhile
+        }
+        self.log(|| {
+            format!(
+                "node {} installs the snapshot at slot {slot} from node {}",
+                n + 1,
+                from + 1
+            )
+        });
+        self.disk.installs += 1;
+        let node = &mut self.nodes[n];
+        node.store = store;
+        node.snapshot = Some((slot, bytes));
+        node.applied = slot;
+        node.replica.install_snapshot(slot);
+        self.collect(n);
     }
 
     // ----- network -------------------------------------------------------
@@ -668,6 +1029,13 @@ impl Sim<'_> {
             }
             Packet::Request { client, seq } => self.node_request(to, client, seq),
             Packet::Reply { .. } => {}
+            Packet::SnapshotRequest { slot, offset } => self.serve_snapshot(to, from, slot, offset),
+            Packet::SnapshotChunk {
+                slot,
+                offset,
+                total,
+                data,
+            } => self.on_snapshot_chunk(to, from, slot, offset, total, data),
         }
     }
 
@@ -743,7 +1111,7 @@ impl Sim<'_> {
             return;
         }
         let n = self.nodes.len();
-        let choice = self.rng.below(9);
+        let choice = self.rng.below(10);
         match choice {
             7 if self.config.drift_ppm > 0 => {
                 // Clock skew at the edges of the bound: the leader's clock
@@ -775,9 +1143,21 @@ impl Sim<'_> {
             }
             0 | 1 if self.config.crashes => {
                 let victim = self.rng.below(n as u64) as usize;
-                let down = self.rng.between(50_000, 1_500_000);
-                self.crash(victim);
-                self.at(down, Event::Restart(victim));
+                self.crash_and_restart_later(victim);
+            }
+            9 if self.config.crashes => {
+                // A crash exactly on a boundary: after a sync, or after a
+                // snapshot is saved.
+                let victim = self.rng.below(n as u64) as usize;
+                let point = match self.rng.below(3) {
+                    0 => CrashPoint::AfterSync,
+                    1 => CrashPoint::DuringSync,
+                    _ => CrashPoint::AfterSnapshot,
+                };
+                if self.nodes[victim].up {
+                    self.nodes[victim].crash_at = Some(point);
+                    self.log(|| format!("node {} will crash {point:?}", victim + 1));
+                }
             }
             2 if self.config.partitions => {
                 // Symmetric: a random minority or majority side.
@@ -839,6 +1219,7 @@ impl Sim<'_> {
         self.calm_since = self.now;
         self.cut.clear();
         for n in 0..self.nodes.len() {
+            self.nodes[n].crash_at = None;
             self.restart(n);
         }
     }
@@ -1121,6 +1502,28 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn disk_faults_snapshots_and_rejoins_are_exercised() {
+        let config = KvSimConfig::default();
+        let mut total = DiskEvents::default();
+        for seed in 0..40 {
+            let r = run(&config, seed, false);
+            assert!(r.violation.is_none(), "seed {seed}: {:?}", r.violation);
+            total.torn_writes += r.disk.torn_writes;
+            total.boundary_crashes += r.disk.boundary_crashes;
+            total.damaged += r.disk.damaged;
+            total.rejoined += r.disk.rejoined;
+            total.snapshots += r.disk.snapshots;
+            total.installs += r.disk.installs;
+        }
+        assert!(total.torn_writes > 0, "{total:?}");
+        assert!(total.boundary_crashes > 0, "{total:?}");
+        assert!(total.damaged > 0, "{total:?}");
+        assert!(total.rejoined > 0, "{total:?}");
+        assert!(total.snapshots > 0, "{total:?}");
+        assert!(total.installs > 0, "{total:?}");
     }
 
     #[test]

@@ -131,6 +131,9 @@ impl FileStorage {
         records.push(Record::Commit {
             up_to: state.commit,
         });
+        if state.rejoining {
+            records.push(Record::Rejoin);
+        }
         records
     }
 
@@ -165,36 +168,14 @@ impl ReplicaStorage for FileStorage {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU64, Ordering};
-
     use paxos::Ballot;
     use paxos::replica::Value;
     use paxos::rng::Rng;
 
+    use super::super::Scratch;
+    use super::super::faulty::{FailPoint, FaultyStorage};
     use super::super::wal::FsyncPolicy;
     use super::*;
-
-    /// A fresh directory, removed on drop.
-    struct Scratch(PathBuf);
-
-    impl Scratch {
-        fn new(name: &str) -> Scratch {
-            static NEXT: AtomicU64 = AtomicU64::new(0);
-            let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let path = std::env::temp_dir().join(format!(
-                "parliament-storage-{name}-{}-{n}",
-                std::process::id()
-            ));
-            let _ = std::fs::remove_dir_all(&path);
-            Scratch(path)
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 
     /// A plausible stream of records: promises rise, slots are accepted and
     /// committed in order, now and then a compaction.
@@ -243,30 +224,86 @@ mod tests {
 
     /// The conformance suite: what every storage must do. `reopen` stands
     /// for a crash and restart (memory storage survives by being kept).
-    fn conformance<S: ReplicaStorage>(mut storage: S, reopen: impl Fn(S) -> S, seed: u64) {
-        assert_eq!(storage.durable(), &Durable::default(), "starts empty");
+    ///
+    /// Every append that returned `Ok` must survive every restart. An append
+    /// that failed may have landed whole or not at all, never in part, and
+    /// nothing acknowledged before it may be lost; the suite then restarts
+    /// the storage, as a node stops on a storage error, and carries on from
+    /// what it finds. Returns the number of failed appends, or the first
+    /// violation.
+    fn conformance<S: ReplicaStorage>(
+        mut storage: S,
+        reopen: impl Fn(S) -> S,
+        seed: u64,
+    ) -> Result<u64, String> {
+        if storage.durable() != &Durable::default() {
+            return Err("does not start empty".into());
+        }
         let mut rng = Rng::new(seed);
         let mut expected = Durable::default();
+        let mut failures = 0;
         for (i, batch) in records(&mut rng, 300).into_iter().enumerate() {
-            storage.append(&batch).expect("append");
+            let mut with_batch = expected.clone();
             for r in &batch {
-                expected.apply(r);
+                with_batch.apply(r);
             }
-            assert_eq!(storage.durable(), &expected, "after batch {i}");
+            let either = |state: &Durable, when: &str| {
+                if state == &expected || state == &with_batch {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "batch {i} failed and {when} the state is neither the acknowledged one \
+                         nor that plus the batch: {state:?}, acknowledged {expected:?}"
+                    ))
+                }
+            };
+            match storage.append(&batch) {
+                Ok(()) => expected = with_batch,
+                Err(_) => {
+                    failures += 1;
+                    either(storage.durable(), "before restarting")?;
+                    storage = reopen(storage);
+                    either(storage.durable(), "after restarting")?;
+                    expected = storage.durable().clone();
+                }
+            }
+            if storage.durable() != &expected {
+                return Err(format!("after batch {i}: {:?}", storage.durable()));
+            }
             if i % 50 == 49 {
                 storage = reopen(storage);
-                assert_eq!(storage.durable(), &expected, "after reopening at batch {i}");
+                if storage.durable() != &expected {
+                    return Err(format!(
+                        "after reopening at batch {i}, acknowledged records were lost: \
+                         {:?}, acknowledged {expected:?}",
+                        storage.durable()
+                    ));
+                }
             }
         }
-        storage.append(&[]).expect("an empty append is fine");
+        // An empty append changes nothing (a latched failure may refuse it).
+        let _ = storage.append(&[]);
         let storage = reopen(storage);
-        assert_eq!(storage.durable(), &expected);
+        if storage.durable() != &expected {
+            return Err("lost records at the final reopening".into());
+        }
+        Ok(failures)
     }
 
     #[test]
     fn memory_storage_conforms() {
         for seed in 0..5 {
-            conformance(MemoryStorage::default(), |s| s, seed);
+            let failures = conformance(MemoryStorage::default(), |s| s, seed)
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(failures, 0);
+        }
+    }
+
+    fn file_options() -> Options {
+        Options {
+            segment_bytes_max: 2048,
+            fsync: FsyncPolicy::Never,
+            ..Options::default()
         }
     }
 
@@ -274,22 +311,86 @@ mod tests {
     fn file_storage_conforms_and_survives_reopening() {
         for seed in 0..3 {
             let scratch = Scratch::new("conform");
-            let options = Options {
-                segment_bytes_max: 2048,
-                fsync: FsyncPolicy::Never,
-                ..Options::default()
-            };
+            let options = file_options();
             let dir = scratch.0.clone();
             let (storage, torn) = FileStorage::open(&dir, options.clone()).expect("open");
             assert_eq!(torn, 0);
-            conformance(
+            let failures = conformance(
                 storage,
                 |s| {
                     drop(s);
                     FileStorage::open(&dir, options.clone()).expect("reopen").0
                 },
                 seed,
-            );
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(failures, 0);
+        }
+    }
+
+    #[test]
+    fn faulty_memory_storage_conforms() {
+        let mut injected = 0;
+        for seed in 0..5 {
+            let mut storage = FaultyStorage::new(MemoryStorage::default(), seed);
+            storage.fail_randomly(0.05);
+            let failures = conformance(storage, FaultyStorage::restart, seed)
+                .unwrap_or_else(|e| panic!("{e}"));
+            injected += failures;
+        }
+        assert!(injected >= 10, "only {injected} faults were injected");
+    }
+
+    #[test]
+    fn faulty_file_storage_conforms() {
+        let mut injected = 0;
+        for seed in 0..3 {
+            let scratch = Scratch::new("conform-faulty");
+            let options = file_options();
+            let dir = scratch.0.clone();
+            let (file, _) = FileStorage::open(&dir, options.clone()).expect("open");
+            let mut storage = FaultyStorage::new(file, seed);
+            storage.fail_randomly(0.05);
+            let failures = conformance(
+                storage,
+                |s| {
+                    s.restart_with(|file| {
+                        drop(file);
+                        FileStorage::open(&dir, options.clone()).expect("reopen").0
+                    })
+                },
+                seed,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            injected += failures;
+        }
+        assert!(injected >= 5, "only {injected} faults were injected");
+    }
+
+    #[test]
+    fn failures_at_either_point_conform() {
+        for point in [FailPoint::BeforeWrite, FailPoint::AfterWrite] {
+            for after in [0, 1, 17, 120] {
+                let mut storage = FaultyStorage::new(MemoryStorage::default(), after);
+                storage.fail_after(after, point);
+                let failures = conformance(storage, FaultyStorage::restart, after)
+                    .unwrap_or_else(|e| panic!("{point:?} after {after}: {e}"));
+                assert_eq!(failures, 1, "{point:?} after {after}");
+            }
+        }
+    }
+
+    /// The suite is only worth running if it fails a storage that loses
+    /// acknowledged records: here, one that never syncs.
+    #[test]
+    fn the_suite_catches_a_storage_without_sync() {
+        for seed in 0..3 {
+            let storage = FaultyStorage::without_sync(MemoryStorage::default(), seed, 8);
+            let verdict = conformance(storage, FaultyStorage::restart, seed);
+            match verdict {
+                Err(e) => assert!(e.contains("lost"), "seed {seed}: {e}"),
+                Ok(_) => panic!("seed {seed}: lost writes went unnoticed"),
+            }
         }
     }
 

@@ -46,7 +46,8 @@ const SEGMENT_SUFFIX: &str = ".log";
 /// When appends reach the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FsyncPolicy {
-    /// fdatasync after every append; required for Paxos to be correct.
+    /// fdatasync after every append (the default); required for Paxos to be
+    /// correct.
     Always,
     /// Never sync. UNSAFE: a crash can lose acknowledged records, which lets a
     /// node break its promises. For tests and benchmarks only.

@@ -25,13 +25,18 @@ impl Replica {
 
     /// Phase 1b for every slot from `from_slot` on.
     pub(super) fn on_prepare(&mut self, from: NodeId, ballot: Ballot, from_slot: Slot) {
+        if self.rejoin.is_some() {
+            return; // we vote for nobody until the rejoin is complete
+        }
         if ballot < self.promised {
             self.nack(from, ballot);
             return;
         }
-        if ballot > self.promised && self.now < self.lease_granted_until {
+        let from_leader = self.leader.is_some_and(|(id, _)| id == from);
+        if ballot > self.promised && self.now < self.lease_granted_until && !from_leader {
             // We told a leader we would promise nobody else until then. The
-            // candidate will time out and try again after the lease.
+            // candidate will time out and try again after the lease. (The
+            // leader itself may raise its ballot: it gives up its lease.)
             return;
         }
         self.promise(ballot);
@@ -63,6 +68,11 @@ impl Replica {
         }
         self.promise(ballot);
         self.follow(from, ballot);
+        if self.rejoin.is_some() {
+            // Not voting yet: only learn what the leader says is chosen.
+            self.learn_commit(from, ballot, commit);
+            return;
+        }
         let mut slots = Vec::with_capacity(entries.len());
         for (slot, value) in entries {
             slots.push(slot);

@@ -23,6 +23,9 @@ pub struct Durable {
     pub commit: Slot,
     /// Slots up to here live only in the host's snapshot.
     pub log_start: Slot,
+    /// The replica lost its state and has not finished rejoining: it must
+    /// not vote (see `rejoin.rs`).
+    pub rejoining: bool,
 }
 
 impl Durable {
@@ -54,6 +57,8 @@ impl Durable {
                     self.chosen = self.chosen.split_off(&(up_to + 1));
                 }
             }
+            Record::Rejoin => self.rejoining = true,
+            Record::Resume => self.rejoining = false,
         }
     }
 

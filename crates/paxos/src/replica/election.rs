@@ -36,6 +36,7 @@ impl Replica {
     pub(super) fn on_pre_vote(&mut self, from: NodeId, ballot: Ballot) {
         let leading = matches!(self.role, Role::Leader(_));
         let granted = !leading
+            && self.rejoin.is_none()
             && !self.hears_leader()
             && self.now >= self.lease_granted_until
             && ballot > self.promised;
@@ -222,6 +223,9 @@ impl Replica {
         for peer in peers {
             leader.last_heard.insert(peer, self.now);
         }
+        // Commands queued for a leader while we were not one are ours now.
+        let queued = std::mem::take(&mut self.forward);
+        leader.pending.extend(queued);
         self.leader = Some((self.config.id, ballot));
         self.known_commit = self.known_commit.max(commit_reported);
         self.role = Role::Leader(Box::new(leader));

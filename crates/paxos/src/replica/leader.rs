@@ -78,7 +78,9 @@ impl Replica {
     pub(super) fn flush_leader(&mut self) {
         self.with_leader(|r, leader| {
             let window = r.config.inflight_slots_max;
-            while !leader.pending.is_empty() && leader.next_slot - 1 - r.commit < window {
+            while !leader.pending.is_empty()
+                && (leader.next_slot - 1).saturating_sub(r.commit) < window
+            {
                 let mut batch = Vec::new();
                 let mut bytes = 0;
                 while let Some(command) = leader.pending.front() {

@@ -42,6 +42,9 @@ impl Replica {
         if let Role::Leader(leader) = &mut self.role {
             let commit = self.commit;
             leader.inflight.retain(|slot, _| *slot > commit);
+            // Slots a newer leader got chosen, learned before we heard of
+            // its ballot: never propose there.
+            leader.next_slot = leader.next_slot.max(commit + 1);
         }
     }
 

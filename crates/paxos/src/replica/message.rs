@@ -112,6 +112,16 @@ pub enum Message {
     ReadIndexRequest { ctx: u64 },
     /// The leader's answer: a read is linearizable once `index` is applied.
     ReadIndexReply { ctx: u64, index: Slot },
+    /// A replica that lost its durable state asks what its peers promised
+    /// (see `rejoin.rs`); once it knows, it asks a leader whose ballot is not
+    /// `above` that floor to run phase 1 again with a higher one.
+    RejoinQuery { above: Option<Ballot> },
+    /// The answer: the sender's promise, and, when it leads with phase 1
+    /// done, the first slot of its term (its no-op).
+    RejoinReply {
+        promised: Ballot,
+        leading_from: Option<Slot>,
+    },
 }
 
 impl Message {
@@ -133,6 +143,8 @@ impl Message {
             Message::Forward { .. } => "Forward",
             Message::ReadIndexRequest { .. } => "ReadIndexRequest",
             Message::ReadIndexReply { .. } => "ReadIndexReply",
+            Message::RejoinQuery { .. } => "RejoinQuery",
+            Message::RejoinReply { .. } => "RejoinReply",
         }
     }
 }
@@ -192,6 +204,15 @@ impl fmt::Display for Message {
             Message::ReadIndexReply { ctx, index } => {
                 write!(f, "ReadIndexReply(#{ctx}, index {index})")
             }
+            Message::RejoinQuery { above: None } => write!(f, "RejoinQuery"),
+            Message::RejoinQuery { above: Some(b) } => write!(f, "RejoinQuery(above {b})"),
+            Message::RejoinReply {
+                promised,
+                leading_from,
+            } => match leading_from {
+                Some(slot) => write!(f, "RejoinReply({promised}, leading from slot {slot})"),
+                None => write!(f, "RejoinReply({promised})"),
+            },
         }
     }
 }
@@ -216,4 +237,9 @@ pub enum Record {
     /// Slots up to `up_to` are in a snapshot the host made durable; their
     /// records may be dropped.
     Compact { up_to: Slot },
+    /// This replica lost its durable state and is rejoining: it must not
+    /// vote until it has caught up safely. The first record of a rebuilt log.
+    Rejoin,
+    /// The rejoin is complete: the replica votes again.
+    Resume,
 }

@@ -44,6 +44,7 @@ mod election;
 mod leader;
 mod learner;
 mod message;
+mod rejoin;
 
 #[cfg(test)]
 mod tests;
@@ -228,6 +229,8 @@ pub enum RoleName {
     /// Running phase 1.
     Candidate,
     Leader,
+    /// Rebuilding lost state; not voting (see `rejoin.rs`).
+    Learner,
 }
 
 impl RoleName {
@@ -237,6 +240,7 @@ impl RoleName {
             RoleName::PreCandidate => "precandidate",
             RoleName::Candidate => "candidate",
             RoleName::Leader => "leader",
+            RoleName::Learner => "learner",
         }
     }
 }
@@ -375,6 +379,8 @@ pub struct Replica {
     catch_up_asked: Option<u64>,
     role: Role,
 
+    /// Set while rebuilding lost state: the replica does not vote.
+    rejoin: Option<rejoin::Rejoin>,
     /// Commands waiting for a leader to forward them to.
     forward: Vec<Bytes>,
     /// Reads answered by the leader, waiting for the index to be applied.
@@ -388,14 +394,37 @@ impl Replica {
         Replica::restore(config, Durable::default(), 0)
     }
 
+    /// A replica whose durable state was lost (a damaged or wiped disk): it
+    /// rejoins as a learner and votes again only once that is safe (see
+    /// `rejoin.rs`). Its first record marks the log as rejoining, so a crash
+    /// before the rejoin completes restarts it.
+    pub fn rejoin(config: Config) -> Result<Replica, ConfigError> {
+        let durable = Durable {
+            rejoining: true,
+            ..Durable::default()
+        };
+        let mut replica = Replica::restore(config, durable, 0)?;
+        replica.ready.records.push(Record::Rejoin);
+        Ok(replica)
+    }
+
     /// A replica restarted from its durable state, whose host's state machine
-    /// already holds every entry up to `applied` (its snapshot).
+    /// already holds every entry up to `applied` (its snapshot). The snapshot
+    /// may be ahead of the durable log (a crash after the snapshot was saved
+    /// but before the log recorded it): its slots are chosen, so the log
+    /// below it is dropped.
     pub fn restore(
         config: Config,
-        durable: Durable,
+        mut durable: Durable,
         applied: Slot,
     ) -> Result<Replica, ConfigError> {
         config.validate()?;
+        let mut ready = Ready::default();
+        if applied > durable.log_start {
+            let record = Record::Compact { up_to: applied };
+            durable.apply(&record);
+            ready.records.push(record);
+        }
         let mut log: BTreeMap<Slot, Entry> = BTreeMap::new();
         for (slot, (ballot, value)) in durable.accepted {
             log.entry(slot).or_default().accepted = Some((ballot, value));
@@ -414,7 +443,8 @@ impl Replica {
                 durable.commit
             );
         }
-        let applied = applied.max(durable.log_start).min(durable.commit);
+        let applied = applied.max(durable.log_start);
+        let rejoin = durable.rejoining.then(rejoin::Rejoin::default);
         let mut rng = Rng::new(config.seed);
         let election_deadline = config.election_ticks + rng.below(config.election_ticks);
         let replica = Replica {
@@ -435,9 +465,10 @@ impl Replica {
             highest_seen: durable.promised,
             catch_up_asked: None,
             role: Role::Follower,
+            rejoin,
             forward: Vec::new(),
             reads_waiting: Vec::new(),
-            ready: Ready::default(),
+            ready,
             config,
         };
         replica.check_invariants();
@@ -465,6 +496,11 @@ impl Replica {
                 self.commit >= l.noop_slot,
             ),
         };
+        let role = if self.rejoin.is_some() {
+            RoleName::Learner
+        } else {
+            role
+        };
         Status {
             id: self.config.id,
             role,
@@ -487,6 +523,11 @@ impl Replica {
     /// Advances the logical clock by one tick.
     pub fn tick(&mut self) {
         self.now += 1;
+        if self.rejoin.is_some() {
+            self.tick_rejoin();
+            self.check_invariants();
+            return;
+        }
         match &self.role {
             Role::Leader(_) => self.tick_leader(),
             Role::Follower => {
@@ -559,7 +600,13 @@ impl Replica {
             Message::ReadIndexReply { ctx, index } => {
                 self.reads_waiting.push(ReadState { ctx, index });
             }
+            Message::RejoinQuery { above } => self.on_rejoin_query(from, above),
+            Message::RejoinReply {
+                promised,
+                leading_from,
+            } => self.on_rejoin_reply(from, promised, leading_from),
         }
+        self.maybe_resume();
         self.check_invariants();
     }
 
@@ -713,6 +760,15 @@ impl Replica {
             && let Some((b, _)) = &entry.accepted
         {
             assert!(*b <= self.promised, "accepted above the promise");
+        }
+        if self.rejoin.is_some() {
+            assert!(
+                matches!(self.role, Role::Follower),
+                "a rejoining replica neither leads nor runs"
+            );
+            for entry in self.log.values() {
+                assert!(entry.accepted.is_none(), "a rejoining replica accepted");
+            }
         }
         if let Role::Leader(l) = &self.role {
             assert_eq!(l.ballot, self.promised, "a leader's ballot is its promise");

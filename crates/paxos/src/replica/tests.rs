@@ -77,6 +77,18 @@ impl Cluster {
         }
         for (to, message) in &ready.messages {
             check_covered(&node.durable, message);
+            if node.durable.rejoining {
+                assert!(
+                    !matches!(
+                        message,
+                        Message::Promise { .. }
+                            | Message::Accepted { .. }
+                            | Message::Prepare { .. }
+                            | Message::PreVoteReply { granted: true, .. }
+                    ),
+                    "node {id} votes while rejoining: {message}"
+                );
+            }
             self.queue.push_back((id, *to, message.clone()));
         }
         let node = self.node(id);
@@ -175,6 +187,18 @@ impl Cluster {
 
     fn crash(&mut self, id: NodeId) {
         self.node(id).up = false;
+    }
+
+    /// Restarts `id` with its disk wiped, rejoining as a learner.
+    fn restart_wiped(&mut self, id: NodeId) {
+        let mut config = config(id, self.nodes.len() as u64);
+        (self.tweak)(&mut config);
+        let node = self.node(id);
+        node.replica = Replica::rejoin(config).expect("valid config");
+        node.durable = Durable::default();
+        node.applied.clear();
+        node.up = true;
+        self.process(id);
     }
 
     /// Restarts `id` from what it made durable; its state machine restarts
@@ -536,4 +560,99 @@ fn a_follower_behind_a_compacted_log_installs_a_snapshot_then_catches_up() {
     let cmds = c.commands(lagger);
     assert_eq!(cmds.len(), 31, "{cmds:?}");
     assert_eq!(cmds.last().map(String::as_str), Some("after-snapshot"));
+}
+
+#[test]
+fn a_replica_that_lost_its_disk_rejoins_as_a_learner_then_votes_again() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    let old_ballot = c.nodes[&leader].replica.status().promised;
+    for i in 0..10 {
+        c.propose(leader, &format!("a{i}"));
+    }
+    c.ticks(2);
+    let wiped = (1..=3).find(|&id| id != leader).expect("a follower");
+    c.crash(wiped);
+    c.restart_wiped(wiped);
+    assert!(c.nodes[&wiped].durable.rejoining, "the rejoin is durable");
+    assert_eq!(c.nodes[&wiped].replica.status().role, RoleName::Learner);
+    for _ in 0..200 {
+        c.ticks(1);
+        if !c.nodes[&wiped].replica.is_rejoining() {
+            break;
+        }
+    }
+    assert!(
+        !c.nodes[&wiped].replica.is_rejoining(),
+        "the rejoin completes"
+    );
+    assert!(!c.nodes[&wiped].durable.rejoining);
+    // The leader it resumed under runs a ballot above any the lost state
+    // can have voted in: the old leader had to run phase 1 again.
+    let now_leading = c.elect();
+    assert!(c.nodes[&now_leading].replica.status().promised > old_ballot);
+    assert!(c.nodes[&wiped].durable.promised > old_ballot);
+    let cmds = c.commands(wiped);
+    assert_eq!(cmds.len(), 10, "it re-learned the log: {cmds:?}");
+    // It votes again: with the third replica down, it makes the quorum.
+    let third = (1..=3)
+        .find(|&id| id != now_leading && id != wiped)
+        .expect("a third replica");
+    c.crash(third);
+    c.propose(now_leading, "with-the-rejoined");
+    c.ticks(5);
+    let cmds = c.commands(wiped);
+    assert_eq!(cmds.last().map(String::as_str), Some("with-the-rejoined"));
+}
+
+#[test]
+fn a_rejoining_replica_waits_for_every_peer_and_survives_a_restart() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    c.propose(leader, "x");
+    c.ticks(2);
+    let others: Vec<NodeId> = (1..=3).filter(|&id| id != leader).collect();
+    let (wiped, down) = (others[0], others[1]);
+    c.crash(down);
+    c.crash(wiped);
+    c.restart_wiped(wiped);
+    c.ticks(100);
+    assert!(
+        c.nodes[&wiped].replica.is_rejoining(),
+        "without an answer from every peer it must not vote"
+    );
+    // A crash while rejoining keeps it rejoining.
+    c.crash(wiped);
+    c.restart(wiped);
+    assert!(c.nodes[&wiped].replica.is_rejoining());
+    c.restart(down);
+    for _ in 0..300 {
+        c.ticks(1);
+        if !c.nodes[&wiped].replica.is_rejoining() {
+            break;
+        }
+    }
+    assert!(!c.nodes[&wiped].replica.is_rejoining());
+    assert_eq!(c.commands(wiped), vec!["x".to_owned()]);
+}
+
+#[test]
+fn a_snapshot_ahead_of_the_durable_log_is_trusted_on_restart() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    for i in 0..5 {
+        c.propose(leader, &format!("s{i}"));
+    }
+    c.ticks(2);
+    let applied = c.nodes[&leader].replica.status().applied;
+    // The host saved a snapshot at `applied` and crashed before the log
+    // recorded the compaction.
+    let mut config = config(leader, 3);
+    config.seed += 1;
+    let durable = Durable::default();
+    let replica = Replica::restore(config, durable, applied).expect("valid config");
+    let status = replica.status();
+    assert_eq!(status.log_start, applied);
+    assert_eq!(status.commit, applied);
+    assert_eq!(status.applied, applied);
 }
