@@ -10,6 +10,7 @@ pub mod model;
 pub mod net;
 pub mod node;
 pub mod resp;
+pub mod server;
 pub mod sim;
 pub mod storage;
 pub mod wire;
