@@ -590,3 +590,63 @@ async fn throughput_with_fsync_always() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_clients_on_every_node_see_one_database() {
+    let c = Cluster::new("redis", 3, &[1, 2, 3]).await;
+    c.leader().await;
+    // The client port of each node, in front of its handle.
+    let mut servers = tokio::task::JoinSet::new();
+    let mut ports = Vec::new();
+    for id in 1..=3 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        ports.push(listener.local_addr().unwrap().port());
+        let config = parliament::server::Config {
+            node_id: id,
+            ..parliament::server::Config::default()
+        };
+        servers.spawn(parliament::server::serve_clients(
+            listener,
+            c.handle(id),
+            config,
+        ));
+    }
+    tokio::task::spawn_blocking(move || {
+        use redis::Commands;
+        let mut cons: Vec<redis::Connection> = ports
+            .iter()
+            .map(|p| {
+                redis::Client::open(format!("redis://127.0.0.1:{p}/"))
+                    .unwrap()
+                    .get_connection()
+                    .unwrap()
+            })
+            .collect();
+        for (i, con) in cons.iter_mut().enumerate() {
+            let () = con.set(format!("k{i}"), format!("v{i}")).unwrap();
+            let n: i64 = con.incr("n", 1).unwrap();
+            assert!(n >= 1);
+        }
+        for con in &mut cons {
+            for i in 0..3 {
+                let v: String = con.get(format!("k{i}")).unwrap();
+                assert_eq!(v, format!("v{i}"));
+            }
+            let n: i64 = con.get("n").unwrap();
+            assert_eq!(n, 3);
+        }
+        // A transaction through a follower, watched from another node.
+        let (a, b): (i64, i64) = redis::pipe()
+            .atomic()
+            .incr("n", 10)
+            .incr("n", 10)
+            .query(&mut cons[1])
+            .unwrap();
+        assert_eq!((a, b), (13, 23));
+        let n: i64 = cons[2].get("n").unwrap();
+        assert_eq!(n, 23);
+    })
+    .await
+    .unwrap();
+    servers.shutdown().await;
+}

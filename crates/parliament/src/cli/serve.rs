@@ -2,8 +2,11 @@
 //!
 //! Settings come from flags, or from a TOML file (`--config`) with the same
 //! names (`id`, `data-dir`, `client-addr`, `peer-addr`, `http-addr`,
-//! `members`, `fsync`, `tick-ms`); a flag wins over the file. `members` is
-//! either the flag's `1=IP:PORT,2=IP:PORT` string or a table:
+//! `members`, `fsync`, `tick-ms`, and the client limits `connections-max`,
+//! `key-bytes-max`, `value-bytes-max`, `pipeline-depth-max`,
+//! `transaction-commands-max`, `watched-keys-max`, `command-bytes-max`,
+//! `password`); a flag wins over the file. `members` is either the flag's
+//! `1=IP:PORT,2=IP:PORT` string or a table:
 //!
 //! ```toml
 //! id = 1
@@ -27,6 +30,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use parliament::node::{Node, NodeConfig};
 use parliament::storage::wal::FsyncPolicy;
+use parliament::{http, server};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
@@ -46,6 +50,82 @@ pub enum Fsync {
     /// already made, which can lose acknowledged writes. Tests and
     /// benchmarks only.
     Never,
+}
+
+/// Limits of the client port, and of a command through the log. Each is
+/// also a key of the config file.
+#[derive(Args, Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ClientLimits {
+    /// Open client connections [default: 10000].
+    #[arg(long)]
+    connections_max: Option<usize>,
+    /// Longest key, in bytes [default: 65536].
+    #[arg(long)]
+    key_bytes_max: Option<usize>,
+    /// Longest value, in bytes [default: --command-bytes-max].
+    #[arg(long)]
+    value_bytes_max: Option<usize>,
+    /// Requests of one connection in flight [default: 1024].
+    #[arg(long)]
+    pipeline_depth_max: Option<usize>,
+    /// Commands queued in one MULTI [default: 10000].
+    #[arg(long)]
+    transaction_commands_max: Option<usize>,
+    /// Keys one connection may WATCH [default: 10000].
+    #[arg(long)]
+    watched_keys_max: Option<usize>,
+    /// Largest write through the log, in bytes, command and session tag
+    /// together [default: 1048576]. Bounded by what a peer frame carries.
+    #[arg(long)]
+    command_bytes_max: Option<usize>,
+    /// Clients must AUTH with this password (prefer the config file: a
+    /// flag is visible to other users of the machine).
+    #[arg(long)]
+    password: Option<String>,
+}
+
+impl ClientLimits {
+    /// `self`, with what it leaves unset taken from `file`.
+    fn or(self, file: ClientLimits) -> ClientLimits {
+        ClientLimits {
+            connections_max: self.connections_max.or(file.connections_max),
+            key_bytes_max: self.key_bytes_max.or(file.key_bytes_max),
+            value_bytes_max: self.value_bytes_max.or(file.value_bytes_max),
+            pipeline_depth_max: self.pipeline_depth_max.or(file.pipeline_depth_max),
+            transaction_commands_max: self
+                .transaction_commands_max
+                .or(file.transaction_commands_max),
+            watched_keys_max: self.watched_keys_max.or(file.watched_keys_max),
+            command_bytes_max: self.command_bytes_max.or(file.command_bytes_max),
+            password: self.password.or(file.password),
+        }
+    }
+
+    /// The client port's settings for node `id`, and the node's limit on
+    /// one command.
+    fn apply(&self, id: u64, node: &mut NodeConfig) -> server::Config {
+        let defaults = server::Config::default();
+        if let Some(max) = self.command_bytes_max {
+            node.command_bytes_max = max;
+        }
+        server::Config {
+            node_id: id,
+            key_bytes_max: self.key_bytes_max.unwrap_or(defaults.key_bytes_max),
+            // A value the log cannot carry is refused at the door.
+            value_bytes_max: self.value_bytes_max.unwrap_or(node.command_bytes_max),
+            pipeline_depth_max: self
+                .pipeline_depth_max
+                .unwrap_or(defaults.pipeline_depth_max),
+            connections_max: self.connections_max.unwrap_or(defaults.connections_max),
+            transaction_commands_max: self
+                .transaction_commands_max
+                .unwrap_or(defaults.transaction_commands_max),
+            watched_keys_max: self.watched_keys_max.unwrap_or(defaults.watched_keys_max),
+            password: self.password.clone(),
+            ..defaults
+        }
+    }
 }
 
 #[derive(Args, Debug, Default)]
@@ -79,6 +159,8 @@ pub struct ServeArgs {
     /// ticks, elections start after 20 to 40 silent ticks.
     #[arg(long)]
     tick_ms: Option<u64>,
+    #[command(flatten)]
+    limits: ClientLimits,
     /// Stop when standard input closes (used by `parliament cluster`, so
     /// that nodes never outlive it).
     #[arg(long, hide = true)]
@@ -140,8 +222,28 @@ enum FileMembers {
     Table(BTreeMap<String, String>),
 }
 
+/// Every key the config file may have.
+const FILE_KEYS: &[&str] = &[
+    "id",
+    "data-dir",
+    "client-addr",
+    "peer-addr",
+    "http-addr",
+    "members",
+    "fsync",
+    "tick-ms",
+    "connections-max",
+    "key-bytes-max",
+    "value-bytes-max",
+    "pipeline-depth-max",
+    "transaction-commands-max",
+    "watched-keys-max",
+    "command-bytes-max",
+    "password",
+];
+
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case")]
 struct FileSettings {
     id: Option<u64>,
     data_dir: Option<PathBuf>,
@@ -151,6 +253,8 @@ struct FileSettings {
     members: Option<FileMembers>,
     fsync: Option<Fsync>,
     tick_ms: Option<u64>,
+    #[serde(flatten)]
+    limits: ClientLimits,
 }
 
 /// The settings once flags and file are merged and defaults filled in.
@@ -164,6 +268,7 @@ struct Settings {
     members: BTreeMap<u64, String>,
     fsync: Fsync,
     tick_ms: Option<u64>,
+    limits: ClientLimits,
 }
 
 /// Parses `1=IP:PORT,2=IP:PORT`.
@@ -197,6 +302,15 @@ pub fn parse_members(text: &str) -> Result<BTreeMap<u64, String>> {
 fn read_file(path: &Path) -> Result<FileSettings> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the config file {}", path.display()))?;
+    let table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("bad config file {}", path.display()))?;
+    if let Some(unknown) = table.keys().find(|k| !FILE_KEYS.contains(&k.as_str())) {
+        bail!(
+            "bad config file {}: unknown key '{unknown}' (known: {})",
+            path.display(),
+            FILE_KEYS.join(", ")
+        );
+    }
     toml::from_str(&text).with_context(|| format!("bad config file {}", path.display()))
 }
 
@@ -265,6 +379,7 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
         members,
         fsync: args.fsync.or(file.fsync).unwrap_or(Fsync::Always),
         tick_ms: args.tick_ms.or(file.tick_ms),
+        limits: args.limits.clone().or(file.limits),
     })
 }
 
@@ -319,6 +434,15 @@ async fn serve(settings: Settings, stop_on_stdin_eof: bool) -> Result<ExitCode> 
     if let Some(tick_ms) = settings.tick_ms {
         config.tick_ms = tick_ms;
     }
+    let server_config = settings.limits.apply(id, &mut config);
+    if server_config.value_bytes_max > config.command_bytes_max {
+        warn!(
+            id,
+            value_bytes_max = server_config.value_bytes_max,
+            command_bytes_max = config.command_bytes_max,
+            "values larger than the command limit will be refused by the node"
+        );
+    }
     let mut node = Node::start(config, peer)
         .await
         .with_context(|| format!("cannot start node {id}"))?;
@@ -330,9 +454,16 @@ async fn serve(settings: Settings, stop_on_stdin_eof: bool) -> Result<ExitCode> 
         data_dir = %settings.data_dir.display(),
         "serving"
     );
-    // The client and HTTP servers take these listeners; until then they
-    // only hold the ports.
-    let _listeners = (client, http);
+    // The client and HTTP servers run until one fails or the node stops;
+    // dropping the set ends them and every connection they accepted.
+    let mut servers = tokio::task::JoinSet::new();
+    let handle = node.handle();
+    servers.spawn(async move {
+        let result = server::serve_clients(client, handle, server_config).await;
+        ("client", result)
+    });
+    let handle = node.handle();
+    servers.spawn(async move { ("HTTP", http::serve_http(http, handle).await) });
 
     let stdin_closed = async {
         if stop_on_stdin_eof {
@@ -354,7 +485,17 @@ async fn serve(settings: Settings, stop_on_stdin_eof: bool) -> Result<ExitCode> 
             error!(id, error = %failure, "the node stopped");
             Err(anyhow::Error::new(failure).context(format!("node {id} stopped")))
         }
+        Some(ended) = servers.join_next() => {
+            let what = match ended {
+                Ok((what, Ok(()))) => anyhow::anyhow!("the {what} server stopped"),
+                Ok((what, Err(e))) => anyhow::Error::new(e).context(format!("the {what} server failed")),
+                Err(e) => anyhow::Error::new(e).context("a server task failed"),
+            };
+            error!(id, error = %format!("{what:#}"), "stopping");
+            Err(what)
+        }
     };
+    servers.shutdown().await;
     node.stop().await;
     outcome
 }
@@ -439,6 +580,22 @@ mod tests {
         assert_eq!(s.client_addr, "127.0.0.1:6380");
         assert_eq!(s.http_addr, "127.0.0.1:8380");
         assert_eq!(s.data_dir, PathBuf::from("parliament-data/node-2"));
+
+        std::fs::write(
+            &path,
+            "id = 1\nconnections-max = 5\npassword = \"s\"\ncommand-bytes-max = 4096\n",
+        )
+        .unwrap();
+        let s = settings(&args).unwrap();
+        let mut node = NodeConfig::new(1, PathBuf::new(), s.members.clone());
+        let server = s.limits.apply(1, &mut node);
+        assert_eq!(server.connections_max, 5);
+        assert_eq!(server.password.as_deref(), Some("s"));
+        assert_eq!(node.command_bytes_max, 4096);
+        assert_eq!(
+            server.value_bytes_max, 4096,
+            "values follow the command limit"
+        );
 
         std::fs::write(&path, "id = 1\nbogus = 3\n").unwrap();
         let err = settings(&args).unwrap_err();
