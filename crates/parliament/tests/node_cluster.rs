@@ -645,6 +645,18 @@ async fn redis_clients_on_every_node_see_one_database() {
         assert_eq!((a, b), (13, 23));
         let n: i64 = cons[2].get("n").unwrap();
         assert_eq!(n, 23);
+        // A pipelined read sees the write sent just before it, on the
+        // leader and on followers alike.
+        for con in &mut cons {
+            for i in 0..50 {
+                let (_, v): ((), String) = redis::pipe()
+                    .set("p", i.to_string())
+                    .get("p")
+                    .query(con)
+                    .unwrap();
+                assert_eq!(v, i.to_string());
+            }
+        }
     })
     .await
     .unwrap();

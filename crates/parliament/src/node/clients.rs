@@ -20,6 +20,18 @@
 //! own store computed is the reply. Until then the only honest answer after
 //! the deadline is `Uncertain`. Proposing a write again is safe because the
 //! store's sessions apply each (client, seq) at most once.
+//!
+//! # Reads after writes
+//!
+//! A client may pipeline `SET k v` and `GET k` without waiting between
+//! them, and expects the `GET` to see the `SET`, as Redis gives it. A read's
+//! index can be settled before a write sent just ahead of it is even chosen,
+//! so a linearizable read first waits until every write that reached this
+//! node before it has its answer (applied here, or refused, or uncertain),
+//! and only then asks for its read index. Read ops carry no connection, so
+//! the barrier is per node rather than per connection: a read may wait for
+//! another client's write too, which costs latency under mixed load but
+//! never correctness.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -73,6 +85,8 @@ pub struct PendingWrite {
     pub proposed: Option<Instant>,
     /// Propose again at the next sweep (the leader changed).
     pub again: bool,
+    /// Order of arrival at this node, for the read barrier.
+    pub arrival: u64,
 }
 
 /// A linearizable read waiting for its read index, then for the log to be
@@ -87,6 +101,9 @@ pub struct PendingRead {
     pub again: bool,
     /// The read may be answered once the log is applied up to here.
     pub index: Option<u64>,
+    /// Writes that arrived before this number are answered before the read
+    /// index is asked for.
+    pub after: u64,
 }
 
 /// Sessions and everything waiting, keyed for the replica task.
@@ -98,13 +115,38 @@ pub struct Clients {
     /// By read context.
     pub reads: BTreeMap<u64, PendingRead>,
     pub next_ctx: u64,
+    /// Arrival numbers of the writes in `writes`.
+    arrivals: BTreeSet<u64>,
+    next_arrival: u64,
 }
 
 impl Clients {
+    /// The arrival number of the next write.
+    pub fn next_arrival(&self) -> u64 {
+        self.next_arrival
+    }
+
+    /// Starts waiting for the write `key`.
+    pub fn add_write(&mut self, key: (u64, u64), mut write: PendingWrite) {
+        write.arrival = self.next_arrival;
+        self.next_arrival += 1;
+        self.arrivals.insert(write.arrival);
+        if let Some(old) = self.writes.insert(key, write) {
+            // A key is never reused; keep the books straight if it were.
+            self.arrivals.remove(&old.arrival);
+        }
+    }
+
+    /// Every write that arrived before `after` has its answer.
+    pub fn writes_done_before(&self, after: u64) -> bool {
+        self.arrivals.first().is_none_or(|&first| first >= after)
+    }
+
     /// Takes the write `(client, seq)` out of the waiting set, and retires
     /// its session if the connection closed and nothing else is owed.
     pub fn finish_write(&mut self, key: (u64, u64)) -> Option<PendingWrite> {
         let write = self.writes.remove(&key)?;
+        self.arrivals.remove(&write.arrival);
         self.forget(write.conn, key.1);
         Some(write)
     }
@@ -162,5 +204,29 @@ mod tests {
         c.sessions.insert(2, Session::new(8));
         c.close(2);
         assert!(!c.sessions.contains_key(&2));
+    }
+
+    #[test]
+    fn a_read_waits_for_the_writes_that_arrived_before_it() {
+        let mut c = Clients::default();
+        let write = |conn| PendingWrite {
+            conn,
+            answer: oneshot::channel().0,
+            request: Bytes::new(),
+            arrived: Instant::now(),
+            proposed: None,
+            again: false,
+            arrival: 0,
+        };
+        c.add_write((5, 1), write(1));
+        let read_after = c.next_arrival();
+        c.add_write((5, 2), write(1));
+        assert!(!c.writes_done_before(read_after));
+        // A later write does not hold the read back.
+        assert!(c.finish_write((5, 1)).is_some());
+        assert!(c.writes_done_before(read_after));
+        assert!(!c.writes_done_before(c.next_arrival()));
+        assert!(c.finish_write((5, 2)).is_some());
+        assert!(c.writes_done_before(c.next_arrival()));
     }
 }

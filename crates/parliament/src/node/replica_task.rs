@@ -168,6 +168,9 @@ impl ReplicaTask {
                     None => { inbound_open = false; Event::Tick }
                 },
             };
+            if let Event::Stop = event {
+                return Ok(());
+            }
             self.catch_up_ticks()?;
             self.propose_budget = self.proposal_bytes_per_turn();
             match event {
@@ -199,6 +202,11 @@ impl ReplicaTask {
                 self.next_sweep = now + self.sweep_period();
             }
             self.process_ready()?;
+            // Writes answered just now may release reads waiting behind
+            // them; carry out what asking for their index produced at once.
+            if self.release_reads(Instant::now()) {
+                self.process_ready()?;
+            }
             self.watch_leader();
             self.publish(false);
         }
@@ -313,7 +321,7 @@ impl ReplicaTask {
             return;
         }
         let key = (client, seq);
-        self.clients.writes.insert(
+        self.clients.add_write(
             key,
             PendingWrite {
                 conn,
@@ -322,6 +330,7 @@ impl ReplicaTask {
                 arrived: Instant::now(),
                 proposed: None,
                 again: false,
+                arrival: 0,
             },
         );
         self.propose(key, Instant::now());
@@ -391,9 +400,12 @@ impl ReplicaTask {
                         asked: None,
                         again: false,
                         index: None,
+                        after: self.clients.next_arrival(),
                     },
                 );
-                self.ask_read_index(ctx, Instant::now());
+                if self.clients.writes_done_before(self.clients.next_arrival()) {
+                    self.ask_read_index(ctx, Instant::now());
+                }
             }
         }
     }
@@ -417,6 +429,25 @@ impl ReplicaTask {
                 }
             }
         }
+    }
+
+    /// Asks for the read index of every read whose earlier writes are all
+    /// answered now. True if any was asked.
+    fn release_reads(&mut self, now: Instant) -> bool {
+        if self.replica.status().leader.is_none() {
+            return false;
+        }
+        let released: Vec<u64> = self
+            .clients
+            .reads
+            .iter()
+            .filter(|(_, r)| r.asked.is_none() && self.clients.writes_done_before(r.after))
+            .map(|(&ctx, _)| ctx)
+            .collect();
+        for &ctx in &released {
+            self.ask_read_index(ctx, now);
+        }
+        !released.is_empty()
     }
 
     // ----- timers --------------------------------------------------------
@@ -476,10 +507,10 @@ impl ReplicaTask {
         let mut ask = Vec::new();
         for (&ctx, r) in &self.clients.reads {
             match r.asked {
-                None if now >= r.arrived + grace => failed.push(ctx),
                 _ if now >= r.arrived + read_timeout => failed.push(ctx),
+                None if !leader_known && now >= r.arrived + grace => failed.push(ctx),
                 None => {
-                    if leader_known {
+                    if leader_known && self.clients.writes_done_before(r.after) {
                         ask.push(ctx);
                     }
                 }
