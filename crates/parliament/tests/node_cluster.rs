@@ -405,6 +405,50 @@ async fn every_acknowledged_write_survives_stopping_every_node() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_lost_its_disk_rejoins_as_a_learner() {
+    let mut c = Cluster::new("rejoin", 3, &[1, 2, 3]).await;
+    let leader = c.leader().await;
+    let lost = (1..=3).find(|&id| id != leader).unwrap();
+    for i in 0..20 {
+        write_ok(&c.handle(leader), 1, set(&format!("k{i}"), "v")).await;
+    }
+    c.stop(lost).await;
+    std::fs::remove_dir_all(c.config(lost).data_dir).unwrap();
+
+    let mut config = c.config(lost);
+    config.rejoin = true;
+    let addr = c.members[&lost].clone();
+    let node = Node::start(config, TcpListener::bind(&addr).await.unwrap())
+        .await
+        .unwrap();
+    c.nodes.insert(lost, node);
+    let h = c.handle(lost);
+    assert_eq!(h.status().role, "learner");
+    eventually("the node has rejoined and votes again", || async {
+        let s = h.status();
+        (s.role == "follower" && s.leader_id.is_some()).then_some(())
+    })
+    .await;
+    for i in 0..20 {
+        assert_eq!(read(&h, Command::Get(b(&format!("k{i}")))).await, bulk("v"));
+    }
+    // Restarted again (with the flag still given), it starts from the log
+    // it rebuilt.
+    c.stop(lost).await;
+    let mut config = c.config(lost);
+    config.rejoin = true;
+    let node = Node::start(config, TcpListener::bind(&addr).await.unwrap())
+        .await
+        .unwrap();
+    assert_ne!(node.handle().status().role, "learner");
+    c.nodes.insert(lost, node);
+    assert_eq!(
+        read(&c.handle(lost), Command::Get(b("k19"))).await,
+        bulk("v")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_node_refuses_promptly_with_cluster_down() {
     let c = Cluster::new("lone", 3, &[1]).await;
     let h = c.handle(1);

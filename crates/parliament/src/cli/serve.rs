@@ -159,6 +159,11 @@ pub struct ServeArgs {
     /// ticks, elections start after 20 to 40 silent ticks.
     #[arg(long)]
     tick_ms: Option<u64>,
+    /// This node's log was lost (a damaged or wiped disk; move what is left
+    /// aside first): start empty and rejoin as a learner that votes again
+    /// only once it is safe. Ignored when the data directory holds a log.
+    #[arg(long)]
+    rejoin: bool,
     #[command(flatten)]
     limits: ClientLimits,
     /// Stop when standard input closes (used by `parliament cluster`, so
@@ -407,10 +412,10 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(settings, args.stop_on_stdin_eof))
+    runtime.block_on(serve(settings, args.rejoin, args.stop_on_stdin_eof))
 }
 
-async fn serve(settings: Settings, stop_on_stdin_eof: bool) -> Result<ExitCode> {
+async fn serve(settings: Settings, rejoin: bool, stop_on_stdin_eof: bool) -> Result<ExitCode> {
     let id = settings.id;
     let client = bind("client", &settings.client_addr).await?;
     let peer = bind("peer", &settings.peer_addr).await?;
@@ -434,6 +439,7 @@ async fn serve(settings: Settings, stop_on_stdin_eof: bool) -> Result<ExitCode> 
     if let Some(tick_ms) = settings.tick_ms {
         config.tick_ms = tick_ms;
     }
+    config.rejoin = rejoin;
     let server_config = settings.limits.apply(id, &mut config);
     if server_config.value_bytes_max > config.command_bytes_max {
         warn!(

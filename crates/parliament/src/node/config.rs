@@ -78,6 +78,12 @@ pub struct NodeConfig {
     pub pending_reads_max: usize,
     /// Largest encoded client request (command plus session tag).
     pub command_bytes_max: usize,
+    /// This node lost its log (a damaged or wiped disk) and starts from an
+    /// empty data directory: it rejoins as a learner that votes again only
+    /// once that is safe (see `paxos::replica` rejoin). Ignored when the
+    /// directory holds a log. Starting a lost node *without* it would let
+    /// it break promises it no longer remembers.
+    pub rejoin: bool,
     pub transport: TransportConfig,
 }
 
@@ -109,6 +115,7 @@ impl NodeConfig {
             pending_writes_max: 65_536,
             pending_reads_max: 65_536,
             command_bytes_max: 1 << 20,
+            rejoin: false,
             transport: TransportConfig::default(),
         }
     }

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use paxos::NodeId;
-use paxos::replica::Replica;
+use paxos::replica::{Durable, Replica};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
@@ -113,8 +113,21 @@ impl Node {
         }
 
         let durable = storage.durable().clone();
-        let replica = Replica::restore(config.paxos(election_seed(id)), durable, 0)
-            .map_err(|e| StartError::Config(e.to_string()))?;
+        let paxos = config.paxos(election_seed(id));
+        let replica = if config.rejoin && durable == Durable::default() {
+            let _enter = span.enter();
+            warn!("rejoining as a learner: this node votes again once it has caught up safely");
+            Replica::rejoin(paxos)
+        } else {
+            if config.rejoin {
+                let _enter = span.enter();
+                info!(
+                    "the data directory holds a log; starting from it (--rejoin is for a lost log)"
+                );
+            }
+            Replica::restore(paxos, durable, 0)
+        }
+        .map_err(|e| StartError::Config(e.to_string()))?;
 
         let metrics = Arc::new(Metrics::default());
         let (ops_tx, ops_rx) = mpsc::channel(config.ops_queue_max);
@@ -180,6 +193,18 @@ impl Node {
                 let _ = exit_tx.send(result);
             })
             .map_err(StartError::Thread)?;
+        // Return once the log is replayed and the first status published, so
+        // that what the handle reports is never the empty default.
+        let mut exit_rx = exit_rx;
+        let mut first = status_rx.clone();
+        if first.changed().await.is_err() {
+            return Err(match (&mut exit_rx).await {
+                Ok(Err(e)) => StartError::Storage(e),
+                _ => {
+                    StartError::Thread(io::Error::other("the replica task stopped while starting"))
+                }
+            });
+        }
         {
             let _enter = span.enter();
             info!(%peer_addr, "node started");
