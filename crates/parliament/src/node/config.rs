@@ -182,6 +182,15 @@ impl NodeConfig {
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{name} must be positive"));
         }
+        // One slot's value is one record of the write-ahead log.
+        let record_max = u64::from(crate::storage::wal::DEFAULT_RECORD_BYTES_MAX);
+        if self.slot_bytes_max() + 64 > record_max {
+            return Err(format!(
+                "a slot of up to {} bytes may not fit in a log record of {record_max} bytes: \
+                 lower command_bytes_max or batch_bytes_max",
+                self.slot_bytes_max()
+            ));
+        }
         let slots = self.inflight_slots_max.max(self.catch_up_slots_max as u64);
         let largest = slots.saturating_mul(self.slot_bytes_max()) + 64;
         if largest > u64::from(self.transport.frame_bytes_max) {
@@ -221,6 +230,8 @@ mod tests {
         assert!(c.validate().unwrap_err().contains("not among"));
         c.id = 1;
         c.command_bytes_max = 64 << 20;
+        assert!(c.validate().unwrap_err().contains("log record"));
+        c.command_bytes_max = 8 << 20;
         assert!(c.validate().unwrap_err().contains("frame"));
         let mut c = NodeConfig::new(1, PathBuf::from("d"), three());
         c.lease_ticks = c.election_ticks;
