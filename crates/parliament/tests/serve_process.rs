@@ -111,13 +111,21 @@ fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-/// `n` ports free right now (the OS picks them).
+/// `n` ports free right now, below the range the OS hands out for port 0
+/// (so that tests binding port 0 meanwhile cannot take them), starting at
+/// a place that differs between test processes.
 fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let spread = u64::from(std::process::id()) * 97 + NEXT.fetch_add(1, Ordering::Relaxed) * 31;
+    let mut port = 10_000 + (spread % 9_000) as u16;
+    let mut held = Vec::new();
+    while held.len() < n {
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+        }
+        port = if port >= 19_999 { 10_000 } else { port + 1 };
+    }
+    held.iter()
         .map(|l| l.local_addr().unwrap().port())
         .collect()
 }

@@ -33,7 +33,7 @@ use parliament::storage::wal::FsyncPolicy;
 use parliament::{http, server};
 use serde::Deserialize;
 use tokio::net::TcpListener;
-use tracing::{error, info, warn};
+use tracing::{Instrument, error, info, warn};
 
 /// The base ports of `parliament cluster` and of a lone `serve`: node `i`
 /// uses these plus `i - 1`.
@@ -462,14 +462,19 @@ async fn serve(settings: Settings, rejoin: bool, stop_on_stdin_eof: bool) -> Res
     );
     // The client and HTTP servers run until one fails or the node stops;
     // dropping the set ends them and every connection they accepted.
+    // Their log lines carry the node id, like the node's own.
+    let span = tracing::info_span!("node", id);
     let mut servers = tokio::task::JoinSet::new();
     let handle = node.handle();
-    servers.spawn(async move {
-        let result = server::serve_clients(client, handle, server_config).await;
-        ("client", result)
-    });
+    servers.spawn(
+        async move {
+            let result = server::serve_clients(client, handle, server_config).await;
+            ("client", result)
+        }
+        .instrument(span.clone()),
+    );
     let handle = node.handle();
-    servers.spawn(async move { ("HTTP", http::serve_http(http, handle).await) });
+    servers.spawn(async move { ("HTTP", http::serve_http(http, handle).await) }.instrument(span));
 
     let stdin_closed = async {
         if stop_on_stdin_eof {
