@@ -5,6 +5,7 @@ pub mod check;
 mod fasthash;
 pub mod http;
 pub mod kv;
+pub mod loadgen;
 pub mod metrics;
 pub mod model;
 pub mod net;
