@@ -8,6 +8,7 @@ pub mod kv;
 pub mod loadgen;
 pub mod metrics;
 pub mod model;
+pub mod net;
 pub mod node;
 pub mod resp;
 pub mod server;

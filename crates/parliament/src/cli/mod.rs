@@ -2,7 +2,9 @@
 
 pub mod bench;
 pub mod check;
+pub mod cluster;
 pub mod model;
+pub mod serve;
 pub mod sim;
 pub mod status;
 

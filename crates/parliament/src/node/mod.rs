@@ -3,5 +3,299 @@
 //!
 //! One task owns the replica; every other task talks to it through bounded
 //! channels ([`api::NodeHandle`]), so there are no locks around protocol state.
+//!
+//! [`Node::start`] opens the data directory, replays the log, starts the
+//! peer transport ([`crate::net`]) on the caller's runtime and the replica
+//! task on a thread of its own (see `replica_task` for its loop), and hands
+//! back a [`Node`] whose [`Node::handle`] clients use.
 
 pub mod api;
+mod clients;
+pub mod config;
+mod datadir;
+mod replica_task;
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use paxos::NodeId;
+use paxos::replica::{Durable, Replica};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, info, warn};
+
+pub use self::api::NodeHandle;
+pub use self::config::NodeConfig;
+use self::datadir::{ClientIds, DataDir};
+use self::replica_task::{Channels, ReplicaTask};
+use crate::metrics::Metrics;
+use crate::net::{Identity, Transport};
+use crate::storage::replica::{FileStorage, ReplicaStorage, StorageError};
+use crate::storage::wal::Options;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot {op} {}: {source}", .path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "data directory {} belongs to node {found}, not node {expected}; give each node its own directory",
+        .dir.display()
+    )]
+    WrongNode {
+        dir: PathBuf,
+        found: NodeId,
+        expected: NodeId,
+    },
+    #[error("data directory {}: {reason}", .dir.display())]
+    DataDir { dir: PathBuf, reason: String },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("cannot start the replica thread: {0}")]
+    Thread(io::Error),
+}
+
+/// Why a running node stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeFailure {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("the replica task stopped unexpectedly (see the log above)")]
+    Crashed,
+}
+
+/// A running node. Dropping it stops it abruptly, like [`Node::stop`]
+/// without the wait.
+pub struct Node {
+    id: NodeId,
+    handle: NodeHandle,
+    transport: Option<Transport>,
+    stop: Option<oneshot::Sender<()>>,
+    exit: Option<oneshot::Receiver<Result<(), StorageError>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Node {
+    /// Starts node `config.id` with its peer listener already bound. Must be
+    /// called inside a tokio runtime (the transport runs on it).
+    pub async fn start(config: NodeConfig, peer_listener: TcpListener) -> Result<Node, StartError> {
+        config.validate().map_err(StartError::Config)?;
+        let span = tracing::info_span!("node", id = config.id);
+        let id = config.id;
+
+        // Opening replays the whole log: blocking work, off the runtime.
+        let opening = config.clone();
+        let opened = tokio::task::spawn_blocking(move || open(&opening))
+            .await
+            .map_err(|e| StartError::Thread(io::Error::other(e.to_string())))??;
+        let Opened {
+            data_dir,
+            storage,
+            client_ids,
+            torn_bytes,
+        } = opened;
+        {
+            let _enter = span.enter();
+            if torn_bytes > 0 {
+                warn!(
+                    torn_bytes,
+                    "the log ended in a torn write (a crash mid-append); it was cut off"
+                );
+            }
+        }
+
+        let durable = storage.durable().clone();
+        let paxos = config.paxos(election_seed(id));
+        let replica = if config.rejoin && durable == Durable::default() {
+            let _enter = span.enter();
+            warn!("rejoining as a learner: this node votes again once it has caught up safely");
+            Replica::rejoin(paxos)
+        } else {
+            if config.rejoin {
+                let _enter = span.enter();
+                info!(
+                    "the data directory holds a log; starting from it (--rejoin is for a lost log)"
+                );
+            }
+            Replica::restore(paxos, durable, 0)
+        }
+        .map_err(|e| StartError::Config(e.to_string()))?;
+
+        let metrics = Arc::new(Metrics::default());
+        let (ops_tx, ops_rx) = mpsc::channel(config.ops_queue_max);
+        let (inbound_tx, inbound_rx) = mpsc::channel(config.inbound_queue_max);
+        let (status_tx, status_rx) = watch::channel(api::StatusReport::default());
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let (exit_tx, exit_rx) = oneshot::channel();
+
+        let identity = Identity {
+            id,
+            client_addr: config.client_addr.clone(),
+            http_addr: config.http_addr.clone(),
+        };
+        let (transport, outbox) = {
+            let _enter = span.enter();
+            Transport::start(
+                peer_listener,
+                identity,
+                &config.members,
+                inbound_tx,
+                Arc::clone(&metrics),
+                config.transport.clone(),
+            )
+            .map_err(|source| StartError::Io {
+                op: "start the peer transport on",
+                path: PathBuf::from("the peer listener"),
+                source,
+            })?
+        };
+        let peer_addr = transport.local_addr();
+        let task = ReplicaTask::new(
+            config,
+            replica,
+            storage,
+            data_dir,
+            client_ids,
+            outbox,
+            Arc::clone(transport.table()),
+            Arc::clone(&metrics),
+            status_tx,
+        );
+        let channels = Channels {
+            ops: ops_rx,
+            inbound: inbound_rx,
+            stop: stop_rx,
+        };
+        let thread_span = span.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("replica-{id}"))
+            .spawn(move || {
+                let _enter = thread_span.enter();
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        error!(error = %e, "cannot start the replica task's runtime");
+                        return;
+                    }
+                };
+                let result = runtime.block_on(task.run(channels));
+                let _ = exit_tx.send(result);
+            })
+            .map_err(StartError::Thread)?;
+        // Return once the log is replayed and the first status published, so
+        // that what the handle reports is never the empty default.
+        let mut exit_rx = exit_rx;
+        let mut first = status_rx.clone();
+        if first.changed().await.is_err() {
+            return Err(match (&mut exit_rx).await {
+                Ok(Err(e)) => StartError::Storage(e),
+                _ => {
+                    StartError::Thread(io::Error::other("the replica task stopped while starting"))
+                }
+            });
+        }
+        {
+            let _enter = span.enter();
+            info!(%peer_addr, "node started");
+        }
+        Ok(Node {
+            id,
+            handle: NodeHandle::new(ops_tx, status_rx, metrics),
+            transport: Some(transport),
+            stop: Some(stop_tx),
+            exit: Some(exit_rx),
+            thread: Some(thread),
+        })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// A handle for clients, HTTP and tests.
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// Waits until the node stops on its own: `Ok` never comes while it
+    /// runs; an error says why it stopped (storage failed, or a bug).
+    pub async fn failed(&mut self) -> NodeFailure {
+        let Some(exit) = self.exit.as_mut() else {
+            return NodeFailure::Crashed;
+        };
+        let result = exit.await;
+        self.exit = None;
+        match result {
+            Ok(Err(e)) => NodeFailure::Storage(e),
+            // Stopped without being asked, or the thread panicked.
+            Ok(Ok(())) | Err(_) => NodeFailure::Crashed,
+        }
+    }
+
+    /// Stops the node abruptly (as a crash after the last fdatasync would)
+    /// and waits until its tasks, connections and thread are gone.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(transport) = self.transport.take() {
+            transport.shutdown().await;
+        }
+        if let Some(thread) = self.thread.take() {
+            // The replica thread ends at its next turn; join it off the runtime.
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // Dropping the stop sender ends the replica task; dropping the
+        // transport aborts its tasks.
+        self.stop.take();
+        self.transport.take();
+    }
+}
+
+/// What opening the data directory yields.
+struct Opened {
+    data_dir: DataDir,
+    storage: FileStorage,
+    client_ids: ClientIds,
+    torn_bytes: u64,
+}
+
+fn open(config: &NodeConfig) -> Result<Opened, StartError> {
+    let data_dir = DataDir::open(&config.data_dir, config.id)?;
+    let options = Options {
+        fsync: config.fsync,
+        ..Options::default()
+    };
+    let (storage, torn_bytes) = FileStorage::open(&data_dir.wal_dir(), options)?;
+    let client_ids = ClientIds::new(&data_dir, config.id)?;
+    Ok(Opened {
+        data_dir,
+        storage,
+        client_ids,
+        torn_bytes,
+    })
+}
+
+/// Election jitter differs per node and per start.
+fn election_seed(id: NodeId) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ id.rotate_left(32)
+}

@@ -1,0 +1,207 @@
+//! `parliament cluster`: a local cluster of `serve` processes for trying
+//! things out.
+//!
+//! Node `i` (from 1) listens on 127.0.0.1 with client port `PORT + i - 1`,
+//! peer port `PORT + 1000 + i - 1` and HTTP port `PORT + 2000 + i - 1`, and
+//! keeps its data in `DIR/node-i`, so running the command again finds the
+//! same data.
+//!
+//! The nodes never outlive this process: each child reads its standard
+//! input, a pipe from here, and stops when it closes, which the operating
+//! system does however this process ends (even on `kill -9`). On Ctrl-C or
+//! SIGTERM the pipes are closed first so the nodes stop cleanly; any still
+//! running after a few seconds are killed.
+
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use super::serve::{CLIENT_PORT, Fsync, HTTP_PORT_OFFSET, PEER_PORT_OFFSET, ServeArgs};
+
+/// How long stopping nodes get to exit on their own before they are killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Args, Debug)]
+pub struct ClusterArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=99))]
+    nodes: u16,
+    /// Directory for the nodes' data (node i in DIR/node-i).
+    #[arg(long, default_value = "parliament-data")]
+    dir: PathBuf,
+    /// Client port of node 1; peer ports start 1000 above, HTTP ports 2000 above.
+    #[arg(long, default_value_t = CLIENT_PORT)]
+    port: u16,
+    /// Passed to every node (`never` is unsafe; for benchmarks).
+    #[arg(long, value_enum)]
+    fsync: Option<Fsync>,
+    /// Passed to every node.
+    #[arg(long)]
+    tick_ms: Option<u64>,
+}
+
+/// One node's addresses.
+struct Plan {
+    id: u64,
+    client: String,
+    peer: String,
+    http: String,
+    data_dir: PathBuf,
+}
+
+/// Running children; dropping this stops them all, whatever the exit path.
+struct Children {
+    running: Vec<(u64, Child, Option<ChildStdin>)>,
+}
+
+impl Children {
+    /// Closes every child's standard input, waits a little, kills the rest.
+    fn stop(&mut self) {
+        for (_, _, stdin) in &mut self.running {
+            stdin.take();
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        for (id, child, _) in &mut self.running {
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    _ => {
+                        eprintln!("node {id} did not stop in time; killing it");
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                }
+            }
+        }
+        self.running.clear();
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn plan(args: &ClusterArgs) -> Result<Vec<Plan>> {
+    let last = u32::from(args.port) + u32::from(HTTP_PORT_OFFSET) + u32::from(args.nodes) - 1;
+    if last > u32::from(u16::MAX) {
+        bail!(
+            "--port {} leaves no room for {} nodes' HTTP ports (up to {last})",
+            args.port,
+            args.nodes
+        );
+    }
+    Ok((1..=args.nodes)
+        .map(|i| {
+            let port = u32::from(args.port) + u32::from(i) - 1;
+            Plan {
+                id: u64::from(i),
+                client: format!("127.0.0.1:{port}"),
+                peer: format!("127.0.0.1:{}", port + u32::from(PEER_PORT_OFFSET)),
+                http: format!("127.0.0.1:{}", port + u32::from(HTTP_PORT_OFFSET)),
+                data_dir: args.dir.join(format!("node-{i}")),
+            }
+        })
+        .collect())
+}
+
+pub fn run(args: ClusterArgs) -> Result<ExitCode> {
+    let plans = plan(&args)?;
+    let exe = std::env::current_exe().context("cannot find this program's executable")?;
+    let members: Vec<String> = plans
+        .iter()
+        .map(|p| format!("{}={}", p.id, p.peer))
+        .collect();
+    let members = members.join(",");
+
+    let mut children = Children {
+        running: Vec::new(),
+    };
+    for p in &plans {
+        let serve = ServeArgs::for_cluster(
+            p.id,
+            p.data_dir.clone(),
+            p.client.clone(),
+            p.peer.clone(),
+            p.http.clone(),
+            members.clone(),
+            args.fsync,
+            args.tick_ms,
+        );
+        let mut child = Command::new(&exe)
+            .args(&serve)
+            .stdin(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start node {}", p.id))?;
+        let stdin = child.stdin.take();
+        children.running.push((p.id, child, stdin));
+    }
+
+    println!(
+        "parliament: {} nodes, data in {}",
+        plans.len(),
+        args.dir.display()
+    );
+    for p in &plans {
+        println!(
+            "  node {}: client {}  peer {}  http {}",
+            p.id, p.client, p.peer, p.http
+        );
+    }
+    if let Some(first) = plans.first() {
+        println!(
+            "connect:  redis-cli -p {}",
+            first.client.rsplit(':').next().unwrap_or_default()
+        );
+        println!("status:   parliament status --http {}", first.http);
+    }
+    println!("stop:     Ctrl-C");
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let code = runtime.block_on(watch(&mut children));
+    children.stop();
+    code
+}
+
+/// Waits for a signal, reporting children that die meanwhile.
+async fn watch(children: &mut Children) -> Result<ExitCode> {
+    let signal = super::serve::shutdown_signal();
+    tokio::pin!(signal);
+    let mut poll = tokio::time::interval(Duration::from_millis(200));
+    let mut alive = children.running.len();
+    let mut reported = vec![false; children.running.len()];
+    loop {
+        tokio::select! {
+            name = &mut signal => {
+                println!("{name}: stopping the nodes");
+                return Ok(ExitCode::SUCCESS);
+            }
+            _ = poll.tick() => {
+                for (i, (id, child, _)) in children.running.iter_mut().enumerate() {
+                    if reported[i] {
+                        continue;
+                    }
+                    if let Ok(Some(status)) = child.try_wait() {
+                        eprintln!("node {id} exited unexpectedly ({status})");
+                        reported[i] = true;
+                        alive -= 1;
+                    }
+                }
+                if alive == 0 {
+                    bail!("every node has exited");
+                }
+            }
+        }
+    }
+}

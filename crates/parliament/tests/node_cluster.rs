@@ -1,0 +1,708 @@
+//! In-process clusters of real nodes on loopback TCP, driven through
+//! `NodeHandle`: replication, elections, restarts, quorum loss and hostile
+//! peers.
+//!
+//! Every node runs its replica task on its own thread and its transport on
+//! the test's runtime; stopping a node is abrupt (like a crash after its last
+//! fdatasync). Every node is stopped when its cluster is dropped, also when a
+//! test fails. Liveness is polled with generous deadlines, never slept for.
+
+#![allow(clippy::unwrap_used)] // a test fails loudly, which is its job
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parliament::kv::{Command, Reply, SetCondition};
+use parliament::node::api::{NodeError, NodeHandle, ReadMode};
+use parliament::node::{Node, NodeConfig, StartError};
+use parliament::storage::wal::FsyncPolicy;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Liveness deadline for anything that should take well under a second.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A fresh directory, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("parliament-node-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        Scratch(path)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Cluster {
+    members: BTreeMap<u64, String>,
+    /// Applied to every node's configuration.
+    tweak: fn(&mut NodeConfig),
+    nodes: BTreeMap<u64, Node>,
+    // Dropped after the nodes (fields drop in order).
+    dir: Scratch,
+}
+
+impl Cluster {
+    /// Binds a peer port per member; starts the nodes in `running`.
+    async fn new(name: &str, size: u64, running: &[u64]) -> Cluster {
+        Cluster::with(name, size, running, |_| {}).await
+    }
+
+    async fn with(name: &str, size: u64, running: &[u64], tweak: fn(&mut NodeConfig)) -> Cluster {
+        let mut listeners = BTreeMap::new();
+        for id in 1..=size {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            listeners.insert(id, l);
+        }
+        let members = listeners
+            .iter()
+            .map(|(&id, l)| (id, l.local_addr().unwrap().to_string()))
+            .collect();
+        let mut cluster = Cluster {
+            members,
+            tweak,
+            nodes: BTreeMap::new(),
+            dir: Scratch::new(name),
+        };
+        for (id, listener) in listeners {
+            if running.contains(&id) {
+                cluster.start_on(id, listener).await;
+            }
+        }
+        cluster
+    }
+
+    fn config(&self, id: u64) -> NodeConfig {
+        let mut c = NodeConfig::new(
+            id,
+            self.dir.0.join(format!("node-{id}")),
+            self.members.clone(),
+        );
+        c.client_addr = format!("127.0.0.1:{}", 16_000 + id);
+        c.http_addr = format!("127.0.0.1:{}", 18_000 + id);
+        c.fsync = FsyncPolicy::Never;
+        (self.tweak)(&mut c);
+        c
+    }
+
+    async fn start_on(&mut self, id: u64, listener: TcpListener) {
+        let node = Node::start(self.config(id), listener).await.unwrap();
+        self.nodes.insert(id, node);
+    }
+
+    /// Starts (again) node `id` on its peer address.
+    async fn start(&mut self, id: u64) {
+        let addr = self.members[&id].clone();
+        let deadline = Instant::now() + PATIENCE;
+        let listener = loop {
+            match TcpListener::bind(&addr).await {
+                Ok(l) => break l,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("rebinding {addr}: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("cannot rebind {addr}: {e}"),
+            }
+        };
+        self.start_on(id, listener).await;
+    }
+
+    async fn stop(&mut self, id: u64) {
+        if let Some(node) = self.nodes.remove(&id) {
+            node.stop().await;
+        }
+    }
+
+    fn handle(&self, id: u64) -> NodeHandle {
+        self.nodes[&id].handle()
+    }
+
+    /// The leader every running node agrees on.
+    async fn leader(&self) -> u64 {
+        eventually("the running nodes agree on a leader", || async {
+            let views: Vec<Option<u64>> = self
+                .nodes
+                .values()
+                .map(|n| n.handle().status().leader_id)
+                .collect();
+            let leader = views.first().copied().flatten()?;
+            let running = self.nodes.contains_key(&leader);
+            let agreed = views.iter().all(|v| *v == Some(leader));
+            let leads = running && self.handle(leader).status().role == "leader";
+            (agreed && leads).then_some(leader)
+        })
+        .await
+    }
+}
+
+/// Polls `f` until it gives a value; panics with `what` after `PATIENCE`.
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+fn set(key: &str, value: &str) -> Command {
+    Command::Set {
+        key: b(key),
+        value: b(value),
+        condition: SetCondition::None,
+        get: false,
+    }
+}
+
+fn incr(key: &str) -> Command {
+    Command::IncrBy {
+        key: b(key),
+        delta: 1,
+    }
+}
+
+/// Writes, retrying while the cluster has no leader; panics on anything but
+/// a clean answer.
+async fn write_ok(h: &NodeHandle, conn: u64, command: Command) -> Reply {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match h.write(conn, command.clone()).await {
+            Ok(reply) => return reply,
+            Err(NodeError::ClusterDown | NodeError::Busy(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("write {command:?} failed: {e}"),
+        }
+    }
+}
+
+/// A linearizable read, retrying while no leader can confirm it.
+async fn read(h: &NodeHandle, command: Command) -> Reply {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match h.read(command.clone(), ReadMode::Linearizable).await {
+            Ok(reply) => return reply,
+            Err(NodeError::ClusterDown | NodeError::Busy(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("read {command:?} failed: {e}"),
+        }
+    }
+}
+
+fn bulk(s: &str) -> Reply {
+    Reply::Bulk(b(s))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_anywhere_are_read_linearizably_everywhere() {
+    let c = Cluster::new("rw", 3, &[1, 2, 3]).await;
+    let leader = c.leader().await;
+    for id in 1..=3 {
+        let reply = write_ok(&c.handle(id), 1, set(&format!("k{id}"), &format!("v{id}"))).await;
+        assert_eq!(reply, Reply::ok(), "set on node {id} (leader {leader})");
+    }
+    // A write acknowledged anywhere is seen by a linearizable read anywhere.
+    for reader in 1..=3 {
+        for id in 1..=3 {
+            let got = read(&c.handle(reader), Command::Get(b(&format!("k{id}")))).await;
+            assert_eq!(got, bulk(&format!("v{id}")), "node {reader} reads k{id}");
+        }
+    }
+    // Increments from every node, on several connections, each applied once.
+    let mut tasks = Vec::new();
+    for id in 1..=3u64 {
+        for conn in 10..13u64 {
+            let h = c.handle(id);
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..10 {
+                    write_ok(&h, conn, incr("counter")).await;
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for reader in 1..=3 {
+        assert_eq!(
+            read(&c.handle(reader), Command::Get(b("counter"))).await,
+            bulk("90")
+        );
+    }
+    // Every node applied the same log.
+    let commit = c.handle(leader).status().commit_slot;
+    eventually(
+        "every node has applied the leader's commit point",
+        || async {
+            (1..=3)
+                .all(|id| c.handle(id).status().applied_slot >= commit)
+                .then_some(())
+        },
+    )
+    .await;
+    let status = c.handle(1).status();
+    assert_eq!(status.members.len(), 3);
+    assert!(status.keys >= 4);
+    // Peers told each other their client addresses in the handshake.
+    eventually("node 1 knows every member's client address", || async {
+        let s = c.handle(1).status();
+        s.members
+            .iter()
+            .all(|m| m.client_addr.as_deref() == Some(&format!("127.0.0.1:{}", 16_000 + m.id)))
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_takes_over_and_the_old_one_catches_up() {
+    let mut c = Cluster::new("failover", 3, &[1, 2, 3]).await;
+    let old = c.leader().await;
+    let follower = (1..=3).find(|&id| id != old).unwrap();
+    write_ok(&c.handle(follower), 1, set("before", "1")).await;
+
+    // Increments keep arriving at the survivors while the leader dies, until
+    // the new leader has served a write.
+    let survivors: Vec<u64> = (1..=3).filter(|&id| id != old).collect();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for (i, &id) in survivors.iter().enumerate() {
+        let h = c.handle(id);
+        let done = std::sync::Arc::clone(&done);
+        load.push(tokio::spawn(async move {
+            let (mut ok, mut uncertain, mut refused) = (0u64, 0u64, 0u64);
+            while !done.load(Ordering::Relaxed) {
+                match h.write(100 + i as u64, incr("n")).await {
+                    Ok(Reply::Integer(_)) => ok += 1,
+                    Ok(other) => panic!("unexpected reply {other:?}"),
+                    Err(NodeError::Uncertain) => uncertain += 1,
+                    Err(NodeError::ClusterDown | NodeError::Busy(_)) => {
+                        refused += 1;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            (ok, uncertain, refused)
+        }));
+    }
+    eventually("the load has started", || async {
+        let n = c
+            .handle(old)
+            .read(Command::Get(b("n")), ReadMode::Stale)
+            .await;
+        matches!(n, Ok(Reply::Bulk(_))).then_some(())
+    })
+    .await;
+    let stopped = Instant::now();
+    c.stop(old).await;
+
+    let new = c.leader().await;
+    assert_ne!(new, old);
+    write_ok(&c.handle(new), 1, set("after", "2")).await;
+    let took = stopped.elapsed();
+    eprintln!("a new leader served a write {took:?} after the old one stopped");
+    done.store(true, Ordering::Relaxed);
+
+    let (mut ok, mut uncertain, mut refused) = (0, 0, 0);
+    for t in load {
+        let (o, u, r) = t.await.unwrap();
+        ok += o;
+        uncertain += u;
+        refused += r;
+    }
+    eprintln!("increments: {ok} acknowledged, {uncertain} uncertain, {refused} refused");
+    // Exactly once: every acknowledged increment counted once; an uncertain
+    // one at most once.
+    let n = match read(&c.handle(new), Command::Get(b("n"))).await {
+        Reply::Bulk(v) => String::from_utf8(v.to_vec())
+            .unwrap()
+            .parse::<u64>()
+            .unwrap(),
+        Reply::Nil => 0,
+        other => panic!("unexpected {other:?}"),
+    };
+    assert!(
+        ok <= n && n <= ok + uncertain,
+        "counter {n}, acknowledged {ok}, uncertain {uncertain}"
+    );
+
+    // The old leader comes back and learns what it missed.
+    c.start(old).await;
+    let h = c.handle(old);
+    assert_eq!(read(&h, Command::Get(b("after"))).await, bulk("2"));
+    assert_eq!(read(&h, Command::Get(b("before"))).await, bulk("1"));
+    let commit = c.handle(new).status().commit_slot;
+    eventually("the restarted node applies what it missed", || async {
+        (h.status().applied_slot >= commit).then_some(())
+    })
+    .await;
+    assert_eq!(
+        h.read(Command::Get(b("after")), ReadMode::Stale).await,
+        Ok(bulk("2"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_write_survives_stopping_every_node() {
+    let mut c = Cluster::new("restart", 3, &[1, 2, 3]).await;
+    c.leader().await;
+    let mut acked = Vec::new();
+    for i in 0..30u64 {
+        let node = i % 3 + 1;
+        let (k, v) = (format!("key{i}"), format!("value{i}"));
+        assert_eq!(write_ok(&c.handle(node), i, set(&k, &v)).await, Reply::ok());
+        acked.push((k, v));
+    }
+    for id in 1..=3 {
+        c.stop(id).await;
+    }
+    for id in 1..=3 {
+        c.start(id).await;
+    }
+    c.leader().await;
+    for (i, (k, v)) in acked.iter().enumerate() {
+        let node = (i as u64 + 1) % 3 + 1;
+        assert_eq!(
+            read(&c.handle(node), Command::Get(b(k))).await,
+            bulk(v),
+            "{k}"
+        );
+    }
+    // New sessions after the restart do not collide with old ones: a new
+    // write on a reused connection number applies.
+    assert_eq!(
+        write_ok(&c.handle(1), 0, incr("fresh")).await,
+        Reply::Integer(1)
+    );
+    assert_eq!(
+        write_ok(&c.handle(1), 0, incr("fresh")).await,
+        Reply::Integer(2)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_lost_its_disk_rejoins_as_a_learner() {
+    let mut c = Cluster::new("rejoin", 3, &[1, 2, 3]).await;
+    let leader = c.leader().await;
+    let lost = (1..=3).find(|&id| id != leader).unwrap();
+    for i in 0..20 {
+        write_ok(&c.handle(leader), 1, set(&format!("k{i}"), "v")).await;
+    }
+    c.stop(lost).await;
+    std::fs::remove_dir_all(c.config(lost).data_dir).unwrap();
+
+    let mut config = c.config(lost);
+    config.rejoin = true;
+    let addr = c.members[&lost].clone();
+    let node = Node::start(config, TcpListener::bind(&addr).await.unwrap())
+        .await
+        .unwrap();
+    c.nodes.insert(lost, node);
+    let h = c.handle(lost);
+    assert_eq!(h.status().role, "learner");
+    eventually("the node has rejoined and votes again", || async {
+        let s = h.status();
+        (s.role == "follower" && s.leader_id.is_some()).then_some(())
+    })
+    .await;
+    for i in 0..20 {
+        assert_eq!(read(&h, Command::Get(b(&format!("k{i}")))).await, bulk("v"));
+    }
+    // Restarted again (with the flag still given), it starts from the log
+    // it rebuilt.
+    c.stop(lost).await;
+    let mut config = c.config(lost);
+    config.rejoin = true;
+    let node = Node::start(config, TcpListener::bind(&addr).await.unwrap())
+        .await
+        .unwrap();
+    assert_ne!(node.handle().status().role, "learner");
+    c.nodes.insert(lost, node);
+    assert_eq!(
+        read(&c.handle(lost), Command::Get(b("k19"))).await,
+        bulk("v")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_node_refuses_promptly_with_cluster_down() {
+    let c = Cluster::new("lone", 3, &[1]).await;
+    let h = c.handle(1);
+    let started = Instant::now();
+    assert_eq!(h.write(1, set("k", "v")).await, Err(NodeError::ClusterDown));
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert_eq!(
+        h.read(Command::Get(b("k")), ReadMode::Linearizable).await,
+        Err(NodeError::ClusterDown)
+    );
+    // A stale read is answered from local state.
+    assert_eq!(
+        h.read(Command::Get(b("k")), ReadMode::Stale).await,
+        Ok(Reply::Nil)
+    );
+    assert_ne!(h.status().role, "leader".to_owned());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_majority_lost_after_serving_refuses_new_writes() {
+    let mut c = Cluster::new("quorum", 3, &[1, 2, 3]).await;
+    let leader = c.leader().await;
+    write_ok(&c.handle(leader), 1, set("k", "v")).await;
+    for id in (1..=3).filter(|&id| id != leader) {
+        c.stop(id).await;
+    }
+    let h = c.handle(leader);
+    // The leader steps down once it stops hearing from a quorum; from then
+    // on new writes are refused promptly rather than hanging.
+    eventually("the lone leader steps down", || async {
+        (h.status().leader_id.is_none()).then_some(())
+    })
+    .await;
+    let started = Instant::now();
+    assert_eq!(h.write(2, set("k", "w")).await, Err(NodeError::ClusterDown));
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_with_no_known_outcome_is_uncertain_never_failed() {
+    // A leader that has just lost its followers still leads for an election
+    // timeout (600 ms here, well beyond the time it takes to stop them): the
+    // write is proposed, so its fate is unknown until a quorum decides, and
+    // the answer at the deadline must say so.
+    let mut c = Cluster::with("uncertain", 3, &[1, 2, 3], |config| {
+        config.election_ticks = 60;
+        config.write_timeout_ms = 500;
+    })
+    .await;
+    let leader = c.leader().await;
+    write_ok(&c.handle(leader), 1, set("k", "v")).await;
+    for id in (1..=3).filter(|&id| id != leader) {
+        c.stop(id).await;
+    }
+    let started = Instant::now();
+    let result = c.handle(leader).write(1, set("k", "w")).await;
+    let took = started.elapsed();
+    assert_eq!(result, Err(NodeError::Uncertain));
+    assert!(
+        took >= Duration::from_millis(500),
+        "answered after {took:?}"
+    );
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_speaking_garbage_is_dropped_and_the_node_keeps_serving() {
+    let c = Cluster::new("garbage", 3, &[1, 2, 3]).await;
+    c.leader().await;
+    let target = &c.members[&1];
+
+    /// Sends `bytes` and expects the node to close the connection.
+    async fn refused(addr: &str, bytes: &[u8]) {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let closed = tokio::time::timeout(PATIENCE, async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {} // a handshake reply; keep reading
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the node kept a bad connection open");
+    }
+
+    // Not the protocol at all, and a length prefix of about a gigabyte.
+    refused(target, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    // A handshake from a node that is not a member.
+    let hello = |from: u64, to: u64| {
+        let mut frame = Vec::new();
+        let mut body = Vec::new();
+        body.extend_from_slice(b"PRLM");
+        body.extend_from_slice(&[1, parliament::wire::WIRE_FORMAT]);
+        body.extend_from_slice(&from.to_be_bytes());
+        body.extend_from_slice(&to.to_be_bytes());
+        body.extend_from_slice(&[0, 0, 0, 0]);
+        frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&body);
+        frame
+    };
+    refused(target, &hello(9, 1)).await;
+    // A handshake meant for another node.
+    refused(target, &hello(2, 3)).await;
+    // A good handshake, then a frame that is not a message.
+    let mut bad = hello(2, 1);
+    bad.extend_from_slice(&[0, 0, 0, 5, 0xff, 1, 2, 3, 4]);
+    refused(target, &bad).await;
+    // A good handshake, then a frame of random bytes.
+    let mut noise = hello(3, 1);
+    noise.extend_from_slice(&1000u32.to_be_bytes());
+    let mut x = 0x1234_5678_u32;
+    for _ in 0..1000 {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        noise.push(x as u8);
+    }
+    refused(target, &noise).await;
+
+    // The cluster still serves, through the node that was attacked too.
+    assert_eq!(
+        write_ok(&c.handle(1), 1, set("still", "here")).await,
+        Reply::ok()
+    );
+    for id in 1..=3 {
+        assert_eq!(
+            read(&c.handle(id), Command::Get(b("still"))).await,
+            bulk("here")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_of_another_node_is_refused() {
+    let mut c = Cluster::new("owner", 3, &[1]).await;
+    c.stop(1).await;
+    let mut config = c.config(2);
+    config.data_dir = c.config(1).data_dir;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    match Node::start(config, listener).await {
+        Err(e @ StartError::WrongNode { .. }) => {
+            assert!(e.to_string().contains("belongs to node 1"), "{e}");
+        }
+        Err(e) => panic!("unexpected error: {e}"),
+        Ok(_) => panic!("node 2 started on node 1's data"),
+    }
+}
+
+/// Prints write throughput with fdatasync on every append; a measurement,
+/// not a test: `cargo test --test node_cluster -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn throughput_with_fsync_always() {
+    let c = Cluster::with("throughput", 3, &[1, 2, 3], |config| {
+        config.fsync = FsyncPolicy::Always;
+    })
+    .await;
+    let leader = c.leader().await;
+    for connections in [1u64, 16, 128] {
+        let per_connection = 2_000 / connections;
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for conn in 0..connections {
+            let h = c.handle(leader);
+            tasks.push(tokio::spawn(async move {
+                for i in 0..per_connection {
+                    write_ok(&h, conn, set(&format!("k{conn}-{i}"), "v")).await;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let writes = per_connection * connections;
+        eprintln!(
+            "{connections:>4} connections: {:>8.0} writes/s",
+            writes as f64 / secs
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_clients_on_every_node_see_one_database() {
+    let c = Cluster::new("redis", 3, &[1, 2, 3]).await;
+    c.leader().await;
+    // The client port of each node, in front of its handle.
+    let mut servers = tokio::task::JoinSet::new();
+    let mut ports = Vec::new();
+    for id in 1..=3 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        ports.push(listener.local_addr().unwrap().port());
+        let config = parliament::server::Config {
+            node_id: id,
+            ..parliament::server::Config::default()
+        };
+        servers.spawn(parliament::server::serve_clients(
+            listener,
+            c.handle(id),
+            config,
+        ));
+    }
+    tokio::task::spawn_blocking(move || {
+        use redis::Commands;
+        let mut cons: Vec<redis::Connection> = ports
+            .iter()
+            .map(|p| {
+                redis::Client::open(format!("redis://127.0.0.1:{p}/"))
+                    .unwrap()
+                    .get_connection()
+                    .unwrap()
+            })
+            .collect();
+        for (i, con) in cons.iter_mut().enumerate() {
+            let () = con.set(format!("k{i}"), format!("v{i}")).unwrap();
+            let n: i64 = con.incr("n", 1).unwrap();
+            assert!(n >= 1);
+        }
+        for con in &mut cons {
+            for i in 0..3 {
+                let v: String = con.get(format!("k{i}")).unwrap();
+                assert_eq!(v, format!("v{i}"));
+            }
+            let n: i64 = con.get("n").unwrap();
+            assert_eq!(n, 3);
+        }
+        // A transaction through a follower, watched from another node.
+        let (a, b): (i64, i64) = redis::pipe()
+            .atomic()
+            .incr("n", 10)
+            .incr("n", 10)
+            .query(&mut cons[1])
+            .unwrap();
+        assert_eq!((a, b), (13, 23));
+        let n: i64 = cons[2].get("n").unwrap();
+        assert_eq!(n, 23);
+        // A pipelined read sees the write sent just before it, on the
+        // leader and on followers alike.
+        for con in &mut cons {
+            for i in 0..50 {
+                let (_, v): ((), String) = redis::pipe()
+                    .set("p", i.to_string())
+                    .get("p")
+                    .query(con)
+                    .unwrap();
+                assert_eq!(v, i.to_string());
+            }
+        }
+    })
+    .await
+    .unwrap();
+    servers.shutdown().await;
+}

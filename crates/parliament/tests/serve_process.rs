@@ -1,0 +1,443 @@
+//! The `parliament` binary as operators run it: `serve` processes driven
+//! with a real Redis client, killed with SIGKILL and restarted; start-up
+//! errors; and `cluster` never leaving its nodes behind.
+//!
+//! Every process is started with its standard input a pipe from the test
+//! and `--stop-on-stdin-eof`, so it stops even if the test process dies; a
+//! guard kills it when the test ends, also on failure.
+
+#![allow(clippy::unwrap_used)] // a test fails loudly, which is its job
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parliament::http::client::fetch_status;
+use parliament::node::api::StatusReport;
+use redis::Commands;
+
+const BIN: &str = env!("CARGO_BIN_EXE_parliament");
+const PATIENCE: Duration = Duration::from_secs(30);
+
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("parliament-proc-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        Scratch(path)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process with its output in a file; killed on drop.
+struct Proc {
+    child: Child,
+    _stdin: Option<ChildStdin>,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(args: &[String], log: &Path) -> Proc {
+        let out = std::fs::File::create(log).unwrap();
+        let err = out.try_clone().unwrap();
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::piped())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        Proc {
+            child,
+            _stdin: stdin,
+            log: log.to_path_buf(),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit on its own.
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the process did not exit:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// `n` ports free right now, below the range the OS hands out for port 0
+/// (so that tests binding port 0 meanwhile cannot take them), starting at
+/// a place that differs between test processes.
+fn free_ports(n: usize) -> Vec<u16> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let spread = u64::from(std::process::id()) * 97 + NEXT.fetch_add(1, Ordering::Relaxed) * 31;
+    let mut port = 10_000 + (spread % 9_000) as u16;
+    let mut held = Vec::new();
+    while held.len() < n {
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+        }
+        port = if port >= 19_999 { 10_000 } else { port + 1 };
+    }
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+struct ServeCluster {
+    procs: Vec<Option<Proc>>,
+    args: Vec<Vec<String>>,
+    client_ports: Vec<u16>,
+    http_ports: Vec<u16>,
+    generation: u32,
+    dir: Scratch,
+}
+
+impl ServeCluster {
+    fn start(name: &str) -> ServeCluster {
+        let dir = Scratch::new(name);
+        let ports = free_ports(9);
+        let members: Vec<String> = (0..3)
+            .map(|i| format!("{}=127.0.0.1:{}", i + 1, ports[3 + i]))
+            .collect();
+        let members = members.join(",");
+        let args: Vec<Vec<String>> = (0..3)
+            .map(|i| {
+                vec![
+                    "serve".into(),
+                    "--id".into(),
+                    (i + 1).to_string(),
+                    "--data-dir".into(),
+                    dir.0.join(format!("node-{}", i + 1)).display().to_string(),
+                    "--client-addr".into(),
+                    format!("127.0.0.1:{}", ports[i]),
+                    "--http-addr".into(),
+                    format!("127.0.0.1:{}", ports[6 + i]),
+                    "--members".into(),
+                    members.clone(),
+                    "--stop-on-stdin-eof".into(),
+                ]
+            })
+            .collect();
+        let mut cluster = ServeCluster {
+            procs: (0..3).map(|_| None).collect(),
+            args,
+            client_ports: ports[0..3].to_vec(),
+            http_ports: ports[6..9].to_vec(),
+            generation: 0,
+            dir,
+        };
+        for i in 0..3 {
+            cluster.spawn(i);
+        }
+        cluster
+    }
+
+    /// Starts node `i + 1` (again), logging to a fresh file.
+    fn spawn(&mut self, i: usize) {
+        self.generation += 1;
+        let log = self
+            .dir
+            .0
+            .join(format!("node-{}.{}.log", i + 1, self.generation));
+        self.procs[i] = Some(Proc::spawn(&self.args[i], &log));
+    }
+
+    fn kill9(&mut self, i: usize) {
+        if let Some(mut p) = self.procs[i].take() {
+            p.kill9();
+        }
+    }
+
+    fn log(&self, i: usize) -> String {
+        self.procs[i].as_ref().map(Proc::log).unwrap_or_default()
+    }
+
+    fn status(&self, i: usize) -> Option<StatusReport> {
+        let addr = format!("127.0.0.1:{}", self.http_ports[i]);
+        fetch_status(&addr, Duration::from_secs(2)).ok()
+    }
+
+    /// The leader every running node's HTTP status names, once they agree.
+    fn leader(&self, not: Option<u64>) -> u64 {
+        eventually("the running nodes agree on a leader", || {
+            let mut leaders = (0..3)
+                .filter(|&i| self.procs[i].is_some())
+                .map(|i| self.status(i).and_then(|s| s.leader_id));
+            let first = leaders.next()??;
+            let agreed = leaders.all(|l| l == Some(first));
+            (agreed && Some(first) != not && self.procs[(first - 1) as usize].is_some())
+                .then_some(first)
+        })
+    }
+}
+
+/// `SET key value` on node `port`, retried (on a new connection) while the
+/// cluster cannot take it. SET is idempotent, so a retry after an uncertain
+/// answer is harmless.
+fn set_until_ok(port: u16, key: &str, value: &str) {
+    eventually(&format!("SET {key} is acknowledged by :{port}"), || {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).ok()?;
+        let mut con = client
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .ok()?;
+        con.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
+        let reply: redis::RedisResult<()> = con.set(key, value);
+        reply.ok()
+    });
+}
+
+/// Linearizable `GET`s of `keys` from node `port`, retried while it cannot
+/// answer.
+fn get_all(port: u16, keys: &[String]) -> Vec<Option<String>> {
+    eventually(&format!("node :{port} answers reads"), || {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).ok()?;
+        let mut con = client
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .ok()?;
+        con.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
+        keys.iter()
+            .map(|k| con.get::<_, Option<String>>(k).ok())
+            .collect::<Option<Vec<_>>>()
+    })
+}
+
+#[test]
+fn a_killed_leader_is_replaced_and_every_acknowledged_write_survives() {
+    let mut c = ServeCluster::start("kill9");
+    let old = c.leader(None);
+    let mut acked = Vec::new();
+    for n in 0..30 {
+        let i = n % 3;
+        let key = format!("before-{n}");
+        set_until_ok(c.client_ports[i], &key, &format!("v{n}"));
+        acked.push(key);
+    }
+
+    // SIGKILL the leader; the survivors elect another and keep serving.
+    let killed = (old - 1) as usize;
+    c.kill9(killed);
+    let new = c.leader(Some(old));
+    assert_ne!(new, old);
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != killed).collect();
+    for n in 0..30 {
+        let i = survivors[n % 2];
+        let key = format!("after-{n}");
+        set_until_ok(c.client_ports[i], &key, &format!("v{n}"));
+        acked.push(key);
+    }
+
+    // The killed node restarts from its log, follows the new leader and
+    // serves every acknowledged write.
+    c.spawn(killed);
+    assert_eq!(c.leader(None), new);
+    let expect: Vec<Option<String>> = acked
+        .iter()
+        .map(|k| Some(format!("v{}", k.rsplit('-').next().unwrap())))
+        .collect();
+    assert_eq!(get_all(c.client_ports[killed], &acked), expect);
+
+    // Every log line of a node carries its id.
+    let log = c.log(killed);
+    assert!(log.contains("state rebuilt from the log"), "{log}");
+    for line in log
+        .lines()
+        .filter(|l| l.contains(" INFO ") || l.contains(" WARN "))
+    {
+        assert!(
+            line.contains(&format!("id={old}")),
+            "a line without the node id: {line}"
+        );
+    }
+
+    // Every process killed at once: nothing acknowledged is lost.
+    for i in 0..3 {
+        c.kill9(i);
+    }
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    c.leader(None);
+    for i in 0..3 {
+        assert_eq!(get_all(c.client_ports[i], &acked), expect, "node {}", i + 1);
+    }
+}
+
+#[test]
+fn start_up_errors_are_one_clear_line_and_a_failure_exit() {
+    let dir = Scratch::new("errors");
+    let ports = free_ports(3);
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let base = |id: u64, data: &str, client: u16| -> Vec<String> {
+        vec![
+            "serve".into(),
+            "--id".into(),
+            id.to_string(),
+            "--data-dir".into(),
+            dir.0.join(data).display().to_string(),
+            "--client-addr".into(),
+            format!("127.0.0.1:{client}"),
+            "--http-addr".into(),
+            format!("127.0.0.1:{}", ports[1]),
+            "--members".into(),
+            format!("1=127.0.0.1:{},2=127.0.0.1:{}", ports[2], ports[2]),
+        ]
+    };
+    let run = |args: Vec<String>, name: &str| -> (std::process::ExitStatus, String) {
+        let mut p = Proc::spawn(&args, &dir.0.join(name));
+        let status = p.wait_exit();
+        (status, p.log())
+    };
+
+    let (status, log) = run(base(1, "a", taken_port), "port.log");
+    assert!(!status.success());
+    assert!(
+        log.contains(&format!(
+            "error: cannot bind the client address 127.0.0.1:{taken_port}"
+        )),
+        "{log}"
+    );
+
+    // Node 1 takes a directory; node 2 may not use it.
+    std::fs::create_dir_all(dir.0.join("owned")).unwrap();
+    std::fs::write(dir.0.join("owned/node-id"), "1\n").unwrap();
+    let (status, log) = run(base(2, "owned", ports[0]), "owner.log");
+    assert!(!status.success());
+    assert!(log.contains("belongs to node 1, not node 2"), "{log}");
+
+    // An unreadable data directory: a file where the directory should be.
+    std::fs::write(dir.0.join("file"), "not a directory").unwrap();
+    let (status, log) = run(base(1, "file", ports[0]), "file.log");
+    assert!(!status.success());
+    assert!(log.contains("error: cannot start node 1"), "{log}");
+
+    let mut bad = base(1, "b", ports[0]);
+    bad[10] = "1=nowhere".into();
+    let (status, log) = run(bad, "members.log");
+    assert!(!status.success());
+    assert!(log.contains("expected ID=HOST:PORT"), "{log}");
+    drop(taken);
+}
+
+/// A base port with `nodes` free ports at it, 1000 above and 2000 above.
+fn free_cluster_base(nodes: u16) -> u16 {
+    let mut candidate = 20_000 + (std::process::id() % 5_000) as u16 * 2;
+    loop {
+        let all_free = (0..nodes).all(|i| {
+            [0, 1000, 2000]
+                .iter()
+                .all(|off| TcpListener::bind(("127.0.0.1", candidate + off + i)).is_ok())
+        });
+        if all_free {
+            return candidate;
+        }
+        candidate += 7;
+        assert!(candidate < 30_000, "no free ports");
+    }
+}
+
+fn accepting(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+#[test]
+fn cluster_nodes_never_outlive_the_cluster_process() {
+    let dir = Scratch::new("cluster");
+    let base = free_cluster_base(2);
+    let args: Vec<String> = vec![
+        "cluster".into(),
+        "--nodes".into(),
+        "2".into(),
+        "--dir".into(),
+        dir.0.join("data").display().to_string(),
+        "--port".into(),
+        base.to_string(),
+        "--fsync".into(),
+        "never".into(),
+    ];
+    let peers = [base + 1000, base + 1001];
+
+    // Killed with SIGKILL: the nodes see their standard input close and stop.
+    let mut p = Proc::spawn(&args, &dir.0.join("first.log"));
+    eventually("both nodes listen", || {
+        peers.iter().all(|&port| accepting(port)).then_some(())
+    });
+    let printed = p.log();
+    assert!(
+        printed.contains(&format!("redis-cli -p {base}")),
+        "{printed}"
+    );
+    p.kill9();
+    eventually("the nodes are gone", || {
+        peers.iter().all(|&port| !accepting(port)).then_some(())
+    });
+
+    // Again on the same data, stopped with SIGTERM: a clean exit, and the
+    // nodes found their logs.
+    let mut p = Proc::spawn(&args, &dir.0.join("second.log"));
+    eventually("both nodes listen again", || {
+        let log = p.log();
+        let rebuilt = log
+            .lines()
+            .filter(|l| l.contains("state rebuilt from the log"))
+            .count();
+        (rebuilt == 2 && peers.iter().all(|&port| accepting(port))).then_some(())
+    });
+    let pid = p.child.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    let status = p.wait_exit();
+    assert!(status.success(), "{status}: {}", p.log());
+    assert!(
+        peers.iter().all(|&port| !accepting(port)),
+        "a node outlived the cluster"
+    );
+    assert!(!p.log().contains("exited unexpectedly"), "{}", p.log());
+}
