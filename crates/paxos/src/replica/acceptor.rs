@@ -92,7 +92,9 @@ impl Replica {
                 value,
             });
         }
-        self.send(from, Message::Accepted { ballot, slots });
+        if !slots.is_empty() {
+            self.send(from, Message::Accepted { ballot, slots });
+        }
         self.learn_commit(from, ballot, commit);
     }
 

@@ -196,6 +196,7 @@ impl Replica {
             noop_slot: top + 1,
             pending: VecDeque::new(),
             unsent: Vec::new(),
+            commit_sent: 0,
             heartbeat_seq: 0,
             heartbeat_sent: BTreeMap::new(),
             heartbeat_due: true,

@@ -98,8 +98,13 @@ impl Replica {
                 leader.next_slot += 1;
                 r.propose_slot(leader, slot, Value::Batch(batch));
             }
-            if !leader.unsent.is_empty() {
+            if !leader.unsent.is_empty() || (r.commit > leader.commit_sent && !leader.heartbeat_due)
+            {
+                // New slots, or only a new commit point: followers learn it
+                // now rather than at the next heartbeat, so a write answered
+                // by a follower waits for no timer.
                 let entries = std::mem::take(&mut leader.unsent);
+                leader.commit_sent = r.commit;
                 r.broadcast(Message::Accept {
                     ballot: leader.ballot,
                     entries,
@@ -124,6 +129,7 @@ impl Replica {
             leader.heartbeat_sent.pop_first();
         }
         leader.heartbeat_due = false;
+        leader.commit_sent = self.commit;
         leader.next_heartbeat = self.now + self.config.heartbeat_ticks;
         self.broadcast(Message::Heartbeat {
             ballot: leader.ballot,

@@ -301,6 +301,8 @@ struct Leader {
     pending: VecDeque<Bytes>,
     /// New slots not yet sent to the followers.
     unsent: Vec<(Slot, Value)>,
+    /// The commit point last broadcast to the followers.
+    commit_sent: Slot,
     heartbeat_seq: u64,
     /// When each recent heartbeat round was sent, by seq.
     heartbeat_sent: BTreeMap<u64, u64>,
