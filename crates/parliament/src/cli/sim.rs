@@ -240,12 +240,7 @@ fn sim_kv(args: KvArgs) -> Result<ExitCode> {
         bar.inc(1);
         ops += outcome.ops;
         acked += outcome.acked;
-        disk.torn_writes += outcome.disk.torn_writes;
-        disk.boundary_crashes += outcome.disk.boundary_crashes;
-        disk.damaged += outcome.disk.damaged;
-        disk.rejoined += outcome.disk.rejoined;
-        disk.snapshots += outcome.disk.snapshots;
-        disk.installs += outcome.disk.installs;
+        disk.add(&outcome.disk);
         if !outcome.undecided.is_empty() {
             undecided += 1;
             first_undecided.get_or_insert(seed);

@@ -203,6 +203,18 @@ pub struct DiskEvents {
     pub installs: u64,
 }
 
+impl DiskEvents {
+    /// Adds another run's counts to these.
+    pub fn add(&mut self, other: &DiskEvents) {
+        self.torn_writes += other.torn_writes;
+        self.boundary_crashes += other.boundary_crashes;
+        self.damaged += other.damaged;
+        self.rejoined += other.rejoined;
+        self.snapshots += other.snapshots;
+        self.installs += other.installs;
+    }
+}
+
 /// Where a message goes: between replicas, or between a client and a node.
 #[derive(Clone, Debug)]
 enum Packet {
@@ -1511,12 +1523,7 @@ mod tests {
         for seed in 0..40 {
             let r = run(&config, seed, false);
             assert!(r.violation.is_none(), "seed {seed}: {:?}", r.violation);
-            total.torn_writes += r.disk.torn_writes;
-            total.boundary_crashes += r.disk.boundary_crashes;
-            total.damaged += r.disk.damaged;
-            total.rejoined += r.disk.rejoined;
-            total.snapshots += r.disk.snapshots;
-            total.installs += r.disk.installs;
+            total.add(&r.disk);
         }
         assert!(total.torn_writes > 0, "{total:?}");
         assert!(total.boundary_crashes > 0, "{total:?}");
