@@ -724,14 +724,32 @@ async fn redis_clients_on_every_node_see_one_database() {
 // Snapshots, compaction and snapshot transfer
 // ---------------------------------------------------------------------------
 
-/// A snapshot every 50 applied entries and log segments of 16 KiB, so that
-/// a few hundred writes make every node snapshot and drop log segments.
+/// A snapshot every 50 applied entries or 8 KiB of commands, and log
+/// segments of 16 KiB, so that a few hundred writes make every node
+/// snapshot and drop log segments.
 fn tiny_snapshots(config: &mut NodeConfig) {
     config.snapshot = SnapshotPolicy {
         entries_max: 50,
-        bytes_max: u64::MAX,
+        bytes_max: 8 << 10,
     };
     config.wal_segment_bytes_max = 16 << 10;
+}
+
+/// The complete snapshots in a snapshot directory (not the temporary file
+/// of one being written), oldest first.
+fn snapshot_files(dir: &Path) -> Vec<(String, u64)> {
+    let mut found = files(dir, "snap-");
+    found.retain(|(name, _)| name.ends_with(".snap"));
+    found
+}
+
+/// The slot of the newest snapshot in a snapshot directory.
+fn newest_snapshot_slot(dir: &Path) -> Option<u64> {
+    let (name, _) = snapshot_files(dir).pop()?;
+    name.strip_prefix("snap-")?
+        .strip_suffix(".snap")?
+        .parse()
+        .ok()
 }
 
 /// Names and sizes of the files in `dir` whose names start with `prefix`,
@@ -802,22 +820,18 @@ async fn holds_every_key(c: &Cluster, id: u64, keys: std::ops::Range<u64>, value
     }
 }
 
-/// Waits until node `id` has applied everything the leader committed.
+/// Waits until node `id` has applied every write acknowledged so far: a
+/// linearizable read through it is answered only once it has applied up to
+/// the leader's commit point.
 async fn caught_up(c: &Cluster, id: u64) {
-    let leader = c.leader().await;
-    let commit = c.handle(leader).status().commit_slot;
-    eventually(
-        &format!("node {id} applies up to slot {commit}"),
-        || async { (c.handle(id).status().applied_slot >= commit).then_some(()) },
-    )
-    .await;
+    read(&c.handle(id), Command::Get(b("caught-up"))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_compact_the_log_and_a_restart_loads_the_newest() {
     let mut c = Cluster::with("compact", 3, &[1, 2, 3], tiny_snapshots).await;
     let leader = c.leader().await;
-    const KEYS: u64 = 400;
+    const KEYS: u64 = 600;
     const VALUE_BYTES: usize = 200;
     fill(&c, leader, 0..20, VALUE_BYTES).await;
     // The oldest log segment of each node, before any compaction.
@@ -847,7 +861,7 @@ async fn snapshots_compact_the_log_and_a_restart_loads_the_newest() {
         )
         .await;
         let segments = files(&wal, "wal-");
-        let snapshots = files(&c.config(id).data_dir.join("snapshots"), "snap-");
+        let snapshots = snapshot_files(&c.config(id).data_dir.join("snapshots"));
         let wal_bytes: u64 = segments.iter().map(|(_, len)| len).sum();
         eprintln!(
             "node {id}: {} snapshots taken, {} kept, {} log segments of {wal_bytes} bytes",
@@ -855,9 +869,13 @@ async fn snapshots_compact_the_log_and_a_restart_loads_the_newest() {
             snapshots.len(),
             segments.len(),
         );
-        // The log holds about one policy's worth of entries (50 writes of
-        // about 300 bytes, twice: accepted and chosen), not 400 writes.
-        assert!(segments.len() <= 6, "node {id} keeps {segments:?}");
+        // The log holds about one policy's worth of commands (8 KiB, twice:
+        // accepted and chosen) and one segment, not every write.
+        let written = KEYS * VALUE_BYTES as u64;
+        assert!(
+            wal_bytes < written / 2,
+            "node {id} keeps {wal_bytes} bytes of log for {written} bytes written: {segments:?}"
+        );
         assert!(
             (1..=2).contains(&snapshots.len()),
             "node {id} keeps {snapshots:?}"
@@ -939,7 +957,10 @@ async fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
     })
     .await;
     caught_up(&c, lagging).await;
-    assert!(c.handle(lagging).status().applied_slot >= lagging_applied);
+    eventually("the lagging node reports what it applied", || async {
+        (c.handle(lagging).status().applied_slot >= lagging_applied).then_some(())
+    })
+    .await;
     holds_every_key(&c, lagging, 0..KEYS, VALUE_BYTES).await;
     let stats = c.nodes[&lagging].snapshot_transfers();
     assert!(stats.bytes_received.load(Ordering::Relaxed) > 0);
@@ -977,9 +998,11 @@ async fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
 }
 
 /// Small chunks, a small window and a rate limit, so that a transfer of
-/// about 1.5 MB takes a few seconds and can be interrupted.
+/// about 1.5 MB takes a few seconds and can be interrupted; snapshots every
+/// 50 entries only.
 fn slow_transfers(config: &mut NodeConfig) {
     tiny_snapshots(config);
+    config.snapshot.bytes_max = u64::MAX;
     config.transport.snapshot.chunk_bytes_max = 16 << 10;
     config.transport.snapshot.window_chunks = 2;
     config.transport.snapshot.send_bytes_per_sec = 256 << 10;
@@ -998,6 +1021,15 @@ async fn an_interrupted_snapshot_transfer_resumes_from_its_partial_file() {
     fill(&c, leader, 10..KEYS, VALUE_BYTES).await;
     eventually("the leader compacts past the stopped node", || async {
         (c.handle(leader).status().log_start > 100).then_some(())
+    })
+    .await;
+    // The leader's last snapshot is written, so the one it offers stays the
+    // same across the interruption: none is due within 50 slots of the
+    // commit point, and none comes after since nothing is written.
+    let snapshots = c.config(leader).data_dir.join("snapshots");
+    eventually("the leader's last snapshot is written", || async {
+        let commit = c.handle(leader).status().commit_slot;
+        (newest_snapshot_slot(&snapshots)? + 50 > commit).then_some(())
     })
     .await;
     // Started, the node fetches the leader's snapshot; stop it a part of
@@ -1030,7 +1062,7 @@ async fn an_interrupted_snapshot_transfer_resumes_from_its_partial_file() {
     let stats = c.nodes[&lagging].snapshot_transfers();
     let resumed = stats.bytes_resumed.load(Ordering::Relaxed);
     let received = stats.bytes_received.load(Ordering::Relaxed);
-    let installed = files(&incoming, "snap-").pop().unwrap();
+    let installed = snapshot_files(&incoming).pop().unwrap();
     let total = installed.1 - 36;
     eprintln!(
         "snapshot of {total} bytes: {had} bytes before the stop, {resumed} resumed, {received} received after"
@@ -1045,4 +1077,35 @@ async fn an_interrupted_snapshot_transfer_resumes_from_its_partial_file() {
     );
     caught_up(&c, lagging).await;
     holds_every_key(&c, lagging, 0..KEYS, VALUE_BYTES).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_snapshot_stops_the_start_and_names_the_file() {
+    let mut c = Cluster::with("damaged", 3, &[1, 2, 3], tiny_snapshots).await;
+    let leader = c.leader().await;
+    let victim = (1..=3).find(|&id| id != leader).unwrap();
+    fill(&c, leader, 0..200, 100).await;
+    let dir = c.config(victim).data_dir.join("snapshots");
+    eventually("the node has taken a snapshot", || async {
+        (counter(&c, victim, |m| &m.snapshots_taken) > 0).then_some(())
+    })
+    .await;
+    c.stop(victim).await;
+    let (name, _) = snapshot_files(&dir).pop().unwrap();
+    let path = dir.join(&name);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() - 10;
+    bytes[at] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let addr = c.members[&victim].clone();
+    let listener = TcpListener::bind(&addr).await.unwrap();
+    match Node::start(c.config(victim), listener).await {
+        Ok(_) => panic!("a node started from a damaged snapshot"),
+        Err(e) => {
+            let text = e.to_string();
+            assert!(text.contains(&name), "{text}");
+            assert!(text.contains("rejoin"), "{text}");
+        }
+    }
 }
