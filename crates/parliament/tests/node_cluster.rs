@@ -1032,6 +1032,10 @@ async fn an_interrupted_snapshot_transfer_resumes_from_its_partial_file() {
         (newest_snapshot_slot(&snapshots)? + 50 > commit).then_some(())
     })
     .await;
+    let other = (1..=3).find(|&id| id != leader && id != lagging).unwrap();
+    let watched = [leader, other];
+    let leader_changes = watched.map(|id| counter(&c, id, |m| &m.leader_changes));
+
     // Started, the node fetches the leader's snapshot; stop it a part of
     // the way in.
     let incoming = c.config(lagging).data_dir.join("snapshots");
@@ -1077,6 +1081,13 @@ async fn an_interrupted_snapshot_transfer_resumes_from_its_partial_file() {
     );
     caught_up(&c, lagging).await;
     holds_every_key(&c, lagging, 0..KEYS, VALUE_BYTES).await;
+    // Seconds of transfer, and the heartbeats went on meanwhile.
+    assert_eq!(c.leader().await, leader);
+    assert_eq!(
+        watched.map(|id| counter(&c, id, |m| &m.leader_changes)),
+        leader_changes,
+        "leader changes on nodes {watched:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,8 +29,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::storage::snapshot::SnapshotError;
-
 use bytes::Bytes;
 use paxos::NodeId;
 use paxos::replica::{Message, ProposeError, Ready, Replica, RoleName, Slot, Value};
@@ -47,6 +45,7 @@ use crate::kv::{Reply, Request, Store};
 use crate::metrics::{self, Metrics};
 use crate::net::{Outbox, PeerTable};
 use crate::storage::replica::{FileStorage, ReplicaStorage, StorageError};
+use crate::storage::snapshot::SnapshotError;
 
 /// Ticks delivered between two `Ready`s while catching up after a pause, so
 /// that one `Ready` stays small.
