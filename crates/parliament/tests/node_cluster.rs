@@ -11,14 +11,16 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parliament::kv::{Command, Reply, SetCondition};
+use parliament::metrics::Metrics;
 use parliament::node::api::{NodeError, NodeHandle, ReadMode};
 use parliament::node::{Node, NodeConfig, StartError};
+use parliament::storage::snapshot::SnapshotPolicy;
 use parliament::storage::wal::FsyncPolicy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -545,7 +547,10 @@ async fn a_peer_speaking_garbage_is_dropped_and_the_node_keeps_serving() {
         let mut frame = Vec::new();
         let mut body = Vec::new();
         body.extend_from_slice(b"PRLM");
-        body.extend_from_slice(&[1, parliament::wire::WIRE_FORMAT]);
+        body.extend_from_slice(&[
+            parliament::net::frame::PEER_PROTOCOL,
+            parliament::wire::WIRE_FORMAT,
+        ]);
         body.extend_from_slice(&from.to_be_bytes());
         body.extend_from_slice(&to.to_be_bytes());
         body.extend_from_slice(&[0, 0, 0, 0]);
@@ -556,9 +561,17 @@ async fn a_peer_speaking_garbage_is_dropped_and_the_node_keeps_serving() {
     refused(target, &hello(9, 1)).await;
     // A handshake meant for another node.
     refused(target, &hello(2, 3)).await;
-    // A good handshake, then a frame that is not a message.
+    // A good handshake, then a frame of an unknown kind.
     let mut bad = hello(2, 1);
     bad.extend_from_slice(&[0, 0, 0, 5, 0xff, 1, 2, 3, 4]);
+    refused(target, &bad).await;
+    // A good handshake, then a message frame that is not a message.
+    let mut bad = hello(2, 1);
+    bad.extend_from_slice(&[0, 0, 0, 6, 1, 0xff, 1, 2, 3, 4]);
+    refused(target, &bad).await;
+    // A good handshake, then a snapshot frame that is not a request.
+    let mut bad = hello(3, 1);
+    bad.extend_from_slice(&[0, 0, 0, 4, 2, 1, 0xee, 0]);
     refused(target, &bad).await;
     // A good handshake, then a frame of random bytes.
     let mut noise = hello(3, 1);
@@ -705,4 +718,405 @@ async fn redis_clients_on_every_node_see_one_database() {
     .await
     .unwrap();
     servers.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// Snapshots, compaction and snapshot transfer
+// ---------------------------------------------------------------------------
+
+/// A snapshot every 50 applied entries or 8 KiB of commands, and log
+/// segments of 16 KiB, so that a few hundred writes make every node
+/// snapshot and drop log segments.
+fn tiny_snapshots(config: &mut NodeConfig) {
+    config.snapshot = SnapshotPolicy {
+        entries_max: 50,
+        bytes_max: 8 << 10,
+    };
+    config.wal_segment_bytes_max = 16 << 10;
+}
+
+/// The complete snapshots in a snapshot directory (not the temporary file
+/// of one being written), oldest first.
+fn snapshot_files(dir: &Path) -> Vec<(String, u64)> {
+    let mut found = files(dir, "snap-");
+    found.retain(|(name, _)| name.ends_with(".snap"));
+    found
+}
+
+/// The slot of the newest snapshot in a snapshot directory.
+fn newest_snapshot_slot(dir: &Path) -> Option<u64> {
+    let (name, _) = snapshot_files(dir).pop()?;
+    name.strip_prefix("snap-")?
+        .strip_suffix(".snap")?
+        .parse()
+        .ok()
+}
+
+/// Names and sizes of the files in `dir` whose names start with `prefix`,
+/// sorted by name.
+fn files(dir: &Path, prefix: &str) -> Vec<(String, u64)> {
+    let mut found: Vec<(String, u64)> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let len = e.metadata().ok()?.len();
+                    name.starts_with(prefix).then_some((name, len))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
+fn counter(c: &Cluster, id: u64, pick: fn(&Metrics) -> &std::sync::atomic::AtomicU64) -> u64 {
+    pick(c.handle(id).metrics()).load(Ordering::Relaxed)
+}
+
+/// Writes `key{i}` = a value of `value_bytes` derived from `i`, for every
+/// `i` in `keys`, through node `via`, on `connections` connections at once.
+async fn fill(c: &Cluster, via: u64, keys: std::ops::Range<u64>, value_bytes: usize) {
+    let connections = 8u64;
+    let mut tasks = Vec::new();
+    for conn in 0..connections {
+        let h = c.handle(via);
+        let keys = keys.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in keys.filter(|i| i % connections == conn) {
+                let reply = write_ok(&h, 1000 + conn, set(&key(i), &value(i, value_bytes))).await;
+                assert_eq!(reply, Reply::ok(), "set {}", key(i));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+fn key(i: u64) -> String {
+    format!("key{i}")
+}
+
+fn value(i: u64, bytes: usize) -> String {
+    let mut v = format!("value{i}-");
+    while v.len() < bytes {
+        v.push(char::from(b'a' + (v.len() as u64 + i) as u8 % 26));
+    }
+    v
+}
+
+/// Checks, from node `id`'s own state (no log, no leader), that it holds
+/// every key of `keys` with its value.
+async fn holds_every_key(c: &Cluster, id: u64, keys: std::ops::Range<u64>, value_bytes: usize) {
+    let h = c.handle(id);
+    for i in keys {
+        let got = h
+            .read(Command::Get(b(&key(i))), ReadMode::Stale)
+            .await
+            .unwrap();
+        assert_eq!(got, bulk(&value(i, value_bytes)), "node {id}, {}", key(i));
+    }
+}
+
+/// Waits until node `id` has applied every write acknowledged so far: a
+/// linearizable read through it is answered only once it has applied up to
+/// the leader's commit point.
+async fn caught_up(c: &Cluster, id: u64) {
+    read(&c.handle(id), Command::Get(b("caught-up"))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_compact_the_log_and_a_restart_loads_the_newest() {
+    let mut c = Cluster::with("compact", 3, &[1, 2, 3], tiny_snapshots).await;
+    let leader = c.leader().await;
+    const KEYS: u64 = 600;
+    const VALUE_BYTES: usize = 200;
+    fill(&c, leader, 0..20, VALUE_BYTES).await;
+    // The oldest log segment of each node, before any compaction.
+    let first_segments: BTreeMap<u64, String> = (1..=3)
+        .map(|id| {
+            let wal = c.config(id).data_dir.join("wal");
+            (id, files(&wal, "wal-")[0].0.clone())
+        })
+        .collect();
+
+    fill(&c, leader, 20..KEYS, VALUE_BYTES).await;
+    for id in 1..=3 {
+        caught_up(&c, id).await;
+    }
+    for id in 1..=3 {
+        let wal = c.config(id).data_dir.join("wal");
+        eventually(
+            &format!("node {id} snapshots and drops its oldest segments"),
+            || async {
+                let taken = counter(&c, id, |m| &m.snapshots_taken);
+                let segments = files(&wal, "wal-");
+                let dropped = !segments
+                    .iter()
+                    .any(|(name, _)| *name == first_segments[&id]);
+                (taken >= 2 && c.handle(id).status().log_start > 0 && dropped).then_some(())
+            },
+        )
+        .await;
+        let segments = files(&wal, "wal-");
+        let snapshots = snapshot_files(&c.config(id).data_dir.join("snapshots"));
+        let wal_bytes: u64 = segments.iter().map(|(_, len)| len).sum();
+        eprintln!(
+            "node {id}: {} snapshots taken, {} kept, {} log segments of {wal_bytes} bytes",
+            counter(&c, id, |m| &m.snapshots_taken),
+            snapshots.len(),
+            segments.len(),
+        );
+        // The log holds about one policy's worth of commands (8 KiB, twice:
+        // accepted and chosen) and one segment, not every write.
+        let written = KEYS * VALUE_BYTES as u64;
+        assert!(
+            wal_bytes < written / 2,
+            "node {id} keeps {wal_bytes} bytes of log for {written} bytes written: {segments:?}"
+        );
+        assert!(
+            (1..=2).contains(&snapshots.len()),
+            "node {id} keeps {snapshots:?}"
+        );
+    }
+
+    // Every node restarts from its newest snapshot and the log above it.
+    let applied_before: BTreeMap<u64, u64> = (1..=3)
+        .map(|id| (id, c.handle(id).status().applied_slot))
+        .collect();
+    for id in 1..=3 {
+        c.stop(id).await;
+    }
+    for id in 1..=3 {
+        c.start(id).await;
+        let status = c.handle(id).status();
+        assert!(status.log_start > 0, "node {id}: {status:?}");
+        // Applied from its own files alone: the slots below log_start are
+        // gone from every log, and no snapshot was installed from a peer.
+        assert!(
+            status.applied_slot >= applied_before[&id],
+            "node {id} applied {} after its restart, {} before",
+            status.applied_slot,
+            applied_before[&id]
+        );
+        assert_eq!(counter(&c, id, |m| &m.snapshots_installed), 0);
+        holds_every_key(&c, id, 0..KEYS, VALUE_BYTES).await;
+    }
+    // And the cluster goes on serving, every acknowledged write readable.
+    let leader = c.leader().await;
+    assert_eq!(
+        write_ok(&c.handle(leader), 1, set("after", "restart")).await,
+        Reply::ok()
+    );
+    for id in 1..=3 {
+        for i in [0, KEYS / 2, KEYS - 1] {
+            assert_eq!(
+                read(&c.handle(id), Command::Get(b(&key(i)))).await,
+                bulk(&value(i, VALUE_BYTES))
+            );
+        }
+        assert_eq!(
+            read(&c.handle(id), Command::Get(b("after"))).await,
+            bulk("restart")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
+    let mut c = Cluster::with("transfer", 3, &[1, 2, 3], tiny_snapshots).await;
+    let leader = c.leader().await;
+    let lagging = (1..=3).find(|&id| id != leader).unwrap();
+    let other = (1..=3).find(|&id| id != leader && id != lagging).unwrap();
+    const KEYS: u64 = 300;
+    const VALUE_BYTES: usize = 100;
+    fill(&c, leader, 0..10, VALUE_BYTES).await;
+    caught_up(&c, lagging).await;
+    c.stop(lagging).await;
+
+    fill(&c, leader, 10..KEYS, VALUE_BYTES).await;
+    let lagging_applied = {
+        // What the stopped node holds is below what the others compacted.
+        let commit = c.handle(leader).status().commit_slot;
+        eventually("the running nodes compact past the stopped one", || async {
+            let starts = [leader, other].map(|id| c.handle(id).status().log_start);
+            (starts.iter().all(|&s| s > 20)).then_some(())
+        })
+        .await;
+        commit
+    };
+    let watched = [leader, other];
+    let elections = watched.map(|id| counter(&c, id, |m| &m.elections));
+    let leader_changes = watched.map(|id| counter(&c, id, |m| &m.leader_changes));
+
+    c.start(lagging).await;
+    eventually("the lagging node installs a snapshot", || async {
+        (counter(&c, lagging, |m| &m.snapshots_installed) > 0).then_some(())
+    })
+    .await;
+    caught_up(&c, lagging).await;
+    eventually("the lagging node reports what it applied", || async {
+        (c.handle(lagging).status().applied_slot >= lagging_applied).then_some(())
+    })
+    .await;
+    holds_every_key(&c, lagging, 0..KEYS, VALUE_BYTES).await;
+    let stats = c.nodes[&lagging].snapshot_transfers();
+    assert!(stats.bytes_received.load(Ordering::Relaxed) > 0);
+    let served: u64 = watched
+        .iter()
+        .map(|id| {
+            c.nodes[id]
+                .snapshot_transfers()
+                .served
+                .load(Ordering::Relaxed)
+        })
+        .sum();
+    assert!(served >= 1, "no peer reports a transfer served");
+
+    // Nobody noticed: same leader, no election, no leader change.
+    assert_eq!(c.leader().await, leader);
+    assert_eq!(
+        watched.map(|id| counter(&c, id, |m| &m.elections)),
+        elections,
+        "elections on nodes {watched:?}"
+    );
+    assert_eq!(
+        watched.map(|id| counter(&c, id, |m| &m.leader_changes)),
+        leader_changes,
+        "leader changes on nodes {watched:?}"
+    );
+    // It takes part again: a new write reaches it through the log.
+    write_ok(&c.handle(leader), 1, set("later", "1")).await;
+    let h = c.handle(lagging);
+    eventually("the new write reaches the node that lagged", || async {
+        let got = h.read(Command::Get(b("later")), ReadMode::Stale).await;
+        (got == Ok(bulk("1"))).then_some(())
+    })
+    .await;
+}
+
+/// Small chunks, a small window and a rate limit, so that a transfer of
+/// about 1.5 MB takes a few seconds and can be interrupted; snapshots every
+/// 50 entries only.
+fn slow_transfers(config: &mut NodeConfig) {
+    tiny_snapshots(config);
+    config.snapshot.bytes_max = u64::MAX;
+    config.transport.snapshot.chunk_bytes_max = 16 << 10;
+    config.transport.snapshot.window_chunks = 2;
+    config.transport.snapshot.send_bytes_per_sec = 256 << 10;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_snapshot_transfer_resumes_from_its_partial_file() {
+    let mut c = Cluster::with("resume", 3, &[1, 2, 3], slow_transfers).await;
+    let leader = c.leader().await;
+    let lagging = (1..=3).find(|&id| id != leader).unwrap();
+    const KEYS: u64 = 1500;
+    const VALUE_BYTES: usize = 1000;
+    fill(&c, leader, 0..10, VALUE_BYTES).await;
+    caught_up(&c, lagging).await;
+    c.stop(lagging).await;
+    fill(&c, leader, 10..KEYS, VALUE_BYTES).await;
+    eventually("the leader compacts past the stopped node", || async {
+        (c.handle(leader).status().log_start > 100).then_some(())
+    })
+    .await;
+    // The leader's last snapshot is written, so the one it offers stays the
+    // same across the interruption: none is due within 50 slots of the
+    // commit point, and none comes after since nothing is written.
+    let snapshots = c.config(leader).data_dir.join("snapshots");
+    eventually("the leader's last snapshot is written", || async {
+        let commit = c.handle(leader).status().commit_slot;
+        (newest_snapshot_slot(&snapshots)? + 50 > commit).then_some(())
+    })
+    .await;
+    let other = (1..=3).find(|&id| id != leader && id != lagging).unwrap();
+    let watched = [leader, other];
+    let leader_changes = watched.map(|id| counter(&c, id, |m| &m.leader_changes));
+
+    // Started, the node fetches the leader's snapshot; stop it a part of
+    // the way in.
+    let incoming = c.config(lagging).data_dir.join("snapshots");
+    c.start(lagging).await;
+    eventually("a quarter of the snapshot has arrived", || async {
+        // incoming-<slot>-<body bytes>-<crc>.part
+        let (name, len) = files(&incoming, "incoming-").pop()?;
+        let total: u64 = name.split('-').nth(2)?.parse().ok()?;
+        (len > total / 4).then_some(())
+    })
+    .await;
+    assert_eq!(
+        counter(&c, lagging, |m| &m.snapshots_installed),
+        0,
+        "the transfer is still under way"
+    );
+    c.stop(lagging).await;
+    let partial = files(&incoming, "incoming-");
+    assert_eq!(partial.len(), 1, "{partial:?}");
+    let had = partial[0].1 - 36; // the partial file's header
+
+    // Started again, it resumes where it stopped.
+    c.start(lagging).await;
+    eventually("the restarted node installs the snapshot", || async {
+        (counter(&c, lagging, |m| &m.snapshots_installed) > 0).then_some(())
+    })
+    .await;
+    let stats = c.nodes[&lagging].snapshot_transfers();
+    let resumed = stats.bytes_resumed.load(Ordering::Relaxed);
+    let received = stats.bytes_received.load(Ordering::Relaxed);
+    let installed = snapshot_files(&incoming).pop().unwrap();
+    let total = installed.1 - 36;
+    eprintln!(
+        "snapshot of {total} bytes: {had} bytes before the stop, {resumed} resumed, {received} received after"
+    );
+    assert_eq!(stats.resumed.load(Ordering::Relaxed), 1);
+    assert_eq!(resumed, had, "the partial file was resumed as it was left");
+    assert!(received < total, "{received} of {total} bytes sent again");
+    assert!(received + resumed >= total);
+    assert!(
+        files(&incoming, "incoming-").is_empty(),
+        "the partial file is gone"
+    );
+    caught_up(&c, lagging).await;
+    holds_every_key(&c, lagging, 0..KEYS, VALUE_BYTES).await;
+    // Seconds of transfer, and the heartbeats went on meanwhile.
+    assert_eq!(c.leader().await, leader);
+    assert_eq!(
+        watched.map(|id| counter(&c, id, |m| &m.leader_changes)),
+        leader_changes,
+        "leader changes on nodes {watched:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_snapshot_stops_the_start_and_names_the_file() {
+    let mut c = Cluster::with("damaged", 3, &[1, 2, 3], tiny_snapshots).await;
+    let leader = c.leader().await;
+    let victim = (1..=3).find(|&id| id != leader).unwrap();
+    fill(&c, leader, 0..200, 100).await;
+    let dir = c.config(victim).data_dir.join("snapshots");
+    eventually("the node has taken a snapshot", || async {
+        (counter(&c, victim, |m| &m.snapshots_taken) > 0).then_some(())
+    })
+    .await;
+    c.stop(victim).await;
+    let (name, _) = snapshot_files(&dir).pop().unwrap();
+    let path = dir.join(&name);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() - 10;
+    bytes[at] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let addr = c.members[&victim].clone();
+    let listener = TcpListener::bind(&addr).await.unwrap();
+    match Node::start(c.config(victim), listener).await {
+        Ok(_) => panic!("a node started from a damaged snapshot"),
+        Err(e) => {
+            let text = e.to_string();
+            assert!(text.contains(&name), "{text}");
+            assert!(text.contains("rejoin"), "{text}");
+        }
+    }
 }

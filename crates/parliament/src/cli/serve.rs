@@ -2,7 +2,8 @@
 //!
 //! Settings come from flags, or from a TOML file (`--config`) with the same
 //! names (`id`, `data-dir`, `client-addr`, `peer-addr`, `http-addr`,
-//! `members`, `fsync`, `tick-ms`, and the client limits `connections-max`,
+//! `members`, `fsync`, `tick-ms`, `snapshot-entries`, `snapshot-bytes`,
+//! and the client limits `connections-max`,
 //! `key-bytes-max`, `value-bytes-max`, `pipeline-depth-max`,
 //! `transaction-commands-max`, `watched-keys-max`, `command-bytes-max`,
 //! `password`); a flag wins over the file. `members` is either the flag's
@@ -19,6 +20,13 @@
 //! 3 = "10.0.0.3:7379"
 //! ```
 //!
+//! Snapshots: the node snapshots its store after `snapshot-entries` applied
+//! log entries (default 10000) or `snapshot-bytes` bytes of applied commands
+//! (default 67108864, 64 MiB), whichever comes first, then drops the log
+//! below the snapshot; 0 turns that trigger off. Fewer entries mean shorter
+//! restarts and a smaller log on disk, at the cost of writing the whole
+//! store more often.
+//!
 //! Every listener is bound before the node starts, so a taken port fails
 //! the start with one clear line and a non-zero exit.
 
@@ -29,6 +37,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use parliament::node::{Node, NodeConfig};
+use parliament::storage::snapshot::SnapshotPolicy;
 use parliament::storage::wal::FsyncPolicy;
 use parliament::{http, server};
 use serde::Deserialize;
@@ -159,6 +168,14 @@ pub struct ServeArgs {
     /// ticks, elections start after 20 to 40 silent ticks.
     #[arg(long)]
     tick_ms: Option<u64>,
+    /// Snapshot the store (and drop the log below it) after this many
+    /// applied log entries; 0 turns this trigger off [default: 10000].
+    #[arg(long, value_name = "N")]
+    snapshot_entries: Option<u64>,
+    /// Snapshot the store after this many bytes of applied commands; 0 turns
+    /// this trigger off [default: 67108864].
+    #[arg(long, value_name = "N")]
+    snapshot_bytes: Option<u64>,
     /// This node's log was lost (a damaged or wiped disk; move what is left
     /// aside first): start empty and rejoin as a learner that votes again
     /// only once it is safe. Ignored when the data directory holds a log.
@@ -237,6 +254,8 @@ const FILE_KEYS: &[&str] = &[
     "members",
     "fsync",
     "tick-ms",
+    "snapshot-entries",
+    "snapshot-bytes",
     "connections-max",
     "key-bytes-max",
     "value-bytes-max",
@@ -258,6 +277,8 @@ struct FileSettings {
     members: Option<FileMembers>,
     fsync: Option<Fsync>,
     tick_ms: Option<u64>,
+    snapshot_entries: Option<u64>,
+    snapshot_bytes: Option<u64>,
     #[serde(flatten)]
     limits: ClientLimits,
 }
@@ -273,6 +294,7 @@ struct Settings {
     members: BTreeMap<u64, String>,
     fsync: Fsync,
     tick_ms: Option<u64>,
+    snapshot: SnapshotPolicy,
     limits: ClientLimits,
 }
 
@@ -384,8 +406,27 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
         members,
         fsync: args.fsync.or(file.fsync).unwrap_or(Fsync::Always),
         tick_ms: args.tick_ms.or(file.tick_ms),
+        snapshot: snapshot_policy(
+            args.snapshot_entries.or(file.snapshot_entries),
+            args.snapshot_bytes.or(file.snapshot_bytes),
+        ),
         limits: args.limits.clone().or(file.limits),
     })
+}
+
+/// The snapshot policy from the two settings: unset keeps the default, 0
+/// turns that trigger off.
+fn snapshot_policy(entries: Option<u64>, bytes: Option<u64>) -> SnapshotPolicy {
+    let defaults = SnapshotPolicy::default();
+    let limit = |setting: Option<u64>, default: u64| match setting {
+        None => default,
+        Some(0) => u64::MAX,
+        Some(n) => n,
+    };
+    SnapshotPolicy {
+        entries_max: limit(entries, defaults.entries_max),
+        bytes_max: limit(bytes, defaults.bytes_max),
+    }
 }
 
 /// Sets up logging: `RUST_LOG` if set, else `info`, to standard error.
@@ -438,6 +479,13 @@ async fn serve(settings: Settings, rejoin: bool, stop_on_stdin_eof: bool) -> Res
     };
     if let Some(tick_ms) = settings.tick_ms {
         config.tick_ms = tick_ms;
+    }
+    config.snapshot = settings.snapshot;
+    if config.snapshot.entries_max == u64::MAX && config.snapshot.bytes_max == u64::MAX {
+        warn!(
+            id,
+            "snapshots are off (--snapshot-entries 0 --snapshot-bytes 0): the log grows without bound"
+        );
     }
     config.rejoin = rejoin;
     let server_config = settings.limits.apply(id, &mut config);
@@ -591,6 +639,7 @@ mod tests {
         assert_eq!(s.client_addr, "127.0.0.1:6380");
         assert_eq!(s.http_addr, "127.0.0.1:8380");
         assert_eq!(s.data_dir, PathBuf::from("parliament-data/node-2"));
+        assert_eq!(s.snapshot, SnapshotPolicy::default());
 
         std::fs::write(
             &path,
@@ -607,6 +656,17 @@ mod tests {
             server.value_bytes_max, 4096,
             "values follow the command limit"
         );
+
+        std::fs::write(&path, "id = 1\nsnapshot-entries = 50\nsnapshot-bytes = 0\n").unwrap();
+        let s = settings(&args).unwrap();
+        assert_eq!(s.snapshot.entries_max, 50);
+        assert_eq!(s.snapshot.bytes_max, u64::MAX, "0 turns the trigger off");
+        let flagged = ServeArgs {
+            config: Some(path.clone()),
+            snapshot_entries: Some(70),
+            ..ServeArgs::default()
+        };
+        assert_eq!(settings(&flagged).unwrap().snapshot.entries_max, 70);
 
         std::fs::write(&path, "id = 1\nbogus = 3\n").unwrap();
         let err = settings(&args).unwrap_err();

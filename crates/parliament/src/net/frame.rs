@@ -14,8 +14,19 @@
 //! ```
 //!
 //! `from` is the sender, `to` the node it believes it is talking to, so an
-//! address that points at the wrong node is caught on both ends. Every later
-//! frame holds one [`crate::wire::encode_message`] payload.
+//! address that points at the wrong node is caught on both ends.
+//!
+//! Every later frame starts with a kind byte ([`FrameKind`]) and then holds
+//! one payload of that kind:
+//!
+//! | kind | payload |
+//! |---|---|
+//! | 1, message | one [`crate::wire::encode_message`] payload |
+//! | 2, snapshot | one [`super::snapshot::SnapshotFrame`] (a snapshot transfer) |
+//!
+//! The first frame after the handshake decides what the connection is for:
+//! replica messages flowing one way, or one snapshot transfer flowing both
+//! ways (see [`super::snapshot`]). Protocol 1 had no kind byte.
 
 use std::io;
 
@@ -27,8 +38,9 @@ use crate::wire::{self, WireError};
 
 /// The first bytes of every handshake.
 pub const HANDSHAKE_MAGIC: [u8; 4] = *b"PRLM";
-/// Version of the framing and handshake. Bumped on any incompatible change.
-pub const PEER_PROTOCOL: u8 = 1;
+/// Version of the framing and handshake. Bumped on any incompatible change
+/// (2: every frame after the handshake starts with its kind).
+pub const PEER_PROTOCOL: u8 = 2;
 /// Largest handshake frame accepted: it arrives before the sender is known.
 pub const HANDSHAKE_BYTES_MAX: u32 = 4096;
 /// Bytes of the length prefix.
@@ -56,6 +68,62 @@ pub enum FrameError {
     Handshake(&'static str),
     #[error("undecodable message: {0}")]
     Wire(#[from] WireError),
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    #[error("a {got} frame on a connection that carries {expected} frames")]
+    WrongKind {
+        expected: &'static str,
+        got: &'static str,
+    },
+}
+
+/// What a frame after the handshake carries; its first payload byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameKind {
+    /// A replica message.
+    Message,
+    /// A message of a snapshot transfer.
+    Snapshot,
+}
+
+impl FrameKind {
+    fn byte(self) -> u8 {
+        match self {
+            FrameKind::Message => 1,
+            FrameKind::Snapshot => 2,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FrameKind::Message => "message",
+            FrameKind::Snapshot => "snapshot",
+        }
+    }
+}
+
+/// Bytes a frame of a kind adds to its payload: the length and the kind.
+pub const KIND_FRAME_OVERHEAD_BYTES: usize = FRAME_HEADER_BYTES + 1;
+
+/// Appends one frame of `kind` holding `payload` to `out`. The frame's
+/// length counts the kind byte, so the payload must be at least one byte
+/// below the frame limit.
+pub fn put_kind_frame(out: &mut BytesMut, kind: FrameKind, payload: &[u8]) {
+    // Callers check payloads against the frame limit (a u32) first.
+    out.put_u32(payload.len() as u32 + 1);
+    out.put_u8(kind.byte());
+    out.put_slice(payload);
+}
+
+/// Splits a frame read after the handshake into its kind and payload.
+pub fn split_kind(frame: Bytes) -> Result<(FrameKind, Bytes), FrameError> {
+    let kind = match frame.first() {
+        None => return Err(FrameError::Empty),
+        Some(1) => FrameKind::Message,
+        Some(2) => FrameKind::Snapshot,
+        Some(&other) => return Err(FrameError::UnknownKind(other)),
+    };
+    Ok((kind, frame.slice(1..)))
 }
 
 /// The opening frame of a peer connection.
@@ -210,6 +278,29 @@ mod tests {
         let mut longer = bytes.to_vec();
         longer.push(0);
         assert!(Handshake::decode(&longer).is_err());
+    }
+
+    #[tokio::test]
+    async fn kinded_frames_round_trip_and_unknown_kinds_are_refused() {
+        let mut buf = BytesMut::new();
+        put_kind_frame(&mut buf, FrameKind::Message, b"m");
+        put_kind_frame(&mut buf, FrameKind::Snapshot, b"snap");
+        let mut r: &[u8] = &buf;
+        let first = read_frame(&mut r, 16).await.unwrap().unwrap();
+        assert_eq!(
+            split_kind(first).unwrap(),
+            (FrameKind::Message, Bytes::from_static(b"m"))
+        );
+        let second = read_frame(&mut r, 16).await.unwrap().unwrap();
+        assert_eq!(
+            split_kind(second).unwrap(),
+            (FrameKind::Snapshot, Bytes::from_static(b"snap"))
+        );
+        assert!(matches!(
+            split_kind(Bytes::from_static(&[9, 1])),
+            Err(FrameError::UnknownKind(9))
+        ));
+        assert!(matches!(split_kind(Bytes::new()), Err(FrameError::Empty)));
     }
 
     #[tokio::test]

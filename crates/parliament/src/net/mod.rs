@@ -18,16 +18,22 @@
 //! that travels back is the handshake reply, which tells the connecting side
 //! that it reached the node it meant to (and that node's client and HTTP
 //! addresses, for status reports).
+//!
+//! A snapshot transfer gets a connection of its own, opened by the node that
+//! needs the snapshot, so that chunks never queue ahead of heartbeats; see
+//! [`snapshot`]. The first frame after the handshake tells the two kinds of
+//! connection apart.
 
 pub mod frame;
+pub mod snapshot;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use paxos::NodeId;
 use paxos::replica::Message;
 use paxos::rng::Rng;
@@ -38,7 +44,11 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::{Instrument, debug, info, warn};
 
-use self::frame::{FrameError, HANDSHAKE_BYTES_MAX, Handshake, put_frame, read_frame};
+use self::frame::{
+    FrameError, FrameKind, HANDSHAKE_BYTES_MAX, Handshake, KIND_FRAME_OVERHEAD_BYTES, put_frame,
+    put_kind_frame, read_frame, split_kind,
+};
+use self::snapshot::{SnapshotClient, SnapshotSource, SnapshotTransferConfig};
 use crate::metrics::{self, Metrics};
 use crate::wire;
 
@@ -66,6 +76,8 @@ pub struct TransportConfig {
     /// each wait is drawn between half and all of the current backoff.
     pub backoff_min_ms: u64,
     pub backoff_max_ms: u64,
+    /// Snapshot transfers, on connections of their own.
+    pub snapshot: SnapshotTransferConfig,
 }
 
 impl Default for TransportConfig {
@@ -81,6 +93,7 @@ impl Default for TransportConfig {
             write_timeout_ms: 5_000,
             backoff_min_ms: 50,
             backoff_max_ms: 2_000,
+            snapshot: SnapshotTransferConfig::default(),
         }
     }
 }
@@ -169,12 +182,14 @@ pub struct Transport {
     tasks: JoinSet<()>,
     local_addr: SocketAddr,
     table: Arc<PeerTable>,
+    snapshots: SnapshotClient,
 }
 
 impl Transport {
     /// Starts the transport on `listener` (already bound) for `members`
     /// (peer addresses by id; this node's own entry is ignored). Inbound
-    /// messages go to `inbound`. Must run inside a tokio runtime.
+    /// messages go to `inbound`; peers that ask for a snapshot are sent
+    /// `snapshots.latest`. Must run inside a tokio runtime.
     pub fn start(
         listener: TcpListener,
         identity: Identity,
@@ -182,6 +197,7 @@ impl Transport {
         inbound: mpsc::Sender<(NodeId, Message)>,
         metrics: Arc<Metrics>,
         config: TransportConfig,
+        snapshots: SnapshotSource,
     ) -> std::io::Result<(Transport, Outbox)> {
         let local_addr = listener.local_addr()?;
         let table = Arc::new(PeerTable::default());
@@ -192,6 +208,8 @@ impl Transport {
             metrics,
             table: Arc::clone(&table),
             inbound,
+            snapshots,
+            serving: AtomicUsize::new(0),
         });
         let span = tracing::Span::current();
         let mut tasks = JoinSet::new();
@@ -213,11 +231,16 @@ impl Transport {
             queues,
             table: Arc::clone(&table),
         };
+        let snapshots = SnapshotClient {
+            ctx: Arc::clone(&ctx),
+            addrs: members.clone(),
+        };
         Ok((
             Transport {
                 tasks,
                 local_addr,
                 table,
+                snapshots,
             },
             outbox,
         ))
@@ -230,6 +253,12 @@ impl Transport {
 
     pub fn table(&self) -> &Arc<PeerTable> {
         &self.table
+    }
+
+    /// Fetches snapshots from peers, on connections of its own (it works
+    /// until the transport shuts down).
+    pub fn snapshot_client(&self) -> SnapshotClient {
+        self.snapshots.clone()
     }
 
     /// Stops every task and waits until they are gone (their sockets closed).
@@ -246,6 +275,9 @@ struct Ctx {
     metrics: Arc<Metrics>,
     table: Arc<PeerTable>,
     inbound: mpsc::Sender<(NodeId, Message)>,
+    snapshots: SnapshotSource,
+    /// Snapshot transfers being served.
+    serving: AtomicUsize,
 }
 
 impl Ctx {
@@ -289,8 +321,14 @@ async fn accept(ctx: Arc<Ctx>, listener: TcpListener) {
                     let ctx = Arc::clone(&ctx);
                     let span = tracing::Span::current();
                     conns.spawn(async move {
-                        if let Err(e) = inbound(&ctx, stream).await {
-                            warn!(%addr, error = %e, "dropping a peer connection");
+                        match inbound(&ctx, stream).await {
+                            Ok(()) => {}
+                            Err(Inbound::Frame(e)) => {
+                                warn!(%addr, error = %e, "dropping a peer connection");
+                            }
+                            Err(Inbound::Snapshot(e)) => {
+                                info!(%addr, error = %e, "a snapshot transfer to a peer stopped");
+                            }
                         }
                     }.instrument(span));
                 }
@@ -305,8 +343,27 @@ async fn accept(ctx: Arc<Ctx>, listener: TcpListener) {
     }
 }
 
-/// Serves one inbound connection until it closes or misbehaves.
-async fn inbound(ctx: &Ctx, stream: TcpStream) -> Result<(), FrameError> {
+/// Why an inbound connection ended early.
+enum Inbound {
+    Frame(FrameError),
+    Snapshot(snapshot::SnapshotLinkError),
+}
+
+impl From<FrameError> for Inbound {
+    fn from(e: FrameError) -> Inbound {
+        Inbound::Frame(e)
+    }
+}
+
+impl From<std::io::Error> for Inbound {
+    fn from(e: std::io::Error) -> Inbound {
+        Inbound::Frame(e.into())
+    }
+}
+
+/// Serves one inbound connection until it closes or misbehaves: replica
+/// messages, or one snapshot transfer, as its first frame says.
+async fn inbound(ctx: &Ctx, stream: TcpStream) -> Result<(), Inbound> {
     stream.set_nodelay(true)?;
     let (reader, mut writer) = stream.into_split();
     let mut reader = BufReader::with_capacity(64 << 10, reader);
@@ -314,21 +371,22 @@ async fn inbound(ctx: &Ctx, stream: TcpStream) -> Result<(), FrameError> {
     let hello = match timeout(limit, read_frame(&mut reader, HANDSHAKE_BYTES_MAX)).await {
         Ok(Ok(Some(frame))) => Handshake::decode(&frame)?,
         Ok(Ok(None)) => return Ok(()),
-        Ok(Err(e)) => return Err(e),
-        Err(_) => return Err(FrameError::Handshake("no handshake in time")),
+        Ok(Err(e)) => return Err(e.into()),
+        Err(_) => return Err(FrameError::Handshake("no handshake in time").into()),
     };
     let me = ctx.identity.id;
     if hello.to != me {
         return Err(FrameError::Handshake(
             "the peer meant to reach another node id (check --members)",
-        ));
+        )
+        .into());
     }
     if hello.from == me || !ctx.members.contains(&hello.from) {
         warn!(
             from = hello.from,
             "a node that is not a member tried to connect"
         );
-        return Err(FrameError::Handshake("sender is not a member"));
+        return Err(FrameError::Handshake("sender is not a member").into());
     }
     let peer = hello.from;
     let mut reply = BytesMut::new();
@@ -337,26 +395,49 @@ async fn inbound(ctx: &Ctx, stream: TcpStream) -> Result<(), FrameError> {
         .await
         .map_err(|_| FrameError::Handshake("handshake reply timed out"))??;
     ctx.table.learn(&hello);
+    let Some(first) = read_frame(&mut reader, ctx.config.frame_bytes_max).await? else {
+        return Ok(());
+    };
+    let (kind, payload) = split_kind(first)?;
+    if kind == FrameKind::Snapshot {
+        return snapshot::serve(ctx, peer, reader, writer, payload)
+            .await
+            .map_err(Inbound::Snapshot);
+    }
     ctx.table.update(peer, |p| p.inbound += 1);
     debug!(peer, "inbound peer connection up");
-    let result = read_messages(ctx, peer, &mut reader).await;
+    let result = read_messages(ctx, peer, payload, &mut reader).await;
     ctx.table
         .update(peer, |p| p.inbound = p.inbound.saturating_sub(1));
     debug!(peer, "inbound peer connection closed");
-    result
+    result.map_err(Inbound::Frame)
 }
 
+/// Hands `first` and every later message frame to the replica task.
 async fn read_messages<R: tokio::io::AsyncRead + Unpin>(
     ctx: &Ctx,
     peer: NodeId,
+    first: Bytes,
     reader: &mut R,
 ) -> Result<(), FrameError> {
-    while let Some(frame) = read_frame(reader, ctx.config.frame_bytes_max).await? {
-        let message = wire::decode_message(frame)?;
+    let mut payload = first;
+    loop {
+        let message = wire::decode_message(payload)?;
         metrics::add(&ctx.metrics.peer_messages_received, 1);
         if ctx.inbound.send((peer, message)).await.is_err() {
             break; // the replica task is gone: the node is stopping
         }
+        let Some(frame) = read_frame(reader, ctx.config.frame_bytes_max).await? else {
+            break;
+        };
+        let (kind, next) = split_kind(frame)?;
+        if kind != FrameKind::Message {
+            return Err(FrameError::WrongKind {
+                expected: FrameKind::Message.name(),
+                got: kind.name(),
+            });
+        }
+        payload = next;
     }
     Ok(())
 }
@@ -488,12 +569,13 @@ async fn pump(
                 let mut frames = 0u64;
                 loop {
                     let payload = wire::encode_message(&message);
-                    if payload.len() > max as usize {
+                    let framed = payload.len() + KIND_FRAME_OVERHEAD_BYTES - frame::FRAME_HEADER_BYTES;
+                    if framed > max as usize {
                         warn!(kind = message.kind(), bytes = payload.len(), limit = max,
                             "dropping a message larger than the frame limit");
                         ctx.table.dropped.fetch_add(1, Ordering::Relaxed);
                     } else {
-                        put_frame(&mut buf, &payload);
+                        put_kind_frame(&mut buf, FrameKind::Message, &payload);
                         frames += 1;
                     }
                     if frames as usize >= ctx.config.write_batch_frames_max

@@ -18,6 +18,17 @@
 //! slots. [`NodeConfig::validate`] checks that those fit in
 //! `frame_bytes_max`, which is why a single command is limited to
 //! `command_bytes_max` (1 MiB by default, like etcd's request limit).
+//!
+//! # Snapshots
+//!
+//! The node snapshots its store after `snapshot.entries_max` applied log
+//! entries (slots, 10 000 by default) or `snapshot.bytes_max` bytes of
+//! applied commands (64 MiB), whichever comes first, and then drops the log
+//! below the snapshot. Log segments hold `wal_segment_bytes_max` bytes
+//! (64 MiB), and only whole segments go, so the log on disk stays below
+//! about one policy's worth of entries plus two segments. A peer that needs
+//! slots compacted away is sent the snapshot in chunks (see
+//! `net::snapshot` for those limits).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -27,7 +38,8 @@ use paxos::NodeId;
 use paxos::replica::Config as PaxosConfig;
 
 use crate::net::TransportConfig;
-use crate::storage::wal::FsyncPolicy;
+use crate::storage::snapshot::SnapshotPolicy;
+use crate::storage::wal::{DEFAULT_SEGMENT_BYTES_MAX, FsyncPolicy};
 
 /// Node ids are at most this, so that client session ids can embed them.
 pub const NODE_ID_MAX: NodeId = 0xFFFF;
@@ -84,6 +96,13 @@ pub struct NodeConfig {
     /// directory holds a log. Starting a lost node *without* it would let
     /// it break promises it no longer remembers.
     pub rejoin: bool,
+    /// When to snapshot the store and compact the log.
+    pub snapshot: SnapshotPolicy,
+    /// Size at which the write-ahead log starts a new segment file.
+    pub wal_segment_bytes_max: u64,
+    /// After a failed snapshot fetch, wait this long before the next one,
+    /// doubling per failure up to eight times as long.
+    pub snapshot_fetch_retry_ms: u64,
     pub transport: TransportConfig,
 }
 
@@ -116,6 +135,9 @@ impl NodeConfig {
             pending_reads_max: 65_536,
             command_bytes_max: 1 << 20,
             rejoin: false,
+            snapshot: SnapshotPolicy::default(),
+            wal_segment_bytes_max: DEFAULT_SEGMENT_BYTES_MAX,
+            snapshot_fetch_retry_ms: 250,
             transport: TransportConfig::default(),
         }
     }
@@ -171,13 +193,20 @@ impl NodeConfig {
         }
         self.paxos(0).validate().map_err(|e| e.to_string())?;
         let positive = [
-            ("ops_queue_max", self.ops_queue_max),
-            ("inbound_queue_max", self.inbound_queue_max),
-            ("turn_items_max", self.turn_items_max),
-            ("pending_writes_max", self.pending_writes_max),
-            ("pending_reads_max", self.pending_reads_max),
-            ("command_bytes_max", self.command_bytes_max),
-            ("outbound_queue_max", self.transport.outbound_queue_max),
+            ("ops_queue_max", self.ops_queue_max as u64),
+            ("inbound_queue_max", self.inbound_queue_max as u64),
+            ("turn_items_max", self.turn_items_max as u64),
+            ("pending_writes_max", self.pending_writes_max as u64),
+            ("pending_reads_max", self.pending_reads_max as u64),
+            ("command_bytes_max", self.command_bytes_max as u64),
+            (
+                "outbound_queue_max",
+                self.transport.outbound_queue_max as u64,
+            ),
+            ("snapshot_entries_max", self.snapshot.entries_max),
+            ("snapshot_bytes_max", self.snapshot.bytes_max),
+            ("wal_segment_bytes_max", self.wal_segment_bytes_max),
+            ("snapshot_fetch_retry_ms", self.snapshot_fetch_retry_ms),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{name} must be positive"));
@@ -189,6 +218,15 @@ impl NodeConfig {
                 "a slot of up to {} bytes may not fit in a log record of {record_max} bytes: \
                  lower command_bytes_max or batch_bytes_max",
                 self.slot_bytes_max()
+            ));
+        }
+        self.transport.snapshot.validate()?;
+        let chunk_frame = self.transport.snapshot.chunk_bytes_max as u64 + 128;
+        if chunk_frame > u64::from(self.transport.frame_bytes_max) {
+            return Err(format!(
+                "a snapshot chunk of {} bytes may not fit in a frame of {} bytes: \
+                 lower snapshot_chunk_bytes_max or raise frame_bytes_max",
+                self.transport.snapshot.chunk_bytes_max, self.transport.frame_bytes_max
             ));
         }
         let slots = self.inflight_slots_max.max(self.catch_up_slots_max as u64);
@@ -239,5 +277,13 @@ mod tests {
         let mut c = NodeConfig::new(1, PathBuf::from("d"), three());
         c.tick_ms = 0;
         assert!(c.validate().is_err());
+        let mut c = NodeConfig::new(1, PathBuf::from("d"), three());
+        c.snapshot.entries_max = 0;
+        assert!(c.validate().unwrap_err().contains("snapshot_entries_max"));
+        let mut c = NodeConfig::new(1, PathBuf::from("d"), three());
+        c.transport.frame_bytes_max = 1 << 20;
+        c.batch_bytes_max = 1 << 10;
+        c.command_bytes_max = 1 << 10;
+        assert!(c.validate().unwrap_err().contains("snapshot chunk"));
     }
 }

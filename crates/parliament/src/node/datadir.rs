@@ -1,11 +1,15 @@
 //! The data directory of a node: which node it belongs to, the write-ahead
-//! log, and the counter that keeps client session ids unique across
-//! restarts.
+//! log, the snapshots of the key-value store, and the counter that keeps
+//! client session ids unique across restarts.
 //!
 //! ```text
 //! DIR/node-id        the owning node's id, written once
 //! DIR/client-epoch   the last session epoch handed out (see below)
-//! DIR/wal/           the write-ahead log
+//! DIR/wal/           the write-ahead log (segments below the newest
+//!                    snapshot are deleted)
+//! DIR/snapshots/     the newest snapshots (snap-<slot>.snap), and the
+//!                    partial file of a snapshot being received from a peer
+//!                    (incoming-*.part), kept across restarts to resume it
 //! ```
 //!
 //! # Client session ids
@@ -35,6 +39,7 @@ use super::StartError;
 const NODE_ID_FILE: &str = "node-id";
 const EPOCH_FILE: &str = "client-epoch";
 const WAL_DIR: &str = "wal";
+const SNAPSHOT_DIR: &str = "snapshots";
 
 const COUNTER_BITS: u32 = 28;
 const EPOCH_BITS: u32 = 20;
@@ -103,7 +108,7 @@ impl DataDir {
                 });
             }
             None => {
-                if root.join(WAL_DIR).exists() {
+                if root.join(WAL_DIR).exists() || root.join(SNAPSHOT_DIR).exists() {
                     return Err(StartError::DataDir {
                         dir: root.to_path_buf(),
                         reason: format!(
@@ -125,6 +130,10 @@ impl DataDir {
 
     pub fn wal_dir(&self) -> PathBuf {
         self.root.join(WAL_DIR)
+    }
+
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.root.join(SNAPSHOT_DIR)
     }
 
     /// Takes the next session epoch, durably.

@@ -4,23 +4,27 @@
 //! One task owns the replica; every other task talks to it through bounded
 //! channels ([`api::NodeHandle`]), so there are no locks around protocol state.
 //!
-//! [`Node::start`] opens the data directory, replays the log, starts the
-//! peer transport ([`crate::net`]) on the caller's runtime and the replica
-//! task on a thread of its own (see `replica_task` for its loop), and hands
-//! back a [`Node`] whose [`Node::handle`] clients use.
+//! [`Node::start`] opens the data directory, loads the newest snapshot and
+//! replays the log above it, starts the peer transport ([`crate::net`]) and
+//! the snapshot fetcher on the caller's runtime and the replica task on a
+//! thread of its own (see `replica_task` for its loop), and hands back a
+//! [`Node`] whose [`Node::handle`] clients use. How snapshots are taken,
+//! loaded and fetched is in `snapshots`.
 
 pub mod api;
 mod clients;
 pub mod config;
 mod datadir;
 mod replica_task;
+mod snapshots;
 
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use paxos::NodeId;
-use paxos::replica::{Durable, Replica};
+use paxos::replica::{Durable, Replica, Slot};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
@@ -29,9 +33,13 @@ pub use self::api::NodeHandle;
 pub use self::config::NodeConfig;
 use self::datadir::{ClientIds, DataDir};
 use self::replica_task::{Channels, ReplicaTask};
+use self::snapshots::{FetchBackoff, Fetcher, LoadError, SNAPSHOT_EVENTS_MAX, Snapshots};
+use crate::kv::Store;
 use crate::metrics::Metrics;
+use crate::net::snapshot::TransferStats;
 use crate::net::{Identity, Transport};
 use crate::storage::replica::{FileStorage, ReplicaStorage, StorageError};
+use crate::storage::snapshot::{OpenReport, SnapshotStore};
 use crate::storage::wal::Options;
 
 /// Why a node could not start.
@@ -59,6 +67,14 @@ pub enum StartError {
     DataDir { dir: PathBuf, reason: String },
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error(transparent)]
+    Snapshot(#[from] LoadError),
+    #[error(
+        "data directory {} holds snapshots but no log; a node that lost its log rejoins \
+         from an empty data directory: move the whole directory aside first",
+        .dir.display()
+    )]
+    SnapshotsWithoutLog { dir: PathBuf },
     #[error("cannot start the replica thread: {0}")]
     Thread(io::Error),
 }
@@ -77,6 +93,8 @@ pub enum NodeFailure {
 pub struct Node {
     id: NodeId,
     handle: NodeHandle,
+    transfers: Arc<TransferStats>,
+    fetcher: Option<Fetcher>,
     transport: Option<Transport>,
     stop: Option<oneshot::Sender<()>>,
     exit: Option<oneshot::Receiver<Result<(), StorageError>>>,
@@ -101,7 +119,11 @@ impl Node {
             storage,
             client_ids,
             torn_bytes,
+            snapshots,
+            snapshot_report,
+            loaded,
         } = opened;
+        let (store, snapshot_slot) = loaded.unwrap_or_default();
         {
             let _enter = span.enter();
             if torn_bytes > 0 {
@@ -110,12 +132,25 @@ impl Node {
                     "the log ended in a torn write (a crash mid-append); it was cut off"
                 );
             }
+            snapshots::log_open_report(&snapshot_report);
+            if snapshot_slot > 0 {
+                info!(
+                    slot = snapshot_slot,
+                    keys = store.len(),
+                    "loaded the newest snapshot"
+                );
+            }
         }
 
         let durable = storage.durable().clone();
         let paxos = config.paxos(election_seed(id));
         let replica = if config.rejoin && durable == Durable::default() {
             let _enter = span.enter();
+            if snapshot_slot > 0 {
+                return Err(StartError::SnapshotsWithoutLog {
+                    dir: config.data_dir.clone(),
+                });
+            }
             warn!("rejoining as a learner: this node votes again once it has caught up safely");
             Replica::rejoin(paxos)
         } else {
@@ -125,7 +160,9 @@ impl Node {
                     "the data directory holds a log; starting from it (--rejoin is for a lost log)"
                 );
             }
-            Replica::restore(paxos, durable, 0)
+            // The snapshot holds every entry up to its slot; the log above
+            // it is applied again.
+            Replica::restore(paxos, durable, snapshot_slot)
         }
         .map_err(|e| StartError::Config(e.to_string()))?;
 
@@ -135,6 +172,9 @@ impl Node {
         let (status_tx, status_rx) = watch::channel(api::StatusReport::default());
         let (stop_tx, stop_rx) = oneshot::channel();
         let (exit_tx, exit_rx) = oneshot::channel();
+        let (events_tx, events_rx) = mpsc::channel(SNAPSHOT_EVENTS_MAX);
+        let snapshots = Arc::new(snapshots);
+        let transfers = Arc::new(TransferStats::default());
 
         let identity = Identity {
             id,
@@ -150,6 +190,7 @@ impl Node {
                 inbound_tx,
                 Arc::clone(&metrics),
                 config.transport.clone(),
+                snapshots::source(&snapshots, Arc::clone(&transfers)),
             )
             .map_err(|source| StartError::Io {
                 op: "start the peer transport on",
@@ -158,20 +199,40 @@ impl Node {
             })?
         };
         let peer_addr = transport.local_addr();
+        let fetcher = {
+            let _enter = span.enter();
+            let retry = Duration::from_millis(config.snapshot_fetch_retry_ms);
+            Fetcher::start(
+                transport.snapshot_client(),
+                Arc::clone(&snapshots),
+                events_tx.clone(),
+                FetchBackoff {
+                    min: retry,
+                    max: retry * 8,
+                },
+            )
+        };
         let task = ReplicaTask::new(
             config,
             replica,
             storage,
+            (store, snapshot_slot),
             data_dir,
             client_ids,
             outbox,
             Arc::clone(transport.table()),
             Arc::clone(&metrics),
             status_tx,
+            replica_task::SnapshotLinks {
+                snapshots,
+                events: events_tx,
+                fetch: fetcher.requests(),
+            },
         );
         let channels = Channels {
             ops: ops_rx,
             inbound: inbound_rx,
+            snapshots: events_rx,
             stop: stop_rx,
         };
         let thread_span = span.clone();
@@ -212,6 +273,8 @@ impl Node {
         Ok(Node {
             id,
             handle: NodeHandle::new(ops_tx, status_rx, metrics),
+            transfers,
+            fetcher: Some(fetcher),
             transport: Some(transport),
             stop: Some(stop_tx),
             exit: Some(exit_rx),
@@ -226,6 +289,11 @@ impl Node {
     /// A handle for clients, HTTP and tests.
     pub fn handle(&self) -> NodeHandle {
         self.handle.clone()
+    }
+
+    /// Counters of the snapshot transfers this node served and received.
+    pub fn snapshot_transfers(&self) -> &TransferStats {
+        &self.transfers
     }
 
     /// Waits until the node stops on its own: `Ok` never comes while it
@@ -249,6 +317,9 @@ impl Node {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        if let Some(fetcher) = self.fetcher.take() {
+            fetcher.stop().await;
+        }
         if let Some(transport) = self.transport.take() {
             transport.shutdown().await;
         }
@@ -264,6 +335,7 @@ impl Drop for Node {
         // Dropping the stop sender ends the replica task; dropping the
         // transport aborts its tasks.
         self.stop.take();
+        self.fetcher.take();
         self.transport.take();
     }
 }
@@ -274,12 +346,23 @@ struct Opened {
     storage: FileStorage,
     client_ids: ClientIds,
     torn_bytes: u64,
+    snapshots: Snapshots,
+    snapshot_report: OpenReport,
+    /// The store of the newest snapshot, and its slot.
+    loaded: Option<(Store, Slot)>,
 }
 
 fn open(config: &NodeConfig) -> Result<Opened, StartError> {
     let data_dir = DataDir::open(&config.data_dir, config.id)?;
+    let (snapshot_store, snapshot_report) =
+        SnapshotStore::open(data_dir.snapshot_dir()).map_err(LoadError::from)?;
+    let snapshots = Snapshots::new(snapshot_store);
+    let loaded = snapshots
+        .load_latest()?
+        .map(|(meta, store)| (store, meta.slot));
     let options = Options {
         fsync: config.fsync,
+        segment_bytes_max: config.wal_segment_bytes_max,
         ..Options::default()
     };
     let (storage, torn_bytes) = FileStorage::open(&data_dir.wal_dir(), options)?;
@@ -289,6 +372,9 @@ fn open(config: &NodeConfig) -> Result<Opened, StartError> {
         storage,
         client_ids,
         torn_bytes,
+        snapshots,
+        snapshot_report,
+        loaded,
     })
 }
 

@@ -18,6 +18,9 @@
 //!    of everything the turn gathered), then queue its messages for the
 //!    peers, then apply the chosen entries to the store in slot order and
 //!    answer the writes they carry, then answer the reads.
+//! 6. If the snapshot policy says so, hand a clone of the store to a writer
+//!    thread; when it reports the snapshot durable (a snapshot event, like
+//!    a fetched snapshot), compact the log below it. See `super::snapshots`.
 //!
 //! The task runs on a thread of its own (with a single-threaded runtime for
 //! its timer and channels), so the fdatasync blocks nobody else: while it
@@ -37,10 +40,12 @@ use super::api::{MemberStatus, NodeError, Op, ReadMode, StatusReport};
 use super::clients::{Clients, PendingRead, PendingWrite, Session, answer};
 use super::config::NodeConfig;
 use super::datadir::{ClientIds, DataDir};
+use super::snapshots::{self, FetchRequest, SnapshotEvent, Snapshots};
 use crate::kv::{Reply, Request, Store};
 use crate::metrics::{self, Metrics};
 use crate::net::{Outbox, PeerTable};
 use crate::storage::replica::{FileStorage, ReplicaStorage, StorageError};
+use crate::storage::snapshot::SnapshotError;
 
 /// Ticks delivered between two `Ready`s while catching up after a pause, so
 /// that one `Ready` stays small.
@@ -61,8 +66,18 @@ pub fn store_index(slot: Slot, i: usize) -> Option<u64> {
 enum Event {
     Op(Op),
     Peer(NodeId, Message),
+    Snapshot(SnapshotEvent),
     Tick,
     Stop,
+}
+
+/// How the task reaches the snapshot machinery.
+pub struct SnapshotLinks {
+    pub snapshots: Arc<Snapshots>,
+    /// Handed to each writer thread, to report back on.
+    pub events: mpsc::Sender<SnapshotEvent>,
+    /// To the fetcher; requests are dropped while it is busy.
+    pub fetch: mpsc::Sender<FetchRequest>,
 }
 
 /// Everything the task owns.
@@ -91,13 +106,31 @@ pub struct ReplicaTask {
     /// Request bytes this turn may still propose, so that one turn's forward
     /// message stays well inside a frame.
     propose_budget: usize,
+    snapshot_links: SnapshotLinks,
+    /// Log entries (slots) and command bytes applied since the last
+    /// snapshot was started or installed.
+    entries_since: u64,
+    bytes_since: u64,
+    /// The thread writing a snapshot, while one is.
+    writer: Option<std::thread::JoinHandle<()>>,
 }
 
 /// The channels the task serves.
 pub struct Channels {
     pub ops: mpsc::Receiver<Op>,
     pub inbound: mpsc::Receiver<(NodeId, Message)>,
+    pub snapshots: mpsc::Receiver<SnapshotEvent>,
     pub stop: oneshot::Receiver<()>,
+}
+
+impl Drop for ReplicaTask {
+    fn drop(&mut self) {
+        // A snapshot being written finishes before the task is gone, so a
+        // node started again on this directory never sees it half done.
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 impl ReplicaTask {
@@ -106,12 +139,14 @@ impl ReplicaTask {
         config: NodeConfig,
         replica: Replica,
         storage: FileStorage,
+        (store, applied): (Store, Slot),
         data_dir: DataDir,
         client_ids: ClientIds,
         outbox: Outbox,
         peers: Arc<PeerTable>,
         metrics: Arc<Metrics>,
         status: watch::Sender<StatusReport>,
+        snapshot_links: SnapshotLinks,
     ) -> ReplicaTask {
         let now = Instant::now();
         let role = replica.status().role;
@@ -119,8 +154,8 @@ impl ReplicaTask {
             config,
             replica,
             storage,
-            store: Store::new(),
-            applied: 0,
+            store,
+            applied,
             data_dir,
             client_ids,
             clients: Clients::default(),
@@ -136,6 +171,10 @@ impl ReplicaTask {
             leader: None,
             role,
             propose_budget: 0,
+            snapshot_links,
+            entries_since: 0,
+            bytes_since: 0,
+            writer: None,
         }
     }
 
@@ -152,6 +191,7 @@ impl ReplicaTask {
         self.publish(true);
         let mut ops_open = true;
         let mut inbound_open = true;
+        let mut snapshots_open = true;
         loop {
             let next_tick = self.started
                 + Duration::from_millis(self.config.tick_ms.saturating_mul(self.ticks + 1));
@@ -167,6 +207,10 @@ impl ReplicaTask {
                     Some((from, message)) => Event::Peer(from, message),
                     None => { inbound_open = false; Event::Tick }
                 },
+                event = channels.snapshots.recv(), if snapshots_open => match event {
+                    Some(event) => Event::Snapshot(event),
+                    None => { snapshots_open = false; Event::Tick }
+                },
             };
             if let Event::Stop = event {
                 return Ok(());
@@ -177,6 +221,7 @@ impl ReplicaTask {
                 Event::Stop => return Ok(()),
                 Event::Op(op) => self.on_op(op),
                 Event::Peer(from, message) => self.replica.step(from, message),
+                Event::Snapshot(event) => self.on_snapshot_event(event),
                 Event::Tick => {}
             }
             for _ in 1..self.config.turn_items_max {
@@ -612,14 +657,109 @@ impl ReplicaTask {
             }
         }
 
+        // 5. Snapshots.
         if let Some((peer, slot)) = snapshot_needed {
-            warn!(
-                peer,
-                slot,
-                "a peer has compacted its log past what this node holds; snapshot transfer is not available yet"
-            );
+            // Dropped while the fetcher is busy: the replica asks again.
+            let _ = self
+                .snapshot_links
+                .fetch
+                .try_send(FetchRequest { peer, slot });
         }
+        self.maybe_snapshot();
         Ok(())
+    }
+
+    // ----- snapshots -------------------------------------------------------
+
+    /// Starts a snapshot of the store at the applied slot when the policy
+    /// says one is due and none is being written.
+    fn maybe_snapshot(&mut self) {
+        if self.writer.is_some()
+            || !self
+                .config
+                .snapshot
+                .should_snapshot(self.entries_since, self.bytes_since)
+        {
+            return;
+        }
+        let slot = self.applied;
+        // The loop's only pause for a snapshot; see `snapshots` on its cost.
+        let started = std::time::Instant::now();
+        let store = self.store.clone();
+        let clone_ms = started.elapsed().as_millis() as u64;
+        match snapshots::spawn_write(
+            Arc::clone(&self.snapshot_links.snapshots),
+            slot,
+            store,
+            self.snapshot_links.events.clone(),
+        ) {
+            Ok(writer) => {
+                debug!(slot, clone_ms, "taking a snapshot");
+                self.writer = Some(writer);
+                self.entries_since = 0;
+                self.bytes_since = 0;
+            }
+            Err(e) => {
+                // Tried again after the next applied entry.
+                error!(error = %e, "cannot start a thread to take a snapshot");
+            }
+        }
+    }
+
+    fn on_snapshot_event(&mut self, event: SnapshotEvent) {
+        match event {
+            SnapshotEvent::Written { slot, result } => {
+                if let Some(writer) = self.writer.take() {
+                    // It sent this as its last act.
+                    let _ = writer.join();
+                }
+                match result {
+                    Ok(_) => {
+                        metrics::add(&self.metrics.snapshots_taken, 1);
+                        // Durable: the log below it may go.
+                        self.replica.compact(slot);
+                    }
+                    Err(SnapshotError::Stale { latest, .. }) => {
+                        debug!(
+                            slot,
+                            latest, "a newer snapshot was installed meanwhile; this one is moot"
+                        );
+                    }
+                    Err(e) => {
+                        error!(
+                            slot,
+                            error = %e,
+                            "cannot take a snapshot; the log keeps growing until one succeeds"
+                        );
+                    }
+                }
+            }
+            SnapshotEvent::Fetched { from, meta, store } => {
+                let commit = self.replica.status().commit;
+                if meta.slot <= commit || meta.slot <= self.applied {
+                    debug!(
+                        slot = meta.slot,
+                        commit, "caught up meanwhile; the fetched snapshot is not needed"
+                    );
+                    return;
+                }
+                info!(
+                    from,
+                    slot = meta.slot,
+                    keys = store.len(),
+                    "installed a snapshot from a peer"
+                );
+                // Nothing answered from the old store from here on: reads
+                // wait for their index, which the new store covers or the
+                // log above it will.
+                self.store = *store;
+                self.applied = meta.slot;
+                self.entries_since = 0;
+                self.bytes_since = 0;
+                self.replica.install_snapshot(meta.slot);
+                metrics::add(&self.metrics.snapshots_installed, 1);
+            }
+        }
     }
 
     /// Applies one chosen slot to the store and answers the writes of this
@@ -631,9 +771,11 @@ impl ReplicaTask {
         if let Value::Batch(commands) = value {
             self.metrics.batch_commands.observe(commands.len() as f64);
             for (i, command) in commands.iter().enumerate() {
+                self.bytes_since += command.len() as u64;
                 self.apply_command(slot, i, command);
             }
         }
+        self.entries_since += 1;
         self.applied = slot;
     }
 
