@@ -268,7 +268,11 @@ async fn writes_anywhere_are_read_linearizably_everywhere() {
     .await;
     let status = c.handle(1).status();
     assert_eq!(status.members.len(), 3);
-    assert!(status.keys >= 4);
+    // The published status trails the replica by up to a tick: wait for it.
+    eventually("node 1 reports every key", || async {
+        (c.handle(1).status().keys >= 4).then_some(())
+    })
+    .await;
     // Peers told each other their client addresses in the handshake.
     eventually("node 1 knows every member's client address", || async {
         let s = c.handle(1).status();
@@ -861,7 +865,15 @@ async fn snapshots_compact_the_log_and_a_restart_loads_the_newest() {
         )
         .await;
         let segments = files(&wal, "wal-");
-        let snapshots = snapshot_files(&c.config(id).data_dir.join("snapshots"));
+        // A snapshot being written is renamed into place before the oldest
+        // one is deleted: wait out that moment.
+        let snapshot_dir = c.config(id).data_dir.join("snapshots");
+        let snapshots = eventually("retention keeps at most two snapshots", || {
+            let found = snapshot_files(&snapshot_dir);
+            let kept = found.len() <= 2;
+            async move { kept.then_some(found) }
+        })
+        .await;
         let wal_bytes: u64 = segments.iter().map(|(_, len)| len).sum();
         eprintln!(
             "node {id}: {} snapshots taken, {} kept, {} log segments of {wal_bytes} bytes",

@@ -176,9 +176,10 @@ pub struct ServeArgs {
     /// this trigger off [default: 67108864].
     #[arg(long, value_name = "N")]
     snapshot_bytes: Option<u64>,
-    /// This node's log was lost (a damaged or wiped disk; move what is left
-    /// aside first): start empty and rejoin as a learner that votes again
-    /// only once it is safe. Ignored when the data directory holds a log.
+    /// This node's log or snapshots were lost or damaged: a damaged log and
+    /// snapshots are moved aside (kept, renamed `.damaged-TIME`), and the
+    /// node starts empty and rejoins as a learner that votes again only once
+    /// it is safe. A whole log is used as it is.
     #[arg(long)]
     rejoin: bool,
     #[command(flatten)]

@@ -136,6 +136,27 @@ impl DataDir {
         self.root.join(SNAPSHOT_DIR)
     }
 
+    /// Moves the log and the snapshots aside (renamed with `suffix`, kept for
+    /// whoever wants to look at them), so that the node starts empty.
+    /// Returns the paths they moved to.
+    pub fn move_state_aside(&self, suffix: &str) -> Result<Vec<PathBuf>, StartError> {
+        let mut moved = Vec::new();
+        for from in [self.wal_dir(), self.snapshot_dir()] {
+            if !from.exists() {
+                continue;
+            }
+            let mut to = from.clone().into_os_string();
+            to.push(format!(".{suffix}"));
+            let to = PathBuf::from(to);
+            fs::rename(&from, &to).map_err(io_error("move aside", &from))?;
+            moved.push(to);
+        }
+        File::open(&self.root)
+            .and_then(|d| d.sync_all())
+            .map_err(io_error("sync", &self.root))?;
+        Ok(moved)
+    }
+
     /// Takes the next session epoch, durably.
     fn next_epoch(&self) -> Result<u64, StartError> {
         let path = self.root.join(EPOCH_FILE);

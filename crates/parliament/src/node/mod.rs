@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use paxos::NodeId;
-use paxos::replica::{Durable, Replica, Slot};
+use paxos::replica::{Durable, Record, Replica, Slot};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
@@ -115,6 +115,7 @@ impl Node {
             .await
             .map_err(|e| StartError::Thread(io::Error::other(e.to_string())))??;
         let Opened {
+            moved_aside,
             data_dir,
             storage,
             client_ids,
@@ -144,27 +145,23 @@ impl Node {
 
         let durable = storage.durable().clone();
         let paxos = config.paxos(election_seed(id));
-        let replica = if config.rejoin && durable == Durable::default() {
+        {
             let _enter = span.enter();
-            if snapshot_slot > 0 {
-                return Err(StartError::SnapshotsWithoutLog {
-                    dir: config.data_dir.clone(),
-                });
+            if !moved_aside.is_empty() {
+                warn!(moved = ?moved_aside, "the damaged log and snapshots were moved aside");
             }
-            warn!("rejoining as a learner: this node votes again once it has caught up safely");
-            Replica::rejoin(paxos)
-        } else {
-            if config.rejoin {
-                let _enter = span.enter();
+            if durable.rejoining {
+                warn!("rejoining as a learner: this node votes again once it has caught up safely");
+            } else if config.rejoin {
                 info!(
-                    "the data directory holds a log; starting from it (--rejoin is for a lost log)"
+                    "the log on disk is whole; starting from it (--rejoin acts only on a lost or damaged log)"
                 );
             }
-            // The snapshot holds every entry up to its slot; the log above
-            // it is applied again.
-            Replica::restore(paxos, durable, snapshot_slot)
         }
-        .map_err(|e| StartError::Config(e.to_string()))?;
+        // The snapshot holds every entry up to its slot; the log above it is
+        // applied again. A log marked as rejoining restores as a learner.
+        let replica = Replica::restore(paxos, durable, snapshot_slot)
+            .map_err(|e| StartError::Config(e.to_string()))?;
 
         let metrics = Arc::new(Metrics::default());
         let (ops_tx, ops_rx) = mpsc::channel(config.ops_queue_max);
@@ -342,6 +339,8 @@ impl Drop for Node {
 
 /// What opening the data directory yields.
 struct Opened {
+    /// Where `--rejoin` moved a damaged log and snapshots.
+    moved_aside: Vec<PathBuf>,
     data_dir: DataDir,
     storage: FileStorage,
     client_ids: ClientIds,
@@ -354,6 +353,66 @@ struct Opened {
 
 fn open(config: &NodeConfig) -> Result<Opened, StartError> {
     let data_dir = DataDir::open(&config.data_dir, config.id)?;
+    let mut moved_aside = Vec::new();
+    let mut opened = match open_state(config, &data_dir) {
+        // The operator says this node's state is lost: whatever is damaged
+        // goes aside, kept, and the node starts empty.
+        Err(e @ (StartError::Storage(_) | StartError::Snapshot(_))) if config.rejoin => {
+            let suffix = format!(
+                "damaged-{}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+            );
+            moved_aside = data_dir.move_state_aside(&suffix)?;
+            tracing::warn!(error = %e, moved = ?moved_aside, "the state on disk is damaged; moved it aside to rejoin");
+            open_state(config, &data_dir)?
+        }
+        other => other?,
+    };
+    // A rejoin starts with its mark made durable, before anything is sent:
+    // should the node stop before it completes, it restarts rejoining even
+    // without the flag, never as an empty voter.
+    if config.rejoin && opened.storage.durable() == &Durable::default() {
+        if opened.loaded.is_some() {
+            return Err(StartError::SnapshotsWithoutLog {
+                dir: config.data_dir.clone(),
+            });
+        }
+        opened.storage.append(&[Record::Rejoin])?;
+    }
+    let State {
+        storage,
+        torn_bytes,
+        snapshots,
+        loaded,
+        snapshot_report,
+    } = opened;
+    let client_ids = ClientIds::new(&data_dir, config.id)?;
+    Ok(Opened {
+        moved_aside,
+        data_dir,
+        storage,
+        client_ids,
+        torn_bytes,
+        snapshots,
+        snapshot_report,
+        loaded,
+    })
+}
+
+/// The snapshots and the log of a data directory, opened.
+struct State {
+    storage: FileStorage,
+    torn_bytes: u64,
+    snapshots: Snapshots,
+    /// The store of the newest snapshot, and its slot.
+    loaded: Option<(Store, Slot)>,
+    snapshot_report: OpenReport,
+}
+
+/// Opens the snapshots and the log of `data_dir`.
+fn open_state(config: &NodeConfig, data_dir: &DataDir) -> Result<State, StartError> {
     let (snapshot_store, snapshot_report) =
         SnapshotStore::open(data_dir.snapshot_dir()).map_err(LoadError::from)?;
     let snapshots = Snapshots::new(snapshot_store);
@@ -366,15 +425,12 @@ fn open(config: &NodeConfig) -> Result<Opened, StartError> {
         ..Options::default()
     };
     let (storage, torn_bytes) = FileStorage::open(&data_dir.wal_dir(), options)?;
-    let client_ids = ClientIds::new(&data_dir, config.id)?;
-    Ok(Opened {
-        data_dir,
+    Ok(State {
         storage,
-        client_ids,
         torn_bytes,
         snapshots,
-        snapshot_report,
         loaded,
+        snapshot_report,
     })
 }
 

@@ -83,8 +83,8 @@ pub enum LoadError {
     Store(#[from] SnapshotError),
     #[error(
         "snapshot {path} holds no readable key-value store ({source}). Do not delete it to \
-         make the node start (the log below it may be gone); move the data directory aside \
-         and rejoin the node as an empty learner so it fetches a snapshot from a peer"
+         make the node start (the log below it may be gone); restart the node with --rejoin: \
+         it moves the damaged state aside and rejoins as a learner that fetches a snapshot from a peer"
     )]
     Body {
         path: String,

@@ -28,7 +28,7 @@ pub enum StorageError {
     #[error(transparent)]
     Wal(#[from] WalError),
     #[error(
-        "record {index} of the log in {dir} cannot be decoded ({source}); the log is damaged: move the data directory aside and rejoin this node as an empty learner"
+        "record {index} of the log in {dir} cannot be decoded ({source}); the log is damaged: restart the node with --rejoin, which moves it aside and rejoins as a learner"
     )]
     Record {
         dir: PathBuf,

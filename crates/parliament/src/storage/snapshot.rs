@@ -85,8 +85,8 @@ pub enum SnapshotError {
     BadName { path: PathBuf },
     #[error(
         "snapshot {} is damaged: {reason}. Do not delete it to make the node start \
-         (the log below it may be gone); move the data directory aside and rejoin the \
-         node as an empty learner so it fetches a snapshot from a peer",
+         (the log below it may be gone); restart the node with --rejoin: it moves the \
+         damaged state aside and rejoins as a learner that fetches a snapshot from a peer",
         .path.display()
     )]
     Corrupt { path: PathBuf, reason: String },

@@ -89,8 +89,8 @@ pub enum WalError {
     #[error(
         "the log of this node is damaged at {} offset {offset}: {reason}. \
          Do not delete or edit the log to make the node start (that can lose \
-         acknowledged writes); instead move the data directory aside and rejoin the node \
-         as an empty learner so it re-learns the log from a quorum",
+         acknowledged writes); instead restart the node with --rejoin: it moves the \
+         damaged log aside and re-learns it from a quorum as a learner before it votes again",
         .path.display()
     )]
     Corrupt {
