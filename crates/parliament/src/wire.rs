@@ -164,10 +164,15 @@ pub fn encode_message(message: &Message) -> Bytes {
             put_varint(&mut out, *commit);
             put_varint(&mut out, *seq);
         }
-        Message::HeartbeatAck { ballot, seq } => {
+        Message::HeartbeatAck {
+            ballot,
+            seq,
+            commit,
+        } => {
             out.put_u8(9);
             put_ballot(&mut out, *ballot);
             put_varint(&mut out, *seq);
+            put_varint(&mut out, *commit);
         }
         Message::CatchUp { from_slot } => {
             out.put_u8(10);
@@ -435,6 +440,7 @@ pub fn decode_message(input: Bytes) -> Result<Message, WireError> {
         9 => Message::HeartbeatAck {
             ballot: r.ballot()?,
             seq: r.varint("seq")?,
+            commit: r.varint("commit")?,
         },
         10 => Message::CatchUp {
             from_slot: r.varint("from_slot")?,
@@ -608,6 +614,7 @@ mod tests {
             8 => Message::HeartbeatAck {
                 ballot: ballot(rng),
                 seq: rng.next_u64(),
+                commit: slot(rng),
             },
             9 => Message::CatchUp {
                 from_slot: slot(rng),

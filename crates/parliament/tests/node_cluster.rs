@@ -1132,3 +1132,33 @@ async fn a_damaged_snapshot_stops_the_start_and_names_the_file() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_reports_how_far_each_peer_has_learned_the_log() {
+    let c = Cluster::new("lag", 3, &[1, 2, 3]).await;
+    let leader = c.leader().await;
+    for n in 0..20 {
+        write_ok(&c.handle(leader), 1, set(&format!("k{n}"), "v")).await;
+    }
+    let commit = c.handle(leader).status().commit_slot;
+    // Heartbeat acknowledgements carry each follower's commit point.
+    eventually("the leader knows every peer's progress", || async {
+        let s = c.handle(leader).status();
+        s.members
+            .iter()
+            .all(|m| m.match_slot.is_some_and(|slot| slot >= commit))
+            .then_some(())
+    })
+    .await;
+    // A follower reports nothing of the kind: only the leader knows.
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    let s = c.handle(follower).status();
+    assert!(
+        s.members
+            .iter()
+            .filter(|m| m.id != follower)
+            .all(|m| m.match_slot.is_none()),
+        "{:?}",
+        s.members
+    );
+}

@@ -834,6 +834,8 @@ impl ReplicaTask {
         self.next_publish = instant + self.config.tick();
         let status = self.replica.status();
         let peers = self.peers.snapshot();
+        let progress: std::collections::BTreeMap<u64, u64> =
+            self.replica.peer_progress().into_iter().collect();
         let me = self.config.id;
         let members = self
             .config
@@ -855,7 +857,11 @@ impl ReplicaTask {
                         peer.and_then(|p| p.http_addr.clone())
                     },
                     connected: id == me || peer.is_some_and(|p| p.outbound),
-                    match_slot: None,
+                    match_slot: if id == me {
+                        Some(status.commit)
+                    } else {
+                        progress.get(&id).copied()
+                    },
                 }
             })
             .collect();

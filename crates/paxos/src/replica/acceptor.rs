@@ -112,8 +112,16 @@ impl Replica {
                 .lease_granted_until
                 .max(self.now + self.config.lease_ticks);
         }
-        self.send(from, Message::HeartbeatAck { ballot, seq });
         self.learn_commit(from, ballot, commit);
+        let commit = self.commit;
+        self.send(
+            from,
+            Message::HeartbeatAck {
+                ballot,
+                seq,
+                commit,
+            },
+        );
     }
 
     /// Refuses `ballot`, saying what we promised instead.

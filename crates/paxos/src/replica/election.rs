@@ -202,6 +202,7 @@ impl Replica {
             heartbeat_due: true,
             next_heartbeat: self.now,
             acked_seq: BTreeMap::new(),
+            peer_commit: BTreeMap::new(),
             last_heard: BTreeMap::new(),
             lease_until: 0,
             reads: Vec::new(),

@@ -194,13 +194,20 @@ impl Replica {
         });
     }
 
-    pub(super) fn on_heartbeat_ack(&mut self, from: NodeId, ballot: crate::Ballot, seq: u64) {
+    pub(super) fn on_heartbeat_ack(
+        &mut self,
+        from: NodeId,
+        ballot: crate::Ballot,
+        seq: u64,
+        commit: Slot,
+    ) {
         let now = self.now;
         self.with_leader(|r, leader| {
             if leader.ballot != ballot {
                 return;
             }
             leader.last_heard.insert(from, now);
+            leader.peer_commit.insert(from, commit);
             let acked = leader.acked_seq.entry(from).or_insert(0);
             *acked = (*acked).max(seq);
             // The highest round a quorum (us included) has acknowledged.

@@ -94,8 +94,13 @@ pub enum Message {
         commit: Slot,
         seq: u64,
     },
-    /// The answer to a heartbeat: this acceptor still follows `ballot`.
-    HeartbeatAck { ballot: Ballot, seq: u64 },
+    /// The answer to a heartbeat: this acceptor still follows `ballot`, and
+    /// knows every slot up to `commit` is chosen (how far behind it is).
+    HeartbeatAck {
+        ballot: Ballot,
+        seq: u64,
+        commit: Slot,
+    },
     /// A follower asks the leader for chosen values from `from_slot` on.
     CatchUp { from_slot: Slot },
     /// Chosen values, in slot order, and the sender's commit point.
@@ -188,7 +193,13 @@ impl fmt::Display for Message {
                 commit,
                 seq,
             } => write!(f, "Heartbeat({ballot}, commit {commit}, #{seq})"),
-            Message::HeartbeatAck { ballot, seq } => write!(f, "HeartbeatAck({ballot}, #{seq})"),
+            Message::HeartbeatAck {
+                ballot,
+                seq,
+                commit,
+            } => {
+                write!(f, "HeartbeatAck({ballot}, #{seq}, commit {commit})")
+            }
             Message::CatchUp { from_slot } => write!(f, "CatchUp(from slot {from_slot})"),
             Message::Chosen { entries, commit } => {
                 let first = entries.first().map_or(0, |(s, _)| *s);

@@ -310,6 +310,8 @@ struct Leader {
     next_heartbeat: u64,
     /// The highest heartbeat seq each peer acknowledged.
     acked_seq: BTreeMap<NodeId, u64>,
+    /// The commit point each peer last reported.
+    peer_commit: BTreeMap<NodeId, Slot>,
     /// When each peer last answered in this ballot.
     last_heard: BTreeMap<NodeId, u64>,
     lease_until: u64,
@@ -517,6 +519,15 @@ impl Replica {
         }
     }
 
+    /// On a leader: how far each peer has learned the log (its commit point
+    /// as it last reported it). Empty elsewhere.
+    pub fn peer_progress(&self) -> Vec<(NodeId, Slot)> {
+        match &self.role {
+            Role::Leader(l) => l.peer_commit.iter().map(|(&id, &s)| (id, s)).collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The chosen value of `slot`, if known and not compacted.
     pub fn chosen(&self, slot: Slot) -> Option<&Value> {
         self.log.get(&slot).and_then(|e| e.chosen.as_ref())
@@ -576,7 +587,11 @@ impl Replica {
                 commit,
                 seq,
             } => self.on_heartbeat(from, ballot, commit, seq),
-            Message::HeartbeatAck { ballot, seq } => self.on_heartbeat_ack(from, ballot, seq),
+            Message::HeartbeatAck {
+                ballot,
+                seq,
+                commit,
+            } => self.on_heartbeat_ack(from, ballot, seq, commit),
             Message::CatchUp { from_slot } => self.on_catch_up(from, from_slot),
             Message::Chosen { entries, commit } => self.on_chosen(from, entries, commit),
             Message::SnapshotNeeded { slot } => {
