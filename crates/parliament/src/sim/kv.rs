@@ -639,6 +639,9 @@ impl Sim<'_> {
                     if kept < total {
                         self.disk.torn_writes += 1;
                     }
+                    // The log is a prefix: what was written after this
+                    // batch cannot have landed when part of it did not.
+                    self.nodes[n].unsynced.clear();
                     self.log(|| {
                         format!(
                             "node {} crashes {point:?}, {kept} of {total} records kept",
