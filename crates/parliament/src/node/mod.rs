@@ -116,13 +116,16 @@ impl Node {
             .map_err(|e| StartError::Thread(io::Error::other(e.to_string())))??;
         let Opened {
             moved_aside,
+            state:
+                State {
+                    storage,
+                    torn_bytes,
+                    snapshots,
+                    loaded,
+                    snapshot_report,
+                },
             data_dir,
-            storage,
             client_ids,
-            torn_bytes,
-            snapshots,
-            snapshot_report,
-            loaded,
         } = opened;
         let (store, snapshot_slot) = loaded.unwrap_or_default();
         {
@@ -341,14 +344,9 @@ impl Drop for Node {
 struct Opened {
     /// Where `--rejoin` moved a damaged log and snapshots.
     moved_aside: Vec<PathBuf>,
+    state: State,
     data_dir: DataDir,
-    storage: FileStorage,
     client_ids: ClientIds,
-    torn_bytes: u64,
-    snapshots: Snapshots,
-    snapshot_report: OpenReport,
-    /// The store of the newest snapshot, and its slot.
-    loaded: Option<(Store, Slot)>,
 }
 
 fn open(config: &NodeConfig) -> Result<Opened, StartError> {
@@ -381,23 +379,12 @@ fn open(config: &NodeConfig) -> Result<Opened, StartError> {
         }
         opened.storage.append(&[Record::Rejoin])?;
     }
-    let State {
-        storage,
-        torn_bytes,
-        snapshots,
-        loaded,
-        snapshot_report,
-    } = opened;
     let client_ids = ClientIds::new(&data_dir, config.id)?;
     Ok(Opened {
         moved_aside,
+        state: opened,
         data_dir,
-        storage,
         client_ids,
-        torn_bytes,
-        snapshots,
-        snapshot_report,
-        loaded,
     })
 }
 

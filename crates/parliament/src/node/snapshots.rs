@@ -461,17 +461,12 @@ mod tests {
     fn store_with(keys: u64) -> Store {
         let mut store = Store::new();
         for i in 0..keys {
-            let request = Request {
-                client: 0,
-                seq: 0,
-                ack_below: 0,
-                command: Command::Set {
-                    key: bytes::Bytes::from(format!("k{i}")),
-                    value: bytes::Bytes::from(format!("v{i}")),
-                    condition: SetCondition::None,
-                    get: false,
-                },
-            };
+            let request = Request::anonymous(Command::Set {
+                key: bytes::Bytes::from(format!("k{i}")),
+                value: bytes::Bytes::from(format!("v{i}")),
+                condition: SetCondition::None,
+                get: false,
+            });
             store.apply(i + 1, &request);
         }
         store
@@ -518,17 +513,12 @@ mod tests {
         let mut store = Store::new();
         let keys = 1_000_000u64;
         for i in 0..keys {
-            let request = Request {
-                client: 0,
-                seq: 0,
-                ack_below: 0,
-                command: Command::Set {
-                    key: bytes::Bytes::from(format!("key:{i:012}")),
-                    value: bytes::Bytes::from(vec![b'v'; 100]),
-                    condition: SetCondition::None,
-                    get: false,
-                },
-            };
+            let request = Request::anonymous(Command::Set {
+                key: bytes::Bytes::from(format!("key:{i:012}")),
+                value: bytes::Bytes::from(vec![b'v'; 100]),
+                condition: SetCondition::None,
+                get: false,
+            });
             store.apply(i + 1, &request);
         }
         for _ in 0..3 {
