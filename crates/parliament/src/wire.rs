@@ -14,6 +14,11 @@ use paxos::replica::{Message, PromisedEntry, Record, Slot, Value};
 /// The format this code writes and reads.
 pub const WIRE_FORMAT: u8 = 1;
 
+/// The highest ballot round accepted. Rounds grow by one per election, so no
+/// honest replica comes near it; a larger one is refused as garbage rather
+/// than let a replica compute a next round that would overflow.
+pub const BALLOT_ROUND_MAX: u64 = 1 << 62;
+
 /// Why bytes could not be decoded.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
@@ -35,6 +40,8 @@ pub enum WireError {
     },
     #[error("{0} bytes left over after the value")]
     TrailingBytes(usize),
+    #[error("ballot round {0} is above the limit of {BALLOT_ROUND_MAX}")]
+    BallotRoundTooHigh(u64),
 }
 
 // ---------------------------------------------------------------------------
@@ -331,8 +338,12 @@ impl Reader {
     }
 
     fn ballot(&mut self) -> Result<Ballot, WireError> {
+        let round = self.varint("a ballot round")?;
+        if round > BALLOT_ROUND_MAX {
+            return Err(WireError::BallotRoundTooHigh(round));
+        }
         Ok(Ballot {
-            round: self.varint("a ballot round")?,
+            round,
             node: self.varint("a ballot node")?,
         })
     }
@@ -563,7 +574,22 @@ mod tests {
                 rng.below(300)
             }
         };
-        Ballot::new(big(rng), big(rng))
+        Ballot::new(big(rng) % (BALLOT_ROUND_MAX + 1), big(rng))
+    }
+
+    #[test]
+    fn a_ballot_round_that_could_overflow_is_refused() {
+        let too_high = Message::PreVote {
+            ballot: Ballot::new(BALLOT_ROUND_MAX + 1, 1),
+        };
+        assert_eq!(
+            decode_message(encode_message(&too_high)),
+            Err(WireError::BallotRoundTooHigh(BALLOT_ROUND_MAX + 1))
+        );
+        let highest = Message::PreVote {
+            ballot: Ballot::new(BALLOT_ROUND_MAX, 1),
+        };
+        assert_eq!(decode_message(encode_message(&highest)), Ok(highest));
     }
 
     fn message(rng: &mut Rng) -> Message {
