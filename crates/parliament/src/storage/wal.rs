@@ -1,4 +1,4 @@
-//! Write-ahead log: segmented, append-only files of checksummed records.
+//! Write-ahead log: segmented files of checksummed records, written in order.
 //!
 //! A node must not answer a Paxos message before what it promised or accepted
 //! is on disk, so every append ends with an fdatasync. To make that affordable
@@ -10,18 +10,32 @@
 //! `[payload length u32 LE][crc32c of payload u32 LE][payload]`, and records
 //! are numbered consecutively from 1. Payloads are opaque here.
 //!
-//! Recovery trusts the log only as far as it can prove it. In the last
-//! segment, a final record that runs past the end of the file, or fails its
-//! checksum with nothing but zeros (or nothing) after it, or a zero-filled
-//! tail, is what a crash mid-write leaves: it is cut off and reported. Every
-//! other bad record, a bad record in an earlier segment, a length above the
-//! limit, a gap in indexes between segments, or a length field one bit away
-//! from a valid record, stops the node instead, because silently dropping an
-//! acknowledged record would break the promises the rest of the cluster relies
-//! on. Empty records are refused on append so that zeros are never data.
+//! Segments are preallocated. An fdatasync after a write that grew the file
+//! must also write the inode (the size changed), which costs a good part of
+//! every sync. So the log extends the segment it appends to ahead of the write
+//! position with zero bytes, [`Options::preallocate_bytes`] at a time (never
+//! past `segment_bytes_max`, unless one batch alone is larger), and syncs size
+//! and blocks once; the appends that follow overwrite those zeros in place,
+//! and their fdatasync carries only data. The zeros are really written, not
+//! fallocated: unwritten extents would need a metadata update on their first
+//! write again. A finished segment is cut to its used length before the next
+//! one is created, so only the last segment ever ends in zeros.
+//!
+//! Recovery trusts the log only as far as it can prove it. Zeros after the
+//! last valid record of the last segment are its preallocated space, the
+//! normal end of the log: they are kept, not reported, and the next append
+//! writes over them. In the last segment, a final record that runs past the
+//! end of the file, or fails its checksum with nothing but zeros (or nothing)
+//! after it, is what a crash mid-write leaves: it is cut off and reported.
+//! Every other bad record, a bad record in an earlier segment, a length above
+//! the limit, a gap in indexes between segments, or a length field one bit
+//! away from a valid record, stops the node instead, because silently dropping
+//! an acknowledged record would break the promises the rest of the cluster
+//! relies on. Empty records are refused on append so that zeros are never data.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +53,11 @@ pub const RECORD_HEADER_BYTES: usize = 8;
 pub const DEFAULT_SEGMENT_BYTES_MAX: u64 = 64 << 20;
 /// Default limit on one record's payload.
 pub const DEFAULT_RECORD_BYTES_MAX: u32 = 64 << 20;
+/// Default step by which a segment is extended with zeros ahead of appends.
+pub const DEFAULT_PREALLOCATE_BYTES: u64 = 4 << 20;
+
+/// Zeros written per call while extending a segment; bounds the buffer.
+const ZERO_WRITE_BYTES: u64 = 64 << 10;
 
 const SEGMENT_PREFIX: &str = "wal-";
 const SEGMENT_SUFFIX: &str = ".log";
@@ -63,6 +82,11 @@ pub struct Options {
     /// length field, so a damaged length cannot make it allocate gigabytes.
     pub record_bytes_max: u32,
     pub fsync: FsyncPolicy,
+    /// Zero bytes written (and synced) ahead of the append position at a
+    /// time, so that appends overwrite space whose size is already on disk
+    /// and their fdatasync need not write the inode. 0 turns preallocation
+    /// off: appends then grow the file.
+    pub preallocate_bytes: u64,
 }
 
 impl Default for Options {
@@ -71,6 +95,7 @@ impl Default for Options {
             segment_bytes_max: DEFAULT_SEGMENT_BYTES_MAX,
             record_bytes_max: DEFAULT_RECORD_BYTES_MAX,
             fsync: FsyncPolicy::Always,
+            preallocate_bytes: DEFAULT_PREALLOCATE_BYTES,
         }
     }
 }
@@ -124,12 +149,14 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Wal
     }
 }
 
-/// The tail that recovery cut off the last segment.
+/// The torn record that recovery cut off the last segment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TornTail {
     pub path: PathBuf,
-    /// Where the file now ends.
+    /// Where the valid records end; the file now ends here too.
     pub offset: u64,
+    /// Bytes of the torn record that were in the file. Zeros after it (the
+    /// preallocated space) are not counted: they never held anything.
     pub bytes_dropped: u64,
 }
 
@@ -143,7 +170,8 @@ pub struct Recovered {
     /// Index of the last record, or `first_index - 1` if there is none.
     pub last_index: u64,
     pub segments: usize,
-    /// A partial write from a crash that was truncated; the caller logs it.
+    /// A partial write from a crash that was cut off; the caller logs it. A
+    /// segment that merely ends in zeros (its preallocated space) is not one.
     pub torn: Option<TornTail>,
 }
 
@@ -189,7 +217,12 @@ pub struct Wal {
     /// Sorted by first index; the last one is being appended to.
     segments: Vec<Segment>,
     file: File,
+    /// Length of the valid records in the current segment: where the next
+    /// append is written.
     file_bytes: u64,
+    /// Size of the current segment file. Invariant: `allocated_bytes >=
+    /// file_bytes`, and every byte in between is zero.
+    allocated_bytes: u64,
     next_index: u64,
     /// Set when a write or sync failed: the file's contents are then unknown,
     /// and retrying could acknowledge a record after a lost one.
@@ -255,9 +288,34 @@ fn length_bit_flipped(rest: &[u8], len: u32, stored_crc: u32, max: u32) -> bool 
     })
 }
 
-/// Parses one segment, pushing its records onto `out`. Returns the length of
-/// the valid prefix; a shorter length than the data is a torn tail, which is
-/// only ever returned for the last segment.
+/// What follows the valid records of a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tail {
+    /// Nothing: the file ends with its last record.
+    Clean,
+    /// Only zeros: preallocated space (or what some file systems leave when a
+    /// crash grew the file before the data landed). Nothing to cut.
+    Zeros,
+    /// A record a crash tore, of which `bytes` are in the file (zeros after
+    /// it not counted).
+    Torn { bytes: usize },
+}
+
+/// The result of [`scan_segment`].
+#[derive(Clone, Copy, Debug)]
+struct Scanned {
+    /// Length of the valid records.
+    valid: usize,
+    tail: Tail,
+}
+
+fn all_zero(b: &[u8]) -> bool {
+    b.iter().all(|b| *b == 0)
+}
+
+/// Parses one segment, pushing its records onto `out`, and says what follows
+/// them. Anything but [`Tail::Clean`] is only ever returned for the last
+/// segment.
 fn scan_segment(
     path: &Path,
     data: &[u8],
@@ -265,7 +323,7 @@ fn scan_segment(
     is_last: bool,
     max: u32,
     out: &mut Vec<(u64, Vec<u8>)>,
-) -> Result<usize, WalError> {
+) -> Result<Scanned, WalError> {
     let corrupt = |offset: usize, reason: String| WalError::Corrupt {
         path: path.to_path_buf(),
         offset: offset as u64,
@@ -277,7 +335,12 @@ fn scan_segment(
         let rest = &data[off..];
         if rest.len() < RECORD_HEADER_BYTES {
             if is_last {
-                return Ok(off);
+                let tail = if all_zero(rest) {
+                    Tail::Zeros
+                } else {
+                    Tail::Torn { bytes: rest.len() }
+                };
+                return Ok(Scanned { valid: off, tail });
             }
             return Err(corrupt(
                 off,
@@ -297,20 +360,23 @@ fn scan_segment(
         }
         if len == 0 {
             // Appends refuse empty records, so a zero length is either the
-            // zero-filled tail some file systems leave after a crash (the size
-            // grew, the data never landed) or damage.
-            if is_last
-                && rest.iter().all(|b| *b == 0)
-                && !length_bit_flipped(rest, len, stored, max)
-            {
-                return Ok(off);
+            // zeros after the last record (preallocated, or left by a crash
+            // that grew the file before the data landed) or damage.
+            if is_last && all_zero(rest) && !length_bit_flipped(rest, len, stored, max) {
+                return Ok(Scanned {
+                    valid: off,
+                    tail: Tail::Zeros,
+                });
             }
             return Err(corrupt(off, "record of length zero".into()));
         }
         let end = RECORD_HEADER_BYTES + len as usize;
         if end > rest.len() {
             if is_last && !length_bit_flipped(rest, len, stored, max) {
-                return Ok(off);
+                return Ok(Scanned {
+                    valid: off,
+                    tail: Tail::Torn { bytes: rest.len() },
+                });
             }
             return Err(corrupt(
                 off,
@@ -323,11 +389,13 @@ fn scan_segment(
         let payload = &rest[RECORD_HEADER_BYTES..end];
         if crc32c(payload) != stored {
             // Torn if nothing but zeros follows: no good record can come after.
-            if is_last
-                && rest[end..].iter().all(|b| *b == 0)
-                && !length_bit_flipped(rest, len, stored, max)
-            {
-                return Ok(off);
+            // That is also what a record written into preallocated space
+            // leaves when only a prefix of it landed.
+            if is_last && all_zero(&rest[end..]) && !length_bit_flipped(rest, len, stored, max) {
+                return Ok(Scanned {
+                    valid: off,
+                    tail: Tail::Torn { bytes: end },
+                });
             }
             return Err(corrupt(off, format!("checksum mismatch in record {index}")));
         }
@@ -337,7 +405,10 @@ fn scan_segment(
             .ok_or_else(|| corrupt(off, "record index overflows".into()))?;
         off += end;
     }
-    Ok(off)
+    Ok(Scanned {
+        valid: off,
+        tail: Tail::Clean,
+    })
 }
 
 impl Wal {
@@ -364,6 +435,7 @@ impl Wal {
         let mut torn = None;
         let mut next_index: Option<u64> = None;
         let mut file_bytes = 0u64;
+        let mut allocated_bytes = 0u64;
         let count = segments.len();
         for (i, seg) in segments.iter().enumerate() {
             if let Some(expected) = next_index
@@ -382,7 +454,7 @@ impl Wal {
             let data = fs::read(&seg.path).map_err(io_err("read", &seg.path))?;
             let is_last = i + 1 == count;
             let before = records.len();
-            let valid = scan_segment(
+            let scanned = scan_segment(
                 &seg.path,
                 &data,
                 seg.first_index,
@@ -391,21 +463,30 @@ impl Wal {
                 &mut records,
             )?;
             next_index = Some(seg.first_index + (records.len() - before) as u64);
-            if valid < data.len() {
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(&seg.path)
-                    .map_err(io_err("open", &seg.path))?;
-                f.set_len(valid as u64)
-                    .and_then(|()| f.sync_all())
-                    .map_err(io_err("truncate torn tail of", &seg.path))?;
-                torn = Some(TornTail {
-                    path: seg.path.clone(),
-                    offset: valid as u64,
-                    bytes_dropped: (data.len() - valid) as u64,
-                });
+            file_bytes = scanned.valid as u64;
+            allocated_bytes = data.len() as u64;
+            match scanned.tail {
+                // Zeros are preallocated space: appends write over them.
+                Tail::Clean | Tail::Zeros => {}
+                Tail::Torn { bytes } => {
+                    // Cut the file at the valid prefix, preallocated zeros and
+                    // all; the next append extends it again. Until the cut is
+                    // synced a crash leaves the same torn record to cut again.
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .open(&seg.path)
+                        .map_err(io_err("open", &seg.path))?;
+                    f.set_len(file_bytes)
+                        .and_then(|()| f.sync_all())
+                        .map_err(io_err("truncate torn tail of", &seg.path))?;
+                    allocated_bytes = file_bytes;
+                    torn = Some(TornTail {
+                        path: seg.path.clone(),
+                        offset: file_bytes,
+                        bytes_dropped: bytes as u64,
+                    });
+                }
             }
-            file_bytes = valid as u64;
         }
         let next_index = next_index.unwrap_or(1);
         if segments.is_empty() {
@@ -419,8 +500,10 @@ impl Wal {
         }
         let first_index = segments[0].first_index;
         let current = &segments[segments.len() - 1].path;
+        // Not in append mode: records are written at `file_bytes`, over the
+        // preallocated zeros.
         let file = OpenOptions::new()
-            .append(true)
+            .write(true)
             .open(current)
             .map_err(io_err("open", current))?;
         let recovered = Recovered {
@@ -436,6 +519,7 @@ impl Wal {
             segments,
             file,
             file_bytes,
+            allocated_bytes,
             next_index,
             failed: false,
             stats: Arc::new(WalStats::default()),
@@ -511,12 +595,15 @@ impl Wal {
         if self.file_bytes > 0 && self.file_bytes + total as u64 > self.opts.segment_bytes_max {
             self.rotate()?;
         }
-        let result = self.write_and_sync(&buf);
+        let result = self
+            .preallocate(total as u64)
+            .and_then(|()| self.write_and_sync(&buf));
         if result.is_err() {
             self.failed = true;
         }
         result?;
         self.file_bytes += total as u64;
+        self.allocated_bytes = self.allocated_bytes.max(self.file_bytes);
         self.next_index += payloads.len() as u64;
         self.stats
             .records_written
@@ -525,9 +612,59 @@ impl Wal {
         Ok(self.last_index())
     }
 
+    fn current_path(&self) -> &Path {
+        self.segments.last().map_or(&self.dir, |s| &s.path)
+    }
+
+    /// Makes sure the `len` bytes after the valid records are preallocated,
+    /// extending the current segment with zeros if they are not: by
+    /// `preallocate_bytes`, or by what `len` needs if that is more, but not
+    /// past `segment_bytes_max` unless `len` alone goes past it.
+    ///
+    /// The zeros and the new size are synced (`sync_all`) before any record is
+    /// written into the new space, so the fdatasync of an append never has a
+    /// size change to carry. A crash during the extension leaves the valid
+    /// records followed by whatever part of the zeros landed (some, all, or a
+    /// size whose blocks read as zeros): the normal end of the last segment,
+    /// which opens with nothing reported.
+    fn preallocate(&mut self, len: u64) -> Result<(), WalError> {
+        let needed = self.file_bytes + len;
+        if needed <= self.allocated_bytes || self.opts.preallocate_bytes == 0 {
+            return Ok(());
+        }
+        let budget = self.opts.segment_bytes_max.max(needed);
+        let target = needed
+            .max(
+                self.allocated_bytes
+                    .saturating_add(self.opts.preallocate_bytes),
+            )
+            .min(budget);
+        let path = self.current_path();
+        let zeros = vec![0u8; (target - self.allocated_bytes).min(ZERO_WRITE_BYTES) as usize];
+        let mut at = self.allocated_bytes;
+        while at < target {
+            let n = (target - at).min(zeros.len() as u64) as usize;
+            self.file
+                .write_all_at(&zeros[..n], at)
+                .map_err(io_err("preallocate", path))?;
+            at += n as u64;
+        }
+        if self.opts.fsync == FsyncPolicy::Always {
+            self.file
+                .sync_all()
+                .map_err(io_err("sync the preallocated space of", path))?;
+        }
+        self.allocated_bytes = target;
+        Ok(())
+    }
+
+    /// Writes `buf` at the end of the valid records, over preallocated zeros
+    /// when there are enough of them, and fdatasyncs it.
     fn write_and_sync(&mut self, buf: &[u8]) -> Result<(), WalError> {
-        let path = self.segments.last().map_or(&self.dir, |s| &s.path);
-        self.file.write_all(buf).map_err(io_err("write", path))?;
+        let path = self.current_path();
+        self.file
+            .write_all_at(buf, self.file_bytes)
+            .map_err(io_err("write", path))?;
         if self.opts.fsync == FsyncPolicy::Always {
             self.file.sync_data().map_err(io_err("sync", path))?;
             self.stats.syncs.fetch_add(1, Ordering::Relaxed);
@@ -535,18 +672,35 @@ impl Wal {
         Ok(())
     }
 
-    /// Starts a new segment at the next index. The old one is already synced
-    /// by its last append; the directory is synced so the new name survives.
+    /// Finishes the current segment and starts a new one at the next index.
+    ///
+    /// The steps, and what a crash after each leaves on disk:
+    /// 1. The current segment is cut to its used length and synced (its
+    ///    records are already synced by their appends). A crash before the cut
+    ///    is durable leaves it the last segment, ending in zeros or not, and
+    ///    both are its normal end; after, it ends at its last record.
+    /// 2. The new segment is created empty and the directory synced. If the
+    ///    crash comes first, the new name may or may not survive. If it does,
+    ///    it is an empty last segment that starts right after the previous
+    ///    one's last record; the previous one, no longer last, is exactly its
+    ///    records because step 1 was synced before the file was created, so
+    ///    the strict rules for earlier segments hold and the log opens.
+    /// 3. The next append preallocates the new segment (see `preallocate`).
+    ///
+    /// The cut is synced whatever the fsync policy: rotations are rare, and a
+    /// zero tail in an earlier segment would stop the node as damage.
     fn rotate(&mut self) -> Result<(), WalError> {
-        let path = self.dir.join(segment_file_name(self.next_index));
-        let result = File::create_new(&path)
-            .and_then(|_| OpenOptions::new().append(true).open(&path))
-            .map_err(io_err("create", &path))
-            .and_then(|f| sync_dir(&self.dir).map(|()| f));
+        let result = self.finish_segment().and_then(|()| {
+            let path = self.dir.join(segment_file_name(self.next_index));
+            let file = File::create_new(&path).map_err(io_err("create", &path))?;
+            sync_dir(&self.dir)?;
+            Ok((file, path))
+        });
         match result {
-            Ok(file) => {
+            Ok((file, path)) => {
                 self.file = file;
                 self.file_bytes = 0;
+                self.allocated_bytes = 0;
                 self.segments.push(Segment {
                     first_index: self.next_index,
                     path,
@@ -558,6 +712,21 @@ impl Wal {
                 Err(e)
             }
         }
+    }
+
+    /// Step 1 of [`Wal::rotate`]: cuts the preallocated zeros off the current
+    /// segment, durably.
+    fn finish_segment(&mut self) -> Result<(), WalError> {
+        if self.allocated_bytes == self.file_bytes {
+            return Ok(());
+        }
+        let path = self.current_path();
+        self.file
+            .set_len(self.file_bytes)
+            .and_then(|()| self.file.sync_all())
+            .map_err(io_err("cut the preallocated space off", path))?;
+        self.allocated_bytes = self.file_bytes;
+        Ok(())
     }
 
     /// Deletes the oldest segments whose records all have an index below

@@ -66,10 +66,20 @@ fn segment_files(dir: &Path) -> Vec<String> {
     names
 }
 
+/// Preallocates in small steps, so that files stay small and extensions
+/// happen often.
+fn small_steps() -> Options {
+    Options {
+        preallocate_bytes: 4096,
+        ..no_sync()
+    }
+}
+
 /// Writes `n` records of random sizes (1..=max_len bytes) one per append and
-/// returns them with the byte offset each one starts at (single segment).
+/// returns them with the byte offset each one starts at (single segment,
+/// preallocated in 4 KiB steps, so the file ends in zeros).
 fn write_records(dir: &Path, n: usize, max_len: u64, seed: u64) -> Vec<(u64, Vec<u8>, u64)> {
-    let (mut wal, _) = Wal::open(dir, no_sync()).unwrap();
+    let (mut wal, _) = Wal::open(dir, small_steps()).unwrap();
     let mut rng = Rng(paxos::rng::Rng::new(seed));
     let mut offset = 0u64;
     let mut out = Vec::new();
@@ -82,6 +92,18 @@ fn write_records(dir: &Path, n: usize, max_len: u64, seed: u64) -> Vec<(u64, Vec
     }
     assert_eq!(wal.segment_count(), 1);
     out
+}
+
+/// Where the records written by [`write_records`] end.
+fn used_len(records: &[(u64, Vec<u8>, u64)]) -> usize {
+    records.last().map_or(0, |(_, p, start)| {
+        *start as usize + RECORD_HEADER_BYTES + p.len()
+    })
+}
+
+/// The index and payload of each record.
+fn payloads(records: &[(u64, Vec<u8>, u64)]) -> Vec<(u64, Vec<u8>)> {
+    records.iter().map(|(i, p, _)| (*i, p.clone())).collect()
 }
 
 #[test]
@@ -136,13 +158,13 @@ fn torn_last_record_at_every_offset_is_truncated() {
     let tmp = TempDir::new("torn-src");
     let records = write_records(tmp.path(), 12, 60, 7);
     let seg = tmp.path().join(segment_file_name(1));
-    let full = fs::read(&seg).unwrap();
+    // The file as appends that grow it leave it: without the zeros after the
+    // records, a crash mid-append cuts the file anywhere in the last record.
+    let mut full = fs::read(&seg).unwrap();
+    full.truncate(used_len(&records));
     let (_, _, last_start) = records[records.len() - 1];
     let last_start = last_start as usize;
-    let kept: Vec<(u64, Vec<u8>)> = records[..records.len() - 1]
-        .iter()
-        .map(|(i, p, _)| (*i, p.clone()))
-        .collect();
+    let kept = payloads(&records[..records.len() - 1]);
     for cut in last_start..full.len() {
         let case = TempDir::new("torn");
         let path = case.path().join(segment_file_name(1));
@@ -174,8 +196,10 @@ fn bad_checksum_of_a_complete_last_record_is_a_torn_write() {
     let records = write_records(tmp.path(), 5, 30, 11);
     let seg = tmp.path().join(segment_file_name(1));
     let mut data = fs::read(&seg).unwrap();
-    let len = data.len();
-    data[len - 1] ^= 0x10;
+    // The last byte of the last record; preallocated zeros follow it.
+    let end = used_len(&records);
+    assert!(data.len() > end);
+    data[end - 1] ^= 0x10;
     fs::write(&seg, &data).unwrap();
     let (_, rec) = Wal::open(tmp.path(), Options::default()).unwrap();
     assert_eq!(rec.records.len(), 4);
@@ -188,26 +212,33 @@ fn bad_checksum_of_a_complete_last_record_is_a_torn_write() {
 }
 
 #[test]
-fn zero_filled_tail_is_a_torn_write() {
+fn zero_filled_tail_is_the_normal_end_not_a_torn_write() {
     let tmp = TempDir::new("zeros");
     let records = write_records(tmp.path(), 6, 40, 5);
     let seg = tmp.path().join(segment_file_name(1));
-    let good = fs::read(&seg).unwrap();
+    let mut good = fs::read(&seg).unwrap();
+    good.truncate(used_len(&records));
     let (_, last, last_start) = &records[5];
     let last_start = *last_start as usize;
 
-    // The size grew but no data landed.
+    // Zeros after the records: preallocated space, or a crash that grew the
+    // file before the data landed. Either way nothing is lost or cut.
     let mut data = good.clone();
     data.extend_from_slice(&[0u8; 4096]);
     fs::write(&seg, &data).unwrap();
     let (mut wal, rec) = Wal::open(tmp.path(), Options::default()).unwrap();
     assert_eq!(rec.records.len(), 6);
-    assert_eq!(rec.torn.unwrap().bytes_dropped, 4096);
+    assert_eq!(rec.torn, None);
+    assert_eq!(fs::metadata(&seg).unwrap().len(), data.len() as u64);
     assert_eq!(wal.append(&[b"seven"]).unwrap(), 7);
     drop(wal);
+    let (_, rec) = Wal::open(tmp.path(), Options::default()).unwrap();
+    assert_eq!(rec.torn, None);
+    assert_eq!(rec.records.last().unwrap(), &(7, b"seven".to_vec()));
     fs::write(&seg, &good).unwrap();
 
-    // The last record's header landed, its payload did not, zeros follow.
+    // The last record's header landed, its payload did not, zeros follow:
+    // the record is torn; the zeros after it are not counted.
     let mut data = good.clone();
     for b in &mut data[last_start + RECORD_HEADER_BYTES..] {
         *b = 0;
@@ -218,8 +249,9 @@ fn zero_filled_tail_is_a_torn_write() {
     assert_eq!(rec.records.len(), 5);
     assert_eq!(
         rec.torn.unwrap().bytes_dropped,
-        (RECORD_HEADER_BYTES + last.len() + 100) as u64
+        (RECORD_HEADER_BYTES + last.len()) as u64
     );
+    assert_eq!(fs::metadata(&seg).unwrap().len(), last_start as u64);
 
     // Zeros in the middle, with a good record after them, are damage.
     let mut data = good.clone();
@@ -241,7 +273,10 @@ fn flipped_bit_in_any_earlier_record_is_corruption() {
     let tmp = TempDir::new("flip-src");
     let records = write_records(tmp.path(), 25, 80, 3);
     let name = segment_file_name(1);
+    // Preallocated zeros follow the records: a length whose flipped bit ends
+    // the record in them must not pass for a torn write either.
     let full = fs::read(tmp.path().join(&name)).unwrap();
+    assert!(full.len() > used_len(&records));
     for (n, (_, payload, start)) in records[..records.len() - 1].iter().enumerate() {
         let start = *start as usize;
         // One bit of the length, one of the checksum, one of the payload.
@@ -371,7 +406,9 @@ fn torn_tail_after_rotation_is_cut_only_in_the_last_segment() {
     assert_eq!(segment_files(&dir).len(), 4);
     let last = dir.join(segment_file_name(10));
     let data = fs::read(&last).unwrap();
-    assert_eq!(data.len(), 40);
+    // One record, then zeros preallocated up to the segment's budget.
+    assert_eq!(data.len(), 120);
+    assert!(data[40..].iter().all(|b| *b == 0));
     fs::write(&last, &data[..17]).unwrap();
     let (mut wal, rec) = Wal::open(&dir, opts.clone()).unwrap();
     assert_eq!(rec.last_index, 9);
@@ -493,11 +530,16 @@ fn oversized_record_is_refused_and_nothing_written() {
     assert_eq!(gc.submit(vec![Bytes::from_static(b"fine")]).unwrap(), 3);
     drop(gc);
 
-    // A length field above the limit on disk is corruption, not a torn write.
+    // A length field above the limit on disk is corruption, not a torn write,
+    // also where it lands in preallocated space.
     let mut data = fs::read(&seg).unwrap();
-    data.extend_from_slice(&1000u32.to_le_bytes());
-    data.extend_from_slice(&[0u8; 4]);
-    let at = data.len() as u64 - 8;
+    let at = [100usize, 2, 4]
+        .iter()
+        .map(|len| RECORD_HEADER_BYTES + len)
+        .sum::<usize>();
+    assert!(data[at..].iter().all(|b| *b == 0));
+    data[at..at + 4].copy_from_slice(&1000u32.to_le_bytes());
+    let at = at as u64;
     fs::write(&seg, &data).unwrap();
     let err = Wal::open(tmp.path(), opts).unwrap_err();
     assert!(
@@ -541,4 +583,253 @@ fn print_benchmarks() {
             r.records_per_sec, r.syncs, r.records_per_sync
         );
     }
+}
+
+/// The size of a file, and how many bytes of disk it really holds (a sparse
+/// file holds less than its size).
+fn size_and_blocks(path: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(path).unwrap();
+    (m.len(), m.blocks() * 512)
+}
+
+#[test]
+fn preallocated_log_survives_reopen_across_extensions_and_rotations() {
+    let tmp = TempDir::new("prealloc-roundtrip");
+    let opts = Options {
+        segment_bytes_max: 5000,
+        preallocate_bytes: 1000,
+        ..Options::default()
+    };
+    let mut rng = Rng(paxos::rng::Rng::new(0xC0FF_EE00_1234_5678));
+    let mut expected: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut sizes_seen = std::collections::BTreeSet::new();
+    {
+        let (mut wal, rec) = Wal::open(tmp.path(), opts.clone()).unwrap();
+        assert!(rec.records.is_empty());
+        let mut n = 0u64;
+        while expected.len() < 300 {
+            n += 1;
+            let batch: Vec<Vec<u8>> = match n {
+                // Larger than a preallocation step.
+                10 => vec![rng.bytes(2500)],
+                // Larger than a whole segment: it gets one of its own.
+                40 => vec![rng.bytes(7000)],
+                _ => (0..1 + rng.below(4))
+                    .map(|_| {
+                        let len = 1 + rng.below(300) as usize;
+                        rng.bytes(len)
+                    })
+                    .collect(),
+            };
+            let last = wal.append(&batch).unwrap();
+            let first = last + 1 - batch.len() as u64;
+            for (i, p) in batch.into_iter().enumerate() {
+                expected.push((first + i as u64, p));
+            }
+            let current = tmp.path().join(segment_files(tmp.path()).pop().unwrap());
+            sizes_seen.insert((wal.segment_count(), fs::metadata(current).unwrap().len()));
+        }
+        assert!(wal.segment_count() >= 5, "{} segments", wal.segment_count());
+    }
+    // Several extensions of the same segment were seen.
+    let steps_in_first = sizes_seen.iter().filter(|(seg, _)| *seg == 1).count();
+    assert!(steps_in_first >= 3, "{sizes_seen:?}");
+    for name in segment_files(tmp.path()) {
+        let len = fs::metadata(tmp.path().join(&name)).unwrap().len();
+        assert!(
+            len <= 5000 || len >= 7000,
+            "{name}: {len} bytes exceeds the budget without a record to need it"
+        );
+    }
+    let (mut wal, rec) = Wal::open(tmp.path(), opts.clone()).unwrap();
+    assert_eq!(rec.torn, None);
+    assert_eq!(rec.records, expected);
+    assert_eq!(rec.last_index, expected.len() as u64);
+    // Appends continue after the valid prefix, across further extensions.
+    for i in 0..40u64 {
+        let p = format!("after reopen {i:0200}").into_bytes();
+        let idx = wal.append(&[&p]).unwrap();
+        assert_eq!(idx, expected.len() as u64 + 1);
+        expected.push((idx, p));
+    }
+    drop(wal);
+    let (_, rec) = Wal::open(tmp.path(), opts).unwrap();
+    assert_eq!(rec.torn, None);
+    assert_eq!(rec.records, expected);
+}
+
+#[test]
+fn an_append_that_fits_in_preallocated_space_does_not_change_the_file_size() {
+    let tmp = TempDir::new("prealloc-size");
+    const STEP: u64 = 16 << 10;
+    let opts = Options {
+        preallocate_bytes: STEP,
+        ..Options::default()
+    };
+    let (mut wal, _) = Wal::open(tmp.path(), opts).unwrap();
+    let seg = tmp.path().join(segment_file_name(1));
+    let record = [0x42u8; 92]; // 100 bytes framed
+    wal.append(&[record]).unwrap();
+    let (size, blocks) = size_and_blocks(&seg);
+    assert_eq!(size, STEP);
+    // Real zeros, not a hole: overwriting them changes no metadata.
+    assert!(blocks >= STEP, "only {blocks} bytes of {STEP} allocated");
+    let fit = STEP / 100;
+    for n in 2..=fit {
+        wal.append(&[record]).unwrap();
+        assert_eq!(fs::metadata(&seg).unwrap().len(), STEP, "after {n} appends");
+    }
+    // The next one does not fit: one more step.
+    wal.append(&[record]).unwrap();
+    assert_eq!(fs::metadata(&seg).unwrap().len(), 2 * STEP);
+    let data = fs::read(&seg).unwrap();
+    assert!(data[(fit as usize + 1) * 100..].iter().all(|b| *b == 0));
+    drop(wal);
+
+    // With preallocation off every append grows the file, as before.
+    let off = TempDir::new("prealloc-off");
+    let opts = Options {
+        preallocate_bytes: 0,
+        ..no_sync()
+    };
+    let (mut wal, _) = Wal::open(off.path(), opts).unwrap();
+    let seg = off.path().join(segment_file_name(1));
+    for n in 1..=5u64 {
+        wal.append(&[record]).unwrap();
+        assert_eq!(fs::metadata(&seg).unwrap().len(), 100 * n);
+    }
+}
+
+#[test]
+fn torn_record_at_every_offset_in_preallocated_space_is_cut_and_reported() {
+    let tmp = TempDir::new("prealloc-torn-src");
+    // Payloads under 256 bytes: a length's first byte is its only non-zero one.
+    let records = write_records(tmp.path(), 10, 200, 21);
+    let seg = tmp.path().join(segment_file_name(1));
+    let full = fs::read(&seg).unwrap();
+    let end = used_len(&records);
+    assert!(full.len() > end && full[end..].iter().all(|b| *b == 0));
+    let (_, last, last_start) = &records[records.len() - 1];
+    let last_start = *last_start as usize;
+    let kept = payloads(&records[..records.len() - 1]);
+    // A crash mid-write leaves a prefix of the record over the zeros.
+    for landed in last_start..end {
+        let case = TempDir::new("prealloc-torn");
+        let path = case.path().join(segment_file_name(1));
+        let mut data = full.clone();
+        for b in &mut data[landed..end] {
+            *b = 0;
+        }
+        fs::write(&path, &data).unwrap();
+        let (mut wal, rec) = Wal::open(case.path(), Options::default()).unwrap();
+        let mut expected = kept.clone();
+        if landed == last_start {
+            // Nothing of it landed: a clean end in zeros.
+            assert_eq!(rec.torn, None);
+            assert_eq!(fs::metadata(&path).unwrap().len(), full.len() as u64);
+        } else if data == full {
+            // What did not land was zeros anyway: the record is whole.
+            assert_eq!(rec.torn, None, "landed {landed}");
+            expected = payloads(&records);
+        } else {
+            let torn = rec.torn.unwrap();
+            assert_eq!(torn.path, path);
+            assert_eq!(torn.offset, last_start as u64, "landed {landed}");
+            assert_eq!(
+                torn.bytes_dropped,
+                (RECORD_HEADER_BYTES + last.len()) as u64,
+                "landed {landed}"
+            );
+            assert_eq!(fs::metadata(&path).unwrap().len(), last_start as u64);
+        }
+        assert_eq!(rec.records, expected, "landed {landed}");
+        let idx = wal.append(&[b"next"]).unwrap();
+        assert_eq!(idx, expected.len() as u64 + 1);
+        drop(wal);
+        let (_, rec) = Wal::open(case.path(), Options::default()).unwrap();
+        assert_eq!(rec.torn, None, "second reopen, landed {landed}");
+        expected.push((idx, b"next".to_vec()));
+        assert_eq!(rec.records, expected);
+    }
+}
+
+#[test]
+fn a_finished_segment_is_cut_to_its_used_length() {
+    let tmp = TempDir::new("prealloc-rotate");
+    let opts = Options {
+        segment_bytes_max: 1000,
+        preallocate_bytes: 4096,
+        ..Options::default()
+    };
+    let (mut wal, _) = Wal::open(tmp.path(), opts.clone()).unwrap();
+    // 8 + 300 bytes a record: 3 per segment, 924 of the 1000 bytes used.
+    for i in 0..10u8 {
+        wal.append(&[vec![i + 1; 300]]).unwrap();
+    }
+    let names = segment_files(tmp.path());
+    let expected: Vec<String> = (0..4).map(|k| segment_file_name(1 + 3 * k)).collect();
+    assert_eq!(names, expected);
+    for name in &names[..3] {
+        assert_eq!(fs::metadata(tmp.path().join(name)).unwrap().len(), 924);
+    }
+    // The current one is preallocated up to the budget, not a whole step.
+    let current = tmp.path().join(&names[3]);
+    assert_eq!(fs::metadata(&current).unwrap().len(), 1000);
+    drop(wal);
+
+    // A crash before the new segment's name is durable: the finished one is
+    // the last again, cut or not, and the log opens either way.
+    fs::remove_file(&current).unwrap();
+    let third = tmp.path().join(&names[2]);
+    let cut = fs::read(&third).unwrap();
+    let (_, rec) = Wal::open(tmp.path(), opts.clone()).unwrap();
+    assert_eq!((rec.last_index, rec.torn), (9, None));
+    let mut uncut = cut.clone();
+    uncut.resize(1000, 0);
+    fs::write(&third, &uncut).unwrap();
+    let (_, rec) = Wal::open(tmp.path(), opts.clone()).unwrap();
+    assert_eq!((rec.last_index, rec.torn), (9, None));
+    // A crash right after the new segment was created (the cut is synced
+    // before that) leaves it empty after a segment that ends at its records.
+    fs::write(&third, &cut).unwrap();
+    fs::File::create_new(&current).unwrap();
+    let (mut wal, rec) = Wal::open(tmp.path(), opts.clone()).unwrap();
+    assert_eq!((rec.last_index, rec.torn, rec.segments), (9, None, 4));
+    assert_eq!(wal.append(&[vec![10u8; 300]]).unwrap(), 10);
+    drop(wal);
+    assert_eq!(segment_files(tmp.path()), names);
+    // Zeros after the records of a segment that is not the last are damage,
+    // as any other bad bytes there.
+    fs::write(&third, &uncut).unwrap();
+    let err = Wal::open(tmp.path(), opts).unwrap_err();
+    assert!(
+        matches!(err, WalError::Corrupt { ref path, offset: 924, .. } if *path == third),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_clean_reopen_of_a_preallocated_log_reports_no_torn_tail() {
+    let tmp = TempDir::new("prealloc-clean");
+    let (mut wal, _) = Wal::open(tmp.path(), Options::default()).unwrap();
+    for i in 0..50u64 {
+        wal.append(&[format!("record {i}").as_bytes()]).unwrap();
+    }
+    drop(wal);
+    let seg = tmp.path().join(segment_file_name(1));
+    let before = fs::read(&seg).unwrap();
+    assert_eq!(before.len() as u64, DEFAULT_PREALLOCATE_BYTES);
+    for round in 0..3u64 {
+        let (mut wal, rec) = Wal::open(tmp.path(), Options::default()).unwrap();
+        assert_eq!(rec.torn, None, "round {round}");
+        assert_eq!(rec.last_index, 50 + round);
+        // Opening neither cuts nor grows the file; the next record goes right
+        // after the last one, over the zeros.
+        assert_eq!(fs::metadata(&seg).unwrap().len(), DEFAULT_PREALLOCATE_BYTES);
+        wal.append(&[b"more"]).unwrap();
+    }
+    let (_, rec) = Wal::open(tmp.path(), Options::default()).unwrap();
+    assert_eq!(rec.records.len(), 53);
+    assert_eq!(rec.records[52], (53, b"more".to_vec()));
 }
