@@ -5,16 +5,17 @@
 //! channels ([`api::NodeHandle`]), so there are no locks around protocol state.
 //!
 //! [`Node::start`] opens the data directory, loads the newest snapshot and
-//! replays the log above it, starts the peer transport ([`crate::net`]) and
-//! the snapshot fetcher on the caller's runtime and the replica task on a
-//! thread of its own (see `replica_task` for its loop), and hands back a
-//! [`Node`] whose [`Node::handle`] clients use. How snapshots are taken,
-//! loaded and fetched is in `snapshots`.
+//! replays the log above it, starts the peer transport ([`crate::net`]),
+//! the snapshot fetcher and the replica task (see `replica_task` for its
+//! loop) on the caller's runtime and the log writer on a thread of its own
+//! (`disk`), and hands back a [`Node`] whose [`Node::handle`] clients use.
+//! How snapshots are taken, loaded and fetched is in `snapshots`.
 
 pub mod api;
 mod clients;
 pub mod config;
 mod datadir;
+mod disk;
 mod replica_task;
 mod snapshots;
 
@@ -27,7 +28,7 @@ use paxos::NodeId;
 use paxos::replica::{Durable, Record, Replica, Slot};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 pub use self::api::NodeHandle;
 pub use self::config::NodeConfig;
@@ -75,7 +76,7 @@ pub enum StartError {
         .dir.display()
     )]
     SnapshotsWithoutLog { dir: PathBuf },
-    #[error("cannot start the replica thread: {0}")]
+    #[error("cannot start a thread of the node: {0}")]
     Thread(io::Error),
 }
 
@@ -98,7 +99,7 @@ pub struct Node {
     transport: Option<Transport>,
     stop: Option<oneshot::Sender<()>>,
     exit: Option<oneshot::Receiver<Result<(), StorageError>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Node {
@@ -212,10 +213,12 @@ impl Node {
                 },
             )
         };
+        let disk = disk::Disk::start(storage, Arc::clone(&metrics), span.clone(), id)
+            .map_err(StartError::Thread)?;
         let task = ReplicaTask::new(
             config,
             replica,
-            storage,
+            disk,
             (store, snapshot_slot),
             data_dir,
             client_ids,
@@ -235,25 +238,17 @@ impl Node {
             snapshots: events_rx,
             stop: stop_rx,
         };
-        let thread_span = span.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("replica-{id}"))
-            .spawn(move || {
-                let _enter = thread_span.enter();
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_time()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(e) => {
-                        error!(error = %e, "cannot start the replica task's runtime");
-                        return;
-                    }
-                };
-                let result = runtime.block_on(task.run(channels));
+        // The replica task runs on the caller's runtime, beside the client
+        // connections and the peer transport: with one runtime thread per
+        // node, handing an op to the replica and its answer back costs no
+        // thread switch. Nothing in it waits for the disk (see `disk`).
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let result = task.run(channels).await;
                 let _ = exit_tx.send(result);
-            })
-            .map_err(StartError::Thread)?;
+            },
+            span.clone(),
+        ));
         // Return once the log is replayed and the first status published, so
         // that what the handle reports is never the empty default.
         let mut exit_rx = exit_rx;
@@ -278,7 +273,7 @@ impl Node {
             transport: Some(transport),
             stop: Some(stop_tx),
             exit: Some(exit_rx),
-            thread: Some(thread),
+            task: Some(task),
         })
     }
 
@@ -323,9 +318,9 @@ impl Node {
         if let Some(transport) = self.transport.take() {
             transport.shutdown().await;
         }
-        if let Some(thread) = self.thread.take() {
-            // The replica thread ends at its next turn; join it off the runtime.
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        if let Some(task) = self.task.take() {
+            // The replica task ends at its next turn.
+            let _ = task.await;
         }
     }
 }

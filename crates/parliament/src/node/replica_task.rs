@@ -13,19 +13,23 @@
 //!    `turn_items_max` each, without waiting.
 //! 4. Every few ticks, sweep the waiting writes and reads (hand them on
 //!    again, or give up on them).
-//! 5. Carry out the replica's `Ready` in the order its contract requires:
-//!    append its records with one write and one fdatasync (the group commit
-//!    of everything the turn gathered), then queue its messages for the
-//!    peers, then apply the chosen entries to the store in slot order and
-//!    answer the writes they carry, then answer the reads.
+//! 5. Carry out the replica's `Ready` as its contract allows: hand its
+//!    records to the disk thread (`super::disk`), send the messages that may
+//!    leave before the records are durable and hold the others until the
+//!    disk thread reports them durable, apply the chosen entries to the
+//!    store in slot order and answer the writes they carry, then answer the
+//!    reads.
 //! 6. If the snapshot policy says so, hand a clone of the store to a writer
 //!    thread; when it reports the snapshot durable (a snapshot event, like
 //!    a fetched snapshot), compact the log below it. See `super::snapshots`.
 //!
-//! The task runs on a thread of its own (with a single-threaded runtime for
-//! its timer and channels), so the fdatasync blocks nobody else: while it
-//! runs, ops and messages gather in the channels for the next turn.
+//! The task runs on the node's runtime, beside the client connections and
+//! the peer transport, and never waits for the disk: while the disk thread
+//! syncs, the task goes on stepping messages and answering writes, and a
+//! report that records are durable is one more event of the loop (it
+//! releases the held messages, and counts the leader's own votes).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,11 +44,12 @@ use super::api::{MemberStatus, NodeError, Op, ReadMode, StatusReport};
 use super::clients::{Clients, PendingRead, PendingWrite, Session, answer};
 use super::config::NodeConfig;
 use super::datadir::{ClientIds, DataDir};
+use super::disk::Disk;
 use super::snapshots::{self, FetchRequest, SnapshotEvent, Snapshots};
 use crate::kv::{Reply, Request, Store};
 use crate::metrics::{self, Metrics};
 use crate::net::{Outbox, PeerTable};
-use crate::storage::replica::{FileStorage, ReplicaStorage, StorageError};
+use crate::storage::replica::StorageError;
 use crate::storage::snapshot::SnapshotError;
 
 /// Ticks delivered between two `Ready`s while catching up after a pause, so
@@ -64,6 +69,8 @@ pub fn store_index(slot: Slot, i: usize) -> Option<u64> {
 
 /// What woke the loop.
 enum Event {
+    /// The disk thread made more records durable.
+    Persisted,
     Op(Op),
     Peer(NodeId, Message),
     Snapshot(SnapshotEvent),
@@ -84,7 +91,11 @@ pub struct SnapshotLinks {
 pub struct ReplicaTask {
     config: NodeConfig,
     replica: Replica,
-    storage: FileStorage,
+    disk: Disk,
+    /// The number of the last record the disk thread reported durable.
+    durable: u64,
+    /// Messages that wait for records up to the number given to be durable.
+    held: VecDeque<(u64, NodeId, Message)>,
     store: Store,
     /// The last slot applied to `store`.
     applied: Slot,
@@ -138,7 +149,7 @@ impl ReplicaTask {
     pub fn new(
         config: NodeConfig,
         replica: Replica,
-        storage: FileStorage,
+        disk: Disk,
         (store, applied): (Store, Slot),
         data_dir: DataDir,
         client_ids: ClientIds,
@@ -153,7 +164,9 @@ impl ReplicaTask {
         ReplicaTask {
             config,
             replica,
-            storage,
+            disk,
+            durable: 0,
+            held: VecDeque::new(),
             store,
             applied,
             data_dir,
@@ -198,6 +211,13 @@ impl ReplicaTask {
             let event = tokio::select! {
                 biased;
                 _ = &mut channels.stop => Event::Stop,
+                failed = &mut self.disk.failed => {
+                    return Err(failed.unwrap_or(StorageError::Stopped));
+                }
+                changed = self.disk.durable.changed() => match changed {
+                    Ok(()) => Event::Persisted,
+                    Err(_) => return Err(StorageError::Stopped),
+                },
                 () = sleep_until(next_tick) => Event::Tick,
                 op = channels.ops.recv(), if ops_open => match op {
                     Some(op) => Event::Op(op),
@@ -222,7 +242,7 @@ impl ReplicaTask {
                 Event::Op(op) => self.on_op(op),
                 Event::Peer(from, message) => self.replica.step(from, message),
                 Event::Snapshot(event) => self.on_snapshot_event(event),
-                Event::Tick => {}
+                Event::Persisted | Event::Tick => {}
             }
             for _ in 1..self.config.turn_items_max {
                 if self.propose_budget == 0 {
@@ -239,6 +259,7 @@ impl ReplicaTask {
                     Err(_) => break,
                 }
             }
+            self.on_persisted();
             self.watch_leader();
             let now = Instant::now();
             if self.sweep_now || now >= self.next_sweep {
@@ -607,10 +628,30 @@ impl ReplicaTask {
 
     // ----- the Ready ------------------------------------------------------
 
+    /// Takes in what the disk thread made durable since the last look:
+    /// tells the replica, and sends the messages that waited for it.
+    fn on_persisted(&mut self) {
+        let durable = *self.disk.durable.borrow_and_update();
+        if durable <= self.durable {
+            return;
+        }
+        self.durable = durable;
+        self.replica.persisted(durable);
+        while let Some(&(end, _, _)) = self.held.front() {
+            if end > durable {
+                break;
+            }
+            if let Some((_, to, message)) = self.held.pop_front() {
+                self.outbox.send(to, message);
+            }
+        }
+    }
+
     /// Carries out the replica's `Ready`, in the order of its contract.
     fn process_ready(&mut self) -> Result<(), StorageError> {
         let Ready {
             records,
+            records_end,
             messages,
             committed,
             reads,
@@ -618,24 +659,21 @@ impl ReplicaTask {
             snapshot_needed,
         } = self.replica.take_ready();
 
-        // 1. Durable before anything leaves.
-        if !records.is_empty() {
-            let started = std::time::Instant::now();
-            if let Err(e) = self.storage.append(&records) {
-                error!(error = %e, "cannot persist the replica's records; stopping");
-                return Err(e);
-            }
-            self.metrics
-                .fsync_seconds
-                .observe(started.elapsed().as_secs_f64());
+        // 1. To the disk thread, which makes them durable in order.
+        if !records.is_empty() && self.disk.write(records, records_end).is_err() {
+            return Err(StorageError::Stopped);
         }
 
-        // 2. Messages.
+        // 2. Messages: those that report the records wait for them.
         for (to, message) in messages {
             if let Message::Forward { commands } = &message {
                 metrics::add(&self.metrics.forwarded_commands, commands.len() as u64);
             }
-            self.outbox.send(to, message);
+            if message.needs_durable_records() && records_end > self.durable {
+                self.held.push_back((records_end, to, message));
+            } else {
+                self.outbox.send(to, message);
+            }
         }
 
         // 3. Apply, in slot order.

@@ -79,6 +79,9 @@ pub enum KvBug {
     /// A node whose disk was damaged comes back empty and votes at once,
     /// instead of rejoining as a learner.
     RejoinVotesAtOnce,
+    /// The host tells the replica its records are durable as soon as it
+    /// writes them, so a leader counts its own vote before its disk holds it.
+    PersistedBeforeSync,
 }
 
 impl Variant for KvBug {
@@ -89,6 +92,7 @@ impl Variant for KvBug {
         KvBug::ApplyBeforeChosen,
         KvBug::RetryAppliedTwice,
         KvBug::RejoinVotesAtOnce,
+        KvBug::PersistedBeforeSync,
     ];
 
     fn name(self) -> &'static str {
@@ -99,6 +103,7 @@ impl Variant for KvBug {
             KvBug::ApplyBeforeChosen => "apply-before-chosen",
             KvBug::RetryAppliedTwice => "retry-applied-twice",
             KvBug::RejoinVotesAtOnce => "rejoin-votes-at-once",
+            KvBug::PersistedBeforeSync => "persisted-before-sync",
         }
     }
 
@@ -114,6 +119,9 @@ impl Variant for KvBug {
             KvBug::ApplyBeforeChosen => "a follower that applies a slot before it is chosen",
             KvBug::RetryAppliedTwice => "a client retry that is applied twice",
             KvBug::RejoinVotesAtOnce => "a node that lost its disk and votes again at once",
+            KvBug::PersistedBeforeSync => {
+                "a host that reports records durable as soon as it writes them"
+            }
         }
     }
 }
@@ -294,14 +302,15 @@ enum Event {
 /// Client endpoints are numbered from here, nodes from 0.
 const CLIENT: usize = 1 << 20;
 
-/// What a node's Ready asked for, waiting for its records to be durable.
+/// What a node's Ready asked for that waits for its records to be durable.
 struct Batch {
     id: u64,
     records: Vec<Record>,
+    /// The number of the batch's last record, reported to the replica once
+    /// the batch is durable.
+    records_end: u64,
+    /// Messages that report what the records say.
     messages: Vec<(NodeId, Message)>,
-    committed: Vec<(Slot, Value)>,
-    reads: Vec<paxos::replica::ReadState>,
-    failed_reads: Vec<u64>,
 }
 
 struct Node {
@@ -574,8 +583,10 @@ impl Sim<'_> {
         self.at(period, Event::Tick(n));
     }
 
-    /// Takes the node's Ready and writes its records; the rest waits until
-    /// they are durable.
+    /// Takes the node's Ready and writes its records. Messages that report
+    /// them wait until they are durable; everything else happens at once:
+    /// accepts, heartbeats and commit points leave, chosen entries are
+    /// applied and reads answered.
     fn collect(&mut self, n: usize) {
         let node = &mut self.nodes[n];
         let ready = node.replica.take_ready();
@@ -589,28 +600,68 @@ impl Sim<'_> {
             self.disk.rejoined += 1;
             self.log(|| format!("node {} finished rejoining and votes again", n + 1));
         }
+        let (waiting, now): (Vec<_>, Vec<_>) = ready
+            .messages
+            .into_iter()
+            .partition(|(_, m)| m.needs_durable_records());
         let node = &mut self.nodes[n];
-        let id = node.next_batch;
-        node.next_batch += 1;
-        let has_records = !ready.records.is_empty();
-        node.unsynced.push_back(Batch {
-            id,
-            records: ready.records,
-            messages: ready.messages,
-            committed: ready.committed,
-            reads: ready.reads,
-            failed_reads: ready.failed_reads,
-        });
-        let epoch = node.epoch;
-        // Group commit: one sync covers every batch written before it starts.
-        let latency = if has_records {
-            self.rng.between(50, 600)
-        } else {
-            0
-        };
-        let done = node.disk_busy_until.max(self.now) + latency;
-        node.disk_busy_until = done;
-        self.at(done - self.now, Event::Synced { node: n, epoch, id });
+        if self.config.bug == Some(KvBug::PersistedBeforeSync) {
+            // The leader now counts its own votes on records a crash may
+            // still take back.
+            node.replica.persisted(ready.records_end);
+        }
+        if !ready.records.is_empty() || !waiting.is_empty() {
+            let id = node.next_batch;
+            node.next_batch += 1;
+            let has_records = !ready.records.is_empty();
+            node.unsynced.push_back(Batch {
+                id,
+                records: ready.records,
+                records_end: ready.records_end,
+                messages: waiting,
+            });
+            let epoch = node.epoch;
+            // Group commit: one sync covers every batch written before it
+            // starts. Now and then the disk stalls, for longer than a
+            // message takes to go and come back.
+            let latency = if !has_records {
+                0
+            } else if self.rng.chance(0.15) {
+                self.rng.between(2_000, 30_000)
+            } else {
+                self.rng.between(50, 600)
+            };
+            let done = node.disk_busy_until.max(self.now) + latency;
+            node.disk_busy_until = done;
+            self.at(done - self.now, Event::Synced { node: n, epoch, id });
+        }
+        for (to, message) in now {
+            self.send(n, to as usize - 1, Packet::Peer(message));
+        }
+        for (slot, value) in ready.committed {
+            if slot > self.nodes[n].applied {
+                self.apply(n, slot, &value);
+            }
+            if self.violation.is_some() {
+                return;
+            }
+        }
+        self.maybe_snapshot(n);
+        if !self.nodes[n].up {
+            return; // crashed right after saving the snapshot
+        }
+        for read in ready.reads {
+            if let Some((client, seq, key)) = self.nodes[n].waiting_reads.remove(&read.ctx) {
+                let reply = self.nodes[n].store.read(&Command::Get(key));
+                self.send(n, CLIENT + client, Packet::Reply { client, seq, reply });
+            }
+        }
+        for ctx in ready.failed_reads {
+            if let Some((client, seq, _)) = self.nodes[n].waiting_reads.remove(&ctx) {
+                let reply = Reply::error("ERR read could not be confirmed");
+                self.send(n, CLIENT + client, Packet::Reply { client, seq, reply });
+            }
+        }
     }
 
     fn synced(&mut self, n: usize, epoch: u64, id: u64) {
@@ -653,14 +704,17 @@ impl Sim<'_> {
                 }
             }
             self.release(n, batch);
-            if self.violation.is_some() {
+            if self.violation.is_some() || !self.nodes[n].up {
                 return;
             }
         }
+        // Records made durable may have chosen slots (the leader's own
+        // votes count only now).
+        self.collect(n);
     }
 
-    /// The batch's records are durable: now its messages may leave, its
-    /// entries be applied and its reads answered.
+    /// The batch's records are durable: the replica hears so, and the
+    /// messages that report them may leave.
     fn release(&mut self, n: usize, batch: Batch) {
         for record in &batch.records {
             self.nodes[n].disk.apply(record);
@@ -672,6 +726,7 @@ impl Sim<'_> {
                 self.apply(n, slot, &value);
             }
         }
+        self.nodes[n].replica.persisted(batch.records_end);
         for (to, message) in batch.messages {
             if let Some(why) = uncovered(&self.nodes[n].disk, &message) {
                 self.fail(format!(
@@ -681,27 +736,6 @@ impl Sim<'_> {
                 return;
             }
             self.send(n, to as usize - 1, Packet::Peer(message));
-        }
-        for (slot, value) in batch.committed {
-            if slot > self.nodes[n].applied {
-                self.apply(n, slot, &value);
-            }
-        }
-        self.maybe_snapshot(n);
-        if !self.nodes[n].up {
-            return; // crashed right after saving the snapshot
-        }
-        for read in batch.reads {
-            if let Some((client, seq, key)) = self.nodes[n].waiting_reads.remove(&read.ctx) {
-                let reply = self.nodes[n].store.read(&Command::Get(key));
-                self.send(n, CLIENT + client, Packet::Reply { client, seq, reply });
-            }
-        }
-        for ctx in batch.failed_reads {
-            if let Some((client, seq, _)) = self.nodes[n].waiting_reads.remove(&ctx) {
-                let reply = Reply::error("ERR read could not be confirmed");
-                self.send(n, CLIENT + client, Packet::Reply { client, seq, reply });
-            }
         }
     }
 
@@ -1157,7 +1191,17 @@ impl Sim<'_> {
                 }
             }
             0 | 1 if self.config.crashes => {
-                let victim = self.rng.below(n as u64) as usize;
+                // Half the time the leader: its crash, with its own records
+                // still on their way to a slow disk, is where a vote counted
+                // too early would show.
+                let leader = (0..n).find(|&i| {
+                    self.nodes[i].up
+                        && self.nodes[i].replica.status().role == paxos::replica::RoleName::Leader
+                });
+                let victim = match leader {
+                    Some(l) if self.rng.chance(0.5) => l,
+                    _ => self.rng.below(n as u64) as usize,
+                };
                 self.crash_and_restart_later(victim);
             }
             9 if self.config.crashes => {

@@ -35,6 +35,10 @@ pub enum StorageError {
         index: u64,
         source: WireError,
     },
+    /// The thread that writes the log stopped without saying why (it
+    /// panicked); see the log above.
+    #[error("the thread writing the log stopped unexpectedly")]
+    Stopped,
 }
 
 /// Durable storage of one replica's records.

@@ -208,6 +208,7 @@ impl Replica {
             reads: Vec::new(),
             early_reads: Vec::new(),
             step_down: false,
+            own_votes: VecDeque::new(),
         };
         for slot in (commit_reported + 1).max(from_slot)..=top {
             if self.log.get(&slot).is_some_and(|e| e.chosen.is_some()) {

@@ -3,6 +3,8 @@
 
 use super::message::{Message, Record, Slot, Value};
 use super::{InFlight, Leader, PendingRead, ReadState, Replica, Role};
+use std::collections::BTreeSet;
+
 use crate::ballot::NodeId;
 
 /// Heartbeat rounds remembered for lease accounting.
@@ -12,6 +14,9 @@ impl Replica {
     /// Runs `f` on the leader state, taken out of `self` for the duration
     /// (`f` must not change the role; it sets `step_down` instead).
     fn with_leader<R>(&mut self, f: impl FnOnce(&mut Replica, &mut Leader) -> R) -> Option<R> {
+        if !matches!(self.role, Role::Leader(_)) {
+            return None;
+        }
         let Role::Leader(mut leader) = std::mem::replace(&mut self.role, Role::Follower) else {
             return None;
         };
@@ -25,24 +30,41 @@ impl Replica {
     }
 
     /// Proposes `value` for `slot` in the leader's ballot, accepting it here
-    /// first (the acceptance is durable before the accepts leave).
+    /// too. The accepts may leave before that acceptance is durable; it
+    /// counts as a vote only once it is (see [`Replica::persisted`]).
     pub(super) fn propose_slot(&mut self, leader: &mut Leader, slot: Slot, value: Value) {
         let ballot = leader.ballot;
         self.log.entry(slot).or_default().accepted = Some((ballot, value.clone()));
+        let record = self.next_record_number();
         self.ready.records.push(Record::Accept {
             slot,
             ballot,
             value: value.clone(),
         });
+        leader.own_votes.push_back((record, slot));
         leader.unsent.push((slot, value.clone()));
         leader.inflight.insert(
             slot,
             InFlight {
                 value,
-                accepted_by: [self.config.id].into_iter().collect(),
+                accepted_by: BTreeSet::new(),
             },
         );
-        self.count_vote(leader, slot, self.config.id);
+    }
+
+    /// Counts the leader's own acceptances made durable by records up to
+    /// number `up_to`.
+    pub(super) fn count_own_votes(&mut self, up_to: u64) {
+        let me = self.config.id;
+        self.with_leader(|r, leader| {
+            while let Some(&(record, slot)) = leader.own_votes.front() {
+                if record > up_to {
+                    break;
+                }
+                leader.own_votes.pop_front();
+                r.count_vote(leader, slot, me);
+            }
+        });
     }
 
     /// Counts `voter`'s acceptance of `slot`; a quorum makes it chosen.

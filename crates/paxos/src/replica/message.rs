@@ -130,6 +130,38 @@ pub enum Message {
 }
 
 impl Message {
+    /// Whether the message may leave only once every record handed out
+    /// with it (and before it) is durable: it reports a promise or an
+    /// acceptance, claims a ballot (a proposer must never reuse one after
+    /// a crash), or speaks for a replica that is rejoining.
+    ///
+    /// The others carry no claim about this replica's durable state and may
+    /// leave at once: phase 2a accepts (the leader's own acceptance counts
+    /// only once durable), heartbeats and commit points (chosen values are
+    /// facts), forwarded commands, catch-up and read-index traffic, and the
+    /// pre-vote, which promises nothing.
+    pub fn needs_durable_records(&self) -> bool {
+        match self {
+            Message::Prepare { .. }
+            | Message::Promise { .. }
+            | Message::Nack { .. }
+            | Message::Accepted { .. }
+            | Message::HeartbeatAck { .. }
+            | Message::RejoinQuery { .. }
+            | Message::RejoinReply { .. } => true,
+            Message::PreVote { .. }
+            | Message::PreVoteReply { .. }
+            | Message::Accept { .. }
+            | Message::Heartbeat { .. }
+            | Message::CatchUp { .. }
+            | Message::Chosen { .. }
+            | Message::SnapshotNeeded { .. }
+            | Message::Forward { .. }
+            | Message::ReadIndexRequest { .. }
+            | Message::ReadIndexReply { .. } => false,
+        }
+    }
+
     /// A short name, for traces and metrics.
     pub fn kind(&self) -> &'static str {
         match self {

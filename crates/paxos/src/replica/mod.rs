@@ -6,18 +6,34 @@
 //! - [`Replica::step`] hands it a message from a peer,
 //! - [`Replica::tick`] advances its logical clock by one tick,
 //! - [`Replica::propose`] and [`Replica::read_index`] come from clients,
-//! - [`Replica::take_ready`] collects what it asks the host to do.
+//! - [`Replica::take_ready`] collects what it asks the host to do,
+//! - [`Replica::persisted`] says which of the records it asked for are
+//!   durable.
 //!
 //! # The output contract
 //!
-//! A [`Ready`] must be carried out in this order:
+//! Records are numbered from 1 in the order the replica hands them out;
+//! [`Ready::records_end`] is the number of the last record of a `Ready` (or
+//! of an earlier one, if it has none). The host carries a `Ready` out so:
 //!
-//! 1. write `records` durably, in order;
-//! 2. then send `messages` (they may report promises and acceptances that
-//!    are only true once the records are on disk);
-//! 3. then apply `committed` to the state machine, in order;
+//! 1. write `records` durably, after every record handed out before them;
+//!    once records up to `records_end` are durable, call
+//!    [`Replica::persisted`] with it;
+//! 2. send the `messages` that [`Message::needs_durable_records`] says may
+//!    leave at once, whenever it likes; the others (they report promises and
+//!    acceptances that are only true once on disk) only once records up to
+//!    `records_end` are durable;
+//! 3. apply `committed` to the state machine, in order (chosen values are
+//!    facts: this need not wait for the records);
 //! 4. then answer the `reads` (each is linearizable once the entries up to its
 //!    index are applied, which step 3 has done).
+//!
+//! The host may go on stepping, ticking and taking `Ready`s while the records
+//! are being written: the leader counts its own acceptance of a slot only
+//! once [`Replica::persisted`] covers it, so nothing is chosen on the
+//! strength of a vote that a crash could still take back, and a proposer's
+//! accepts may travel while its own disk is busy. A host that writes
+//! synchronously calls `persisted` right after the write, before sending.
 //!
 //! # How it works
 //!
@@ -198,9 +214,13 @@ pub struct ReadState {
 /// What the replica asks its host to do; see the module notes for the order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ready {
-    /// Durable writes, in order, before anything else.
+    /// Durable writes, in order, after every record of earlier `Ready`s.
     pub records: Vec<Record>,
-    /// Messages to send once `records` are durable.
+    /// The number of the last record handed out so far, this `Ready`'s
+    /// included (records are numbered from 1 since the replica was made).
+    pub records_end: u64,
+    /// Messages to send: those that [`Message::needs_durable_records`] only
+    /// once records up to `records_end` are durable, the others at once.
     pub messages: Vec<(NodeId, Message)>,
     /// Chosen entries to apply, in slot order, each exactly once.
     pub committed: Vec<(Slot, Value)>,
@@ -215,8 +235,14 @@ pub struct Ready {
 }
 
 impl Ready {
+    /// Nothing to do (whatever `records_end` says).
     pub fn is_empty(&self) -> bool {
-        self == &Ready::default()
+        self.records.is_empty()
+            && self.messages.is_empty()
+            && self.committed.is_empty()
+            && self.reads.is_empty()
+            && self.failed_reads.is_empty()
+            && self.snapshot_needed.is_none()
     }
 }
 
@@ -321,6 +347,10 @@ struct Leader {
     early_reads: Vec<(u64, Option<NodeId>)>,
     /// Set by leader code that finds it must give up leadership.
     step_down: bool,
+    /// Slots proposed in this ballot whose own acceptance is not yet
+    /// durable, with the number of the record that makes it so. The
+    /// leader's vote for them counts once [`Replica::persisted`] covers it.
+    own_votes: VecDeque<(u64, Slot)>,
 }
 
 #[derive(Clone, Debug)]
@@ -389,6 +419,10 @@ pub struct Replica {
     forward: Vec<Bytes>,
     /// Reads answered by the leader, waiting for the index to be applied.
     reads_waiting: Vec<ReadState>,
+    /// Records handed out (in `Ready`s taken, and in `ready`), and how many
+    /// of them the host reported durable.
+    records_handed: u64,
+    records_durable: u64,
     ready: Ready,
 }
 
@@ -472,6 +506,8 @@ impl Replica {
             rejoin,
             forward: Vec::new(),
             reads_waiting: Vec::new(),
+            records_handed: 0,
+            records_durable: 0,
             ready,
             config,
         };
@@ -699,6 +735,24 @@ impl Replica {
         self.check_invariants();
     }
 
+    /// The host made every record up to number `up_to` durable (see the
+    /// output contract). Reports of records never handed out are ignored.
+    pub fn persisted(&mut self, up_to: u64) {
+        let handed = self.records_handed;
+        let up_to = up_to.min(handed);
+        if up_to <= self.records_durable {
+            return;
+        }
+        self.records_durable = up_to;
+        self.count_own_votes(up_to);
+        self.check_invariants();
+    }
+
+    /// The number the next record pushed onto `ready.records` will have.
+    fn next_record_number(&self) -> u64 {
+        self.records_handed + self.ready.records.len() as u64 + 1
+    }
+
     /// Collects everything the replica asks its host to do.
     pub fn take_ready(&mut self) -> Ready {
         if let Role::Leader(_) = self.role {
@@ -732,6 +786,8 @@ impl Replica {
         self.reads_waiting = waiting;
         self.ready.reads.extend(done);
         self.check_invariants();
+        self.records_handed += self.ready.records.len() as u64;
+        self.ready.records_end = self.records_handed;
         std::mem::take(&mut self.ready)
     }
 

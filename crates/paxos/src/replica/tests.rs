@@ -70,11 +70,24 @@ impl Cluster {
 
     /// Carries out a node's Ready in contract order, checking it.
     fn process(&mut self, id: NodeId) {
+        // The records are written synchronously: reporting them durable may
+        // choose slots (the leader's own votes), which the next Ready holds.
+        loop {
+            let node = self.nodes.get_mut(&id).expect("node exists");
+            let ready = node.replica.take_ready();
+            if ready.is_empty() {
+                return;
+            }
+            self.carry_out(id, ready);
+        }
+    }
+
+    fn carry_out(&mut self, id: NodeId, ready: Ready) {
         let node = self.nodes.get_mut(&id).expect("node exists");
-        let ready = node.replica.take_ready();
         for record in &ready.records {
             node.durable.apply(record);
         }
+        node.replica.persisted(ready.records_end);
         for (to, message) in &ready.messages {
             check_covered(&node.durable, message);
             if node.durable.rejoining {
@@ -655,4 +668,69 @@ fn a_snapshot_ahead_of_the_durable_log_is_trusted_on_restart() {
     assert_eq!(status.log_start, applied);
     assert_eq!(status.commit, applied);
     assert_eq!(status.applied, applied);
+}
+
+#[test]
+fn the_leader_counts_its_own_acceptance_only_once_it_is_durable() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    let follower = (1..=3).find(|&id| id != leader).expect("a follower");
+    c.ticks(2);
+    let commit = c.nodes[&leader].replica.status().commit;
+    c.node(leader)
+        .replica
+        .propose(Bytes::from_static(b"x"))
+        .expect("taken");
+    // The leader's disk is slow: its accepts leave before its own record is
+    // durable (they may), and one follower accepts.
+    let ready = c.node(leader).replica.take_ready();
+    assert!(!ready.records.is_empty());
+    let accepts: Vec<(NodeId, Message)> = ready
+        .messages
+        .iter()
+        .filter(|(_, m)| matches!(m, Message::Accept { entries, .. } if !entries.is_empty()))
+        .cloned()
+        .collect();
+    assert!(accepts.iter().all(|(_, m)| !m.needs_durable_records()));
+    let (_, accept) = accepts
+        .into_iter()
+        .find(|(to, _)| *to == follower)
+        .expect("an accept for the follower");
+    c.node(follower).replica.step(leader, accept);
+    let reply = c.node(follower).replica.take_ready();
+    let accepted = reply
+        .messages
+        .into_iter()
+        .find(|(_, m)| matches!(m, Message::Accepted { .. }))
+        .expect("the follower accepts");
+    assert!(accepted.1.needs_durable_records());
+    c.node(leader).replica.step(follower, accepted.1);
+    // One durable vote of the three is no quorum, whatever the leader holds
+    // in memory.
+    assert_eq!(c.nodes[&leader].replica.status().commit, commit);
+    assert!(c.node(leader).replica.take_ready().committed.is_empty());
+    // Its own record lands: now a quorum has it durably.
+    c.node(leader).replica.persisted(ready.records_end);
+    assert_eq!(c.nodes[&leader].replica.status().commit, commit + 1);
+    let next = c.node(leader).replica.take_ready();
+    assert_eq!(next.committed.len(), 1);
+}
+
+#[test]
+fn a_report_of_records_never_handed_out_is_ignored() {
+    let mut c = Cluster::new(1);
+    let leader = c.elect();
+    c.node(leader)
+        .replica
+        .propose(Bytes::from_static(b"x"))
+        .expect("taken");
+    // Before the Ready is taken, nothing it holds can be durable.
+    c.node(leader).replica.persisted(u64::MAX);
+    let ready = c.node(leader).replica.take_ready();
+    assert!(
+        ready.committed.is_empty(),
+        "chosen before its record was written"
+    );
+    c.node(leader).replica.persisted(ready.records_end);
+    assert_eq!(c.node(leader).replica.take_ready().committed.len(), 1);
 }
