@@ -12,7 +12,7 @@
 //! `snapshot_chunk_bytes_max`, at most `snapshot_window_chunks` of them
 //! unacknowledged, and an optional rate limit (`snapshot_send_bytes_per_sec`).
 //! Files are read and written on blocking threads, never on a task that
-//! serves replica messages, and never on the replica's own thread.
+//! serves replica messages, and never in the replica task.
 //!
 //! # The exchange
 //!
