@@ -11,10 +11,14 @@
 //! one direction only, or between some pairs of nodes.
 //!
 //! A node's disk makes records durable a little after they are written, in
-//! order; a crash loses everything not yet durable, and whatever was waiting
-//! for it (messages, applications, replies), except that it may tear the
-//! write in progress, keeping a prefix of its records (what the log keeps
-//! after cutting a torn tail). Crashes also land exactly on the boundaries:
+//! order, and now and then stalls for longer than a message's round trip.
+//! The node goes on meanwhile, as the real one does: only the messages that
+//! report what the records say wait for them (see the output contract of
+//! `paxos::replica`); accepts, heartbeats and commit points leave at once,
+//! and chosen entries are applied and answered at once. A crash loses
+//! everything not yet durable and the messages waiting for it, except that
+//! it may tear the write in progress, keeping a prefix of its records (what
+//! the log keeps after cutting a torn tail). Crashes also land exactly on the boundaries:
 //! just after a sync, before anything it released, and just after a snapshot
 //! is saved, before the log records the compaction. A crash may damage the
 //! disk (a flipped bit the checksums catch): the node then comes back empty
