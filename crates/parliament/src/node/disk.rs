@@ -19,7 +19,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::error;
 
 use crate::metrics::Metrics;
-use crate::storage::replica::{FileStorage, ReplicaStorage, StorageError};
+use crate::storage::replica::{ReplicaStorage, StorageError};
 
 /// Batches of records queued for the disk thread before the replica task
 /// waits for it: a disk that far behind pushes back on the whole node.
@@ -45,8 +45,8 @@ pub struct Disk {
 
 impl Disk {
     /// Starts the thread that owns `storage`, within `span` for its logs.
-    pub fn start(
-        storage: FileStorage,
+    pub fn start<S: ReplicaStorage + Send + 'static>(
+        storage: S,
         metrics: Arc<Metrics>,
         span: tracing::Span,
         id: u64,
@@ -58,7 +58,10 @@ impl Disk {
             .name(format!("disk-{id}"))
             .spawn(move || {
                 let _enter = span.enter();
-                if let Err(e) = write_loop(storage, &rx, &durable_tx, &metrics) {
+                let result = write_loop(storage, &rx, &durable_tx, &metrics);
+                // Refuse further batches before reporting why.
+                drop(rx);
+                if let Err(e) = result {
                     error!(error = %e, "cannot persist the replica's records; stopping");
                     let _ = failed_tx.send(e);
                 }
@@ -92,8 +95,8 @@ impl Drop for Disk {
     }
 }
 
-fn write_loop(
-    mut storage: FileStorage,
+fn write_loop<S: ReplicaStorage>(
+    mut storage: S,
     batches: &Receiver<Batch>,
     durable: &watch::Sender<u64>,
     metrics: &Metrics,
@@ -118,4 +121,104 @@ fn write_loop(
         durable.send_replace(end);
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test fails loudly, which is its job
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::mpsc::{Receiver as StdReceiver, Sender, channel};
+    use std::time::Duration;
+
+    use paxos::Ballot;
+    use paxos::replica::Durable;
+
+    use super::*;
+    use crate::storage::faulty::{FailPoint, FaultyStorage};
+    use crate::storage::replica::MemoryStorage;
+
+    fn promise(round: u64) -> Record {
+        Record::Promise(Ballot::new(round, 1))
+    }
+
+    async fn durable_reaches(disk: &mut Disk, end: u64) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while *disk.durable.borrow_and_update() < end {
+                disk.durable.changed().await.unwrap();
+            }
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Counts appends, and holds the first one until told to go on.
+    struct Gated {
+        inner: MemoryStorage,
+        appends: Arc<Mutex<Vec<usize>>>,
+        /// Told when the first append starts; then waits for the gate.
+        started: Option<Sender<()>>,
+        gate: Option<StdReceiver<()>>,
+    }
+
+    impl ReplicaStorage for Gated {
+        fn append(&mut self, records: &[Record]) -> Result<(), StorageError> {
+            if let (Some(started), Some(gate)) = (self.started.take(), self.gate.take()) {
+                started.send(()).unwrap();
+                gate.recv().unwrap();
+            }
+            self.appends.lock().unwrap().push(records.len());
+            self.inner.append(records)
+        }
+
+        fn durable(&self) -> &Durable {
+            self.inner.durable()
+        }
+    }
+
+    #[tokio::test]
+    async fn batches_that_arrive_during_a_sync_share_the_next_one() {
+        let appends = Arc::new(Mutex::new(Vec::new()));
+        let (started_tx, started) = channel();
+        let (go, gate) = channel();
+        let storage = Gated {
+            inner: MemoryStorage::default(),
+            appends: Arc::clone(&appends),
+            started: Some(started_tx),
+            gate: Some(gate),
+        };
+        let metrics = Arc::new(Metrics::default());
+        let mut disk = Disk::start(storage, metrics, tracing::Span::none(), 1).unwrap();
+        disk.write(vec![promise(1)], 1).unwrap();
+        // The first append is underway (and held) before the rest arrive.
+        started.recv_timeout(Duration::from_secs(10)).unwrap();
+        disk.write(vec![promise(2)], 2).unwrap();
+        disk.write(vec![promise(3), promise(4)], 4).unwrap();
+        disk.write(vec![promise(5)], 5).unwrap();
+        assert_eq!(*disk.durable.borrow(), 0, "nothing durable while held");
+        go.send(()).unwrap();
+        durable_reaches(&mut disk, 5).await;
+        assert_eq!(
+            *appends.lock().unwrap(),
+            vec![1, 4],
+            "one append for the three queued batches"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_is_reported_and_nothing_after_it_is_durable() {
+        let mut storage = FaultyStorage::new(MemoryStorage::default(), 7);
+        storage.fail_after(1, FailPoint::BeforeWrite);
+        let metrics = Arc::new(Metrics::default());
+        let mut disk = Disk::start(storage, metrics, tracing::Span::none(), 1).unwrap();
+        disk.write(vec![promise(1)], 1).unwrap();
+        durable_reaches(&mut disk, 1).await;
+        // The disk thread may already be gone when these are queued.
+        let _ = disk.write(vec![promise(2)], 2);
+        let error = tokio::time::timeout(Duration::from_secs(10), &mut disk.failed)
+            .await
+            .unwrap();
+        assert!(error.is_ok(), "the failure is reported, not dropped");
+        assert_eq!(*disk.durable.borrow(), 1);
+        assert!(disk.write(vec![promise(3)], 3).is_err());
+    }
 }
