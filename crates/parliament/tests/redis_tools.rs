@@ -11,46 +11,22 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{ServeCluster, eventually, get_all, set_until_ok};
-
-fn tool(name: &str) -> Command {
-    let found = Command::new(name)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    assert!(
-        found,
-        "{name} is not installed: apt-get install -y redis-tools"
-    );
-    Command::new(name)
-}
+use common::{ServeCluster, eventually, get_all, run, set_until_ok, tool};
 
 /// Runs `redis-cli -p PORT args...` (with `input` on standard input) and
 /// returns its standard output.
 fn cli(port: u16, args: &[&str], input: &str) -> String {
-    let mut child = tool("redis-cli")
-        .arg("-p")
-        .arg(port.to_string())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let port = port.to_string();
+    let all: Vec<&str> = ["-p", port.as_str()]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    let (ok, out, err) = run(tool("redis-cli"), &all, input);
+    assert!(ok, "redis-cli {args:?}: {out}{err}");
+    out
 }
 
 /// A cluster that has elected a leader and taken a first write.
@@ -107,7 +83,7 @@ fn redis_benchmark_runs_without_errors() {
     let follower = (1..=3).find(|&id| id != leader).unwrap();
     for id in [leader, follower] {
         let port = c.client_ports[(id - 1) as usize];
-        let out = tool("redis-benchmark")
+        let out = Command::new(tool("redis-benchmark"))
             .args(["-p", &port.to_string()])
             .args(["-t", "ping,set,get,incr", "-n", "20000", "-c", "16", "-q"])
             .output()

@@ -5,16 +5,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
 use parliament::server::Config;
 use parliament::server::testing::TestServer;
 use redis::{Commands, RedisResult};
 
-/// Generous: a loaded 2-core machine must not fail these tests.
-const PROCESS_TIMEOUT: Duration = Duration::from_secs(120);
+use common::{run, tool};
 
 async fn start(config: Config) -> TestServer {
     TestServer::start(config).await.unwrap()
@@ -127,74 +124,6 @@ async fn the_redis_crate_authenticates() {
         assert!(wrong.get_connection().is_err());
     })
     .await;
-}
-
-/// The path of a redis-tools program; fails the test when it is missing.
-fn tool(name: &str) -> &str {
-    let found = Command::new(name)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    assert!(
-        found,
-        "{name} is not installed: install Debian's redis-tools (apt-get install -y redis-tools)"
-    );
-    name
-}
-
-/// Kills the child if the test ends before it does.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-/// Runs a program with `input` on stdin; returns its exit success, stdout
-/// and stderr. Fails the test if it runs longer than a generous timeout.
-fn run(program: &str, args: &[&str], input: &str) -> (bool, String, String) {
-    let child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut child = ChildGuard(child);
-    if let Some(mut stdin) = child.0.stdin.take() {
-        stdin.write_all(input.as_bytes()).unwrap();
-    }
-    // Drain the pipes on threads so a chatty child cannot block on them.
-    let mut stdout = child.0.stdout.take().unwrap();
-    let mut stderr = child.0.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut text = String::new();
-        stdout.read_to_string(&mut text).map(|_| text)
-    });
-    let err = std::thread::spawn(move || {
-        let mut text = String::new();
-        stderr.read_to_string(&mut text).map(|_| text)
-    });
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < PROCESS_TIMEOUT,
-            "{program} {args:?} did not finish in {PROCESS_TIMEOUT:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let out = out.join().unwrap().unwrap();
-    let err = err.join().unwrap().unwrap();
-    (status.success(), out, err)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::resp::{Reply, parse_i64};
+use crate::resp::{Reply, parse_i64, put_len_header};
 
 /// Bounds on what one reply may make the client buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,30 +78,12 @@ pub enum ClientError {
 /// Appends `args` to `out` as one RESP2 command (an array of bulk strings).
 pub fn encode_command(args: &[&[u8]], out: &mut BytesMut) {
     out.reserve(16 + args.iter().map(|a| a.len() + 16).sum::<usize>());
-    put_header(out, b'*', args.len());
+    put_len_header(out, b'*', args.len());
     for arg in args {
-        put_header(out, b'$', arg.len());
+        put_len_header(out, b'$', arg.len());
         out.put_slice(arg);
         out.put_slice(b"\r\n");
     }
-}
-
-fn put_header(out: &mut BytesMut, prefix: u8, n: usize) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut rest = n;
-    loop {
-        at -= 1;
-        // A digit, so below 10: the cast cannot truncate.
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    out.put_u8(prefix);
-    out.put_slice(&digits[at..]);
-    out.put_slice(b"\r\n");
 }
 
 /// Decodes replies from the front of a buffer.

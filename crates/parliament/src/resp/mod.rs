@@ -40,4 +40,5 @@ mod tests;
 
 pub use args::{ArgError, Args, keyword_eq, parse_i64, parse_u64};
 pub use decode::{Decoder, Limits, ProtocolError, Request};
+pub(crate) use reply::put_len_header;
 pub use reply::{Reply, encode};

@@ -43,14 +43,14 @@ pub fn encode(reply: &Reply, out: &mut BytesMut) {
         Reply::Error(text) => put_line(out, b'-', text.as_bytes()),
         Reply::Integer(n) => put_header(out, b':', *n),
         Reply::Bulk(bytes) => {
-            put_header(out, b'$', len_i64(bytes.len()));
+            put_len_header(out, b'$', bytes.len());
             out.reserve(bytes.len() + 2);
             out.put_slice(bytes);
             out.put_slice(b"\r\n");
         }
         Reply::NullBulk => out.put_slice(b"$-1\r\n"),
         Reply::Array(items) => {
-            put_header(out, b'*', len_i64(items.len()));
+            put_len_header(out, b'*', items.len());
             for item in items {
                 encode(item, out);
             }
@@ -93,6 +93,7 @@ fn put_header(out: &mut BytesMut, prefix: u8, n: i64) {
 }
 
 /// Lengths of in-memory values always fit in an i64.
-fn len_i64(len: usize) -> i64 {
-    i64::try_from(len).unwrap_or(i64::MAX)
+/// Writes the header of a bulk string or an array of `len` (`$` or `*`).
+pub(crate) fn put_len_header(out: &mut BytesMut, prefix: u8, len: usize) {
+    put_header(out, prefix, i64::try_from(len).unwrap_or(i64::MAX));
 }
