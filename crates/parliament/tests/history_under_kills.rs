@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{ServeCluster, eventually};
-use parliament::check::{self, History, Op, Outcome, Ret};
+use testkit::check::{self, History, Op, Outcome, Ret};
 
 const CLIENTS: u64 = 6;
 const KEYS: u64 = 3;

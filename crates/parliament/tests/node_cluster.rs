@@ -16,12 +16,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use parliament::kv::{Command, Reply, SetCondition};
-use parliament::metrics::Metrics;
-use parliament::node::api::{NodeError, NodeHandle, ReadMode};
-use parliament::node::{Node, NodeConfig, StartError};
-use parliament::storage::snapshot::SnapshotPolicy;
-use parliament::storage::wal::FsyncPolicy;
+use kv::{Command, Reply, SetCondition};
+use node::api::{NodeError, NodeHandle, ReadMode};
+use node::metrics::Metrics;
+use node::{Node, NodeConfig, StartError};
+use storage::snapshot::SnapshotPolicy;
+use storage::wal::FsyncPolicy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -551,10 +551,7 @@ async fn a_peer_speaking_garbage_is_dropped_and_the_node_keeps_serving() {
         let mut frame = Vec::new();
         let mut body = Vec::new();
         body.extend_from_slice(b"PRLM");
-        body.extend_from_slice(&[
-            parliament::net::frame::PEER_PROTOCOL,
-            parliament::wire::WIRE_FORMAT,
-        ]);
+        body.extend_from_slice(&[node::net::frame::PEER_PROTOCOL, storage::wire::WIRE_FORMAT]);
         body.extend_from_slice(&from.to_be_bytes());
         body.extend_from_slice(&to.to_be_bytes());
         body.extend_from_slice(&[0, 0, 0, 0]);
@@ -662,15 +659,11 @@ async fn redis_clients_on_every_node_see_one_database() {
     for id in 1..=3 {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         ports.push(listener.local_addr().unwrap().port());
-        let config = parliament::server::Config {
+        let config = node::server::Config {
             node_id: id,
-            ..parliament::server::Config::default()
+            ..node::server::Config::default()
         };
-        servers.spawn(parliament::server::serve_clients(
-            listener,
-            c.handle(id),
-            config,
-        ));
+        servers.spawn(node::server::serve_clients(listener, c.handle(id), config));
     }
     tokio::task::spawn_blocking(move || {
         use redis::Commands;

@@ -7,8 +7,8 @@
 
 mod common;
 
-use parliament::server::Config;
-use parliament::server::testing::TestServer;
+use node::server::Config;
+use node::server::testing::TestServer;
 use redis::{Commands, RedisResult};
 
 use common::{run, tool};

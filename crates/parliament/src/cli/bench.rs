@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use parliament::loadgen::{self, Live, Mix, Target};
-use parliament::storage::wal::{bench_group_commit, bench_raw_fdatasync};
+use loadgen::{self, Live, Mix, Target};
+use storage::wal::{bench_group_commit, bench_raw_fdatasync};
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {

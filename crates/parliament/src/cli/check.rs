@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use parliament::check::{self, Options};
+use testkit::check::{self, Options};
 
 #[derive(Args, Debug)]
 pub struct CheckArgs {

@@ -9,7 +9,7 @@ pub mod sim;
 pub mod status;
 
 use anyhow::{Result, bail};
-use parliament::bugs::Variant;
+use testkit::bugs::Variant;
 
 /// What `--bug` asked for.
 pub enum BugChoice<B> {

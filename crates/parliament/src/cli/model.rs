@@ -4,9 +4,9 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use parliament::bugs::{SynodBug, Variant};
-use parliament::model::synod::SynodModel;
-use parliament::model::{Expectation, Options, explore};
+use testkit::bugs::{SynodBug, Variant};
+use testkit::model::synod::SynodModel;
+use testkit::model::{Expectation, Options, explore};
 
 #[derive(Subcommand, Debug)]
 pub enum ModelCommand {

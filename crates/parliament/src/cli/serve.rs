@@ -36,11 +36,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use parliament::node::{Node, NodeConfig};
-use parliament::storage::snapshot::SnapshotPolicy;
-use parliament::storage::wal::FsyncPolicy;
-use parliament::{http, server};
+use node::{Node, NodeConfig};
+use node::{http, server};
 use serde::Deserialize;
+use storage::snapshot::SnapshotPolicy;
+use storage::wal::FsyncPolicy;
 use tokio::net::TcpListener;
 use tracing::{Instrument, error, info, warn};
 

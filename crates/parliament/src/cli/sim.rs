@@ -6,9 +6,9 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use parliament::bugs::{SynodBug, Variant};
-use parliament::sim::kv::{self, KvBug, KvSimConfig};
-use parliament::sim::synod::{self, SynodSimConfig};
+use testkit::bugs::{SynodBug, Variant};
+use testkit::sim::kv::{self, KvBug, KvSimConfig};
+use testkit::sim::synod::{self, SynodSimConfig};
 
 #[derive(Subcommand, Debug)]
 pub enum SimCommand {

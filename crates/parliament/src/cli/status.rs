@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow};
 use clap::Args;
-use parliament::http::client;
-use parliament::node::api::{MemberStatus, StatusReport};
+use node::api::{MemberStatus, StatusReport};
+use node::http::client;
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
@@ -203,9 +203,9 @@ pub fn render_table(rows: &[Row]) -> String {
 mod tests {
     use std::sync::Arc;
 
-    use parliament::http::serve_http;
-    use parliament::metrics::Metrics;
-    use parliament::node::api::NodeHandle;
+    use node::api::NodeHandle;
+    use node::http::serve_http;
+    use node::metrics::Metrics;
     use tokio::sync::{mpsc, watch};
 
     use super::*;
@@ -250,10 +250,7 @@ mod tests {
     /// HTTP servers on loopback ports, stopped when dropped.
     struct Servers {
         runtime: Option<tokio::runtime::Runtime>,
-        _keep: Vec<(
-            mpsc::Receiver<parliament::node::api::Op>,
-            watch::Sender<StatusReport>,
-        )>,
+        _keep: Vec<(mpsc::Receiver<node::api::Op>, watch::Sender<StatusReport>)>,
     }
 
     impl Servers {

@@ -13,8 +13,8 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use parliament::http::client::fetch_status;
-use parliament::node::api::StatusReport;
+use node::api::StatusReport;
+use node::http::client::fetch_status;
 use redis::Commands;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_parliament");

@@ -1,0 +1,181 @@
+//! What the rest of the process may ask of the replica task.
+//!
+//! Client connections, the HTTP server and tests hold a [`NodeHandle`]. It is
+//! cheap to clone; every call goes through one bounded channel to the task
+//! that owns the replica, so a slow replica pushes back on its clients
+//! instead of queueing without limit.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::metrics::Metrics;
+use kv::{Command, Reply};
+
+/// Identifies a client connection within one node. The node keys the
+/// exactly-once session of the connection's writes by it.
+pub type ConnId = u64;
+
+/// How a read may be served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadMode {
+    /// Linearizable: under the leader's lease, else after a read-index round.
+    Linearizable,
+    /// From this node's applied state, possibly stale. Only when the client
+    /// asked for it (`READONLY`).
+    Stale,
+}
+
+/// Why the node could not give an answer.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    /// No leader is known, or none can be reached: the command was not
+    /// applied. Safe to retry.
+    #[error("CLUSTERDOWN no leader is known; retry shortly")]
+    ClusterDown,
+    /// The command was handed on but no answer came back: it may or may not
+    /// have taken effect. Never reported as a failure.
+    #[error(
+        "UNCERTAIN the leader changed before confirming; the write may or may not have taken effect"
+    )]
+    Uncertain,
+    /// The node is overloaded or shutting down; the command was not applied.
+    #[error("BUSY {0}")]
+    Busy(String),
+}
+
+/// One request from a client connection to the replica task.
+#[derive(Debug)]
+pub enum Op {
+    /// A command that goes through the log (writes, `EXEC`). Replied to once
+    /// it is chosen and applied.
+    Write {
+        conn: ConnId,
+        command: Command,
+        reply: oneshot::Sender<Result<Reply, NodeError>>,
+    },
+    /// A read-only command (see [`Command::is_read_only`]).
+    Read {
+        command: Command,
+        mode: ReadMode,
+        reply: oneshot::Sender<Result<Reply, NodeError>>,
+    },
+    /// The connection closed: its session may be retired once its last
+    /// write is answered.
+    Closed { conn: ConnId },
+}
+
+/// A member of the cluster as this node knows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct MemberStatus {
+    pub id: u64,
+    /// Peer (replication) address from `--members`.
+    pub peer_addr: String,
+    /// Client (RESP) and HTTP addresses, once the member has told us.
+    pub client_addr: Option<String>,
+    pub http_addr: Option<String>,
+    /// This node has a live peer connection to the member (always true for
+    /// itself).
+    pub connected: bool,
+    /// The highest slot the member is known to have accepted or learned,
+    /// when this node leads; lag is the leader's commit minus this.
+    pub match_slot: Option<u64>,
+}
+
+/// The node's view of itself, published after every step of the replica
+/// task and served as JSON on `/status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct StatusReport {
+    pub id: u64,
+    /// `leader`, `follower`, `candidate` or `learner`.
+    pub role: String,
+    pub leader_id: Option<u64>,
+    /// The highest ballot promised, as `round.node`.
+    pub ballot: String,
+    pub commit_slot: u64,
+    pub applied_slot: u64,
+    pub log_start: u64,
+    pub keys: u64,
+    pub client_connections: u64,
+    pub client_addr: String,
+    pub http_addr: String,
+    pub data_dir: String,
+    pub version: String,
+    pub uptime_seconds: u64,
+    pub members: Vec<MemberStatus>,
+}
+
+/// A cheap, clonable handle on the replica task.
+#[derive(Clone, Debug)]
+pub struct NodeHandle {
+    ops: mpsc::Sender<Op>,
+    status: watch::Receiver<StatusReport>,
+    metrics: Arc<Metrics>,
+}
+
+impl NodeHandle {
+    /// Wraps the channel ends the replica task serves.
+    pub fn new(
+        ops: mpsc::Sender<Op>,
+        status: watch::Receiver<StatusReport>,
+        metrics: Arc<Metrics>,
+    ) -> NodeHandle {
+        NodeHandle {
+            ops,
+            status,
+            metrics,
+        }
+    }
+
+    /// Sends `command` through the log; the reply once it is applied.
+    pub async fn write(&self, conn: ConnId, command: Command) -> Result<Reply, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Op::Write {
+            conn,
+            command,
+            reply,
+        })
+        .await?;
+        answer.await.unwrap_or(Err(NodeError::Uncertain))
+    }
+
+    /// Answers a read-only command as `mode` allows.
+    pub async fn read(&self, command: Command, mode: ReadMode) -> Result<Reply, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Op::Read {
+            command,
+            mode,
+            reply,
+        })
+        .await?;
+        // A read that lost its answer changed nothing: safe to report busy.
+        answer
+            .await
+            .unwrap_or_else(|_| Err(NodeError::Busy("the node is shutting down".to_owned())))
+    }
+
+    /// Tells the replica task that a connection closed.
+    pub async fn closed(&self, conn: ConnId) {
+        // Nothing to do if the task is gone: the process is stopping.
+        let _ = self.ops.send(Op::Closed { conn }).await;
+    }
+
+    /// Queues an op; waits while the channel is full (backpressure).
+    pub async fn send(&self, op: Op) -> Result<(), NodeError> {
+        self.ops
+            .send(op)
+            .await
+            .map_err(|_| NodeError::Busy("the node is shutting down".to_owned()))
+    }
+
+    /// The latest status the replica task published.
+    pub fn status(&self) -> StatusReport {
+        self.status.borrow().clone()
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+}

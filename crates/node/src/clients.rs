@@ -1,0 +1,232 @@
+//! What the replica task remembers of its clients: one session per
+//! connection, the writes and reads still waiting for an answer, and the
+//! timers that decide when to hand a write on again or give up.
+//!
+//! # A write's life
+//!
+//! ```text
+//!  arrives ──propose ok──▶ handed on ──applied here──▶ answered with the store's reply
+//!     │                      │   ▲
+//!     │ no leader for        │   └── leader changed, or not applied after
+//!     │ leader_grace         │       reforward_ms: proposed again, same (client, seq)
+//!     ▼                      ▼
+//!  ClusterDown           write_timeout_ms passed: Uncertain
+//! ```
+//!
+//! A write that was never handed on cannot have taken effect, so refusing it
+//! (`ClusterDown`, `Busy`) is honest. Once handed on, only its application
+//! here says what happened: every replica applies the same log, so when this
+//! node applies the entry carrying the write's (client, seq), the reply its
+//! own store computed is the reply. Until then the only honest answer after
+//! the deadline is `Uncertain`. Proposing a write again is safe because the
+//! store's sessions apply each (client, seq) at most once.
+//!
+//! # Reads after writes
+//!
+//! A client may pipeline `SET k v` and `GET k` without waiting between
+//! them, and expects the `GET` to see the `SET`, as Redis gives it. A read's
+//! index can be settled before a write sent just ahead of it is even chosen,
+//! so a linearizable read first waits until every write that reached this
+//! node before it has its answer (applied here, or refused, or uncertain),
+//! and only then asks for its read index. Read ops carry no connection, so
+//! the barrier is per node rather than per connection: a read may wait for
+//! another client's write too, which costs latency under mixed load but
+//! never correctness.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::api::{ConnId, NodeError};
+use kv::{Command, Reply};
+
+pub type Answer = oneshot::Sender<Result<Reply, NodeError>>;
+
+/// Sends an answer to a client that may have gone away meanwhile.
+pub fn answer(to: Answer, result: Result<Reply, NodeError>) {
+    // A closed connection no longer wants its answer: nothing to do.
+    let _ = to.send(result);
+}
+
+/// The exactly-once session of one connection.
+#[derive(Debug)]
+pub struct Session {
+    pub client: u64,
+    pub next_seq: u64,
+    /// Seqs whose answer is still owed; the lowest is the `ack_below` of
+    /// every new request.
+    pub outstanding: BTreeSet<u64>,
+    /// The connection closed: retire the session once nothing is owed.
+    pub closed: bool,
+}
+
+impl Session {
+    pub fn new(client: u64) -> Session {
+        Session {
+            client,
+            next_seq: 1,
+            outstanding: BTreeSet::new(),
+            closed: false,
+        }
+    }
+}
+
+/// A write waiting for its outcome.
+#[derive(Debug)]
+pub struct PendingWrite {
+    pub conn: ConnId,
+    pub answer: Answer,
+    /// The encoded `Request`, proposed as is every time.
+    pub request: Bytes,
+    pub arrived: Instant,
+    /// When it was last handed to the protocol; `None` while never.
+    pub proposed: Option<Instant>,
+    /// Propose again at the next sweep (the leader changed).
+    pub again: bool,
+    /// Order of arrival at this node, for the read barrier.
+    pub arrival: u64,
+}
+
+/// A linearizable read waiting for its read index, then for the log to be
+/// applied up to it.
+#[derive(Debug)]
+pub struct PendingRead {
+    pub command: Command,
+    pub answer: Answer,
+    pub arrived: Instant,
+    /// When the read index was last asked for; `None` while never.
+    pub asked: Option<Instant>,
+    pub again: bool,
+    /// The read may be answered once the log is applied up to here.
+    pub index: Option<u64>,
+    /// Writes that arrived before this number are answered before the read
+    /// index is asked for.
+    pub after: u64,
+}
+
+/// Sessions and everything waiting, keyed for the replica task.
+#[derive(Debug, Default)]
+pub struct Clients {
+    pub sessions: HashMap<ConnId, Session>,
+    /// By (client, seq), the key the log carries.
+    pub writes: BTreeMap<(u64, u64), PendingWrite>,
+    /// By read context.
+    pub reads: BTreeMap<u64, PendingRead>,
+    pub next_ctx: u64,
+    /// Arrival numbers of the writes in `writes`.
+    arrivals: BTreeSet<u64>,
+    next_arrival: u64,
+}
+
+impl Clients {
+    /// The arrival number of the next write.
+    pub fn next_arrival(&self) -> u64 {
+        self.next_arrival
+    }
+
+    /// Starts waiting for the write `key`.
+    pub fn add_write(&mut self, key: (u64, u64), mut write: PendingWrite) {
+        write.arrival = self.next_arrival;
+        self.next_arrival += 1;
+        self.arrivals.insert(write.arrival);
+        if let Some(old) = self.writes.insert(key, write) {
+            // A key is never reused; keep the books straight if it were.
+            self.arrivals.remove(&old.arrival);
+        }
+    }
+
+    /// Every write that arrived before `after` has its answer.
+    pub fn writes_done_before(&self, after: u64) -> bool {
+        self.arrivals.first().is_none_or(|&first| first >= after)
+    }
+
+    /// Takes the write `(client, seq)` out of the waiting set, and retires
+    /// its session if the connection closed and nothing else is owed.
+    pub fn finish_write(&mut self, key: (u64, u64)) -> Option<PendingWrite> {
+        let write = self.writes.remove(&key)?;
+        self.arrivals.remove(&write.arrival);
+        self.forget(write.conn, key.1);
+        Some(write)
+    }
+
+    /// The answer for seq `seq` of `conn` is no longer owed.
+    pub fn forget(&mut self, conn: ConnId, seq: u64) {
+        if let Some(session) = self.sessions.get_mut(&conn) {
+            session.outstanding.remove(&seq);
+            if session.closed && session.outstanding.is_empty() {
+                self.sessions.remove(&conn);
+            }
+        }
+    }
+
+    /// The connection closed.
+    pub fn close(&mut self, conn: ConnId) {
+        if let Some(session) = self.sessions.get_mut(&conn) {
+            session.closed = true;
+            if session.outstanding.is_empty() {
+                self.sessions.remove(&conn);
+            }
+        }
+    }
+
+    /// Every handed-on write and asked read is handed on again at the next
+    /// sweep: the leader they went to may never answer.
+    pub fn leader_changed(&mut self) {
+        for write in self.writes.values_mut() {
+            write.again = write.proposed.is_some();
+        }
+        for read in self.reads.values_mut() {
+            read.again = read.asked.is_some() && read.index.is_none();
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test fails loudly, which is its job
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_closed_session_is_retired_once_nothing_is_owed() {
+        let mut c = Clients::default();
+        let mut s = Session::new(7);
+        s.outstanding.insert(1);
+        s.outstanding.insert(2);
+        c.sessions.insert(1, s);
+        c.close(1);
+        assert!(c.sessions.contains_key(&1), "answers are still owed");
+        c.forget(1, 1);
+        assert!(c.sessions.contains_key(&1));
+        c.forget(1, 2);
+        assert!(!c.sessions.contains_key(&1));
+        c.sessions.insert(2, Session::new(8));
+        c.close(2);
+        assert!(!c.sessions.contains_key(&2));
+    }
+
+    #[test]
+    fn a_read_waits_for_the_writes_that_arrived_before_it() {
+        let mut c = Clients::default();
+        let write = |conn| PendingWrite {
+            conn,
+            answer: oneshot::channel().0,
+            request: Bytes::new(),
+            arrived: Instant::now(),
+            proposed: None,
+            again: false,
+            arrival: 0,
+        };
+        c.add_write((5, 1), write(1));
+        let read_after = c.next_arrival();
+        c.add_write((5, 2), write(1));
+        assert!(!c.writes_done_before(read_after));
+        // A later write does not hold the read back.
+        assert!(c.finish_write((5, 1)).is_some());
+        assert!(c.writes_done_before(read_after));
+        assert!(!c.writes_done_before(c.next_arrival()));
+        assert!(c.finish_write((5, 2)).is_some());
+        assert!(c.writes_done_before(c.next_arrival()));
+    }
+}

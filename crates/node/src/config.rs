@@ -1,0 +1,292 @@
+//! How a node is set up: identity, members, storage, timing and limits.
+//!
+//! # Time
+//!
+//! The protocol counts logical ticks; the node delivers one every `tick_ms`
+//! of real time (10 ms by default). With the defaults that makes:
+//!
+//! | setting | ticks | at 10 ms a tick |
+//! |---|---|---|
+//! | `heartbeat_ticks` | 2 | a heartbeat every 20 ms |
+//! | `election_ticks` | 20 | a follower suspects its leader after 200 to 400 ms of silence |
+//! | `lease_ticks` | 16 | followers promise nobody else for 160 ms after a heartbeat; the leader trusts its lease a little less long (clock drift) |
+//!
+//! # Sizes
+//!
+//! A peer frame must hold the largest message the protocol sends: an accept
+//! that resends every slot in flight, or a catch-up of `catch_up_slots_max`
+//! slots. [`NodeConfig::validate`] checks that those fit in
+//! `frame_bytes_max`, which is why a single command is limited to
+//! `command_bytes_max` (1 MiB by default, like etcd's request limit).
+//!
+//! # Snapshots
+//!
+//! The node snapshots its store after `snapshot.entries_max` applied log
+//! entries (slots, 10 000 by default) or `snapshot.bytes_max` bytes of
+//! applied commands (64 MiB), whichever comes first, and then drops the log
+//! below the snapshot. Log segments hold `wal_segment_bytes_max` bytes
+//! (64 MiB), and only whole segments go, so the log on disk stays below
+//! about one policy's worth of entries plus two segments. A peer that needs
+//! slots compacted away is sent the snapshot in chunks (see
+//! `net::snapshot` for those limits).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use paxos::NodeId;
+use paxos::replica::Config as PaxosConfig;
+
+use crate::net::TransportConfig;
+use storage::snapshot::SnapshotPolicy;
+use storage::wal::{DEFAULT_SEGMENT_BYTES_MAX, FsyncPolicy};
+
+/// Node ids are at most this, so that client session ids can embed them.
+pub const NODE_ID_MAX: NodeId = 0xFFFF;
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    pub data_dir: PathBuf,
+    /// Every voting member's peer address, this node included.
+    pub members: BTreeMap<NodeId, String>,
+    /// Where clients and HTTP reach this node, as told to peers and shown in
+    /// status reports.
+    pub client_addr: String,
+    pub http_addr: String,
+    /// `Never` is UNSAFE: a crash may then lose promises and acceptances the
+    /// node already reported. For tests and benchmarks only.
+    pub fsync: FsyncPolicy,
+    /// Real time per protocol tick.
+    pub tick_ms: u64,
+    pub heartbeat_ticks: u64,
+    pub election_ticks: u64,
+    /// 0 turns leader leases off (every linearizable read then costs a
+    /// heartbeat round).
+    pub lease_ticks: u64,
+    pub inflight_slots_max: u64,
+    pub batch_commands_max: usize,
+    pub batch_bytes_max: usize,
+    pub catch_up_slots_max: usize,
+    /// A write handed to the protocol whose outcome is still unknown after
+    /// this long is answered [`super::api::NodeError::Uncertain`].
+    pub write_timeout_ms: u64,
+    /// A write handed on but not applied after this long is proposed again
+    /// (with the same session and sequence number, so it applies once).
+    pub reforward_ms: u64,
+    /// A linearizable read not answered after this long fails with
+    /// `ClusterDown` (reads change nothing, so failing them is safe).
+    pub read_timeout_ms: u64,
+    /// Ops (client requests) queued for the replica task.
+    pub ops_queue_max: usize,
+    /// Peer messages queued for the replica task.
+    pub inbound_queue_max: usize,
+    /// Ops and peer messages each taken per turn of the loop, so one
+    /// fdatasync covers them all (group commit).
+    pub turn_items_max: usize,
+    /// Client writes and reads waiting for an answer.
+    pub pending_writes_max: usize,
+    pub pending_reads_max: usize,
+    /// Largest encoded client request (command plus session tag).
+    pub command_bytes_max: usize,
+    /// This node lost its log (a damaged or wiped disk) and starts from an
+    /// empty data directory: it rejoins as a learner that votes again only
+    /// once that is safe (see `paxos::replica` rejoin). Ignored when the
+    /// directory holds a log. Starting a lost node *without* it would let
+    /// it break promises it no longer remembers.
+    pub rejoin: bool,
+    /// When to snapshot the store and compact the log.
+    pub snapshot: SnapshotPolicy,
+    /// Size at which the write-ahead log starts a new segment file.
+    pub wal_segment_bytes_max: u64,
+    /// After a failed snapshot fetch, wait this long before the next one,
+    /// doubling per failure up to eight times as long.
+    pub snapshot_fetch_retry_ms: u64,
+    pub transport: TransportConfig,
+}
+
+impl NodeConfig {
+    /// A configuration with the defaults described in the module notes.
+    pub fn new(id: NodeId, data_dir: PathBuf, members: BTreeMap<NodeId, String>) -> NodeConfig {
+        let paxos = PaxosConfig::new(id, members.keys().copied().collect());
+        NodeConfig {
+            id,
+            data_dir,
+            members,
+            client_addr: String::new(),
+            http_addr: String::new(),
+            fsync: FsyncPolicy::Always,
+            tick_ms: 10,
+            heartbeat_ticks: paxos.heartbeat_ticks,
+            election_ticks: paxos.election_ticks,
+            lease_ticks: paxos.lease_ticks,
+            // Few slots in flight, each holding many commands: on one
+            // machine's loopback, 4 slots gave higher throughput and a
+            // shorter tail than 64 (fewer, fuller slots; docs/performance.md).
+            inflight_slots_max: 4,
+            batch_commands_max: paxos.batch_commands_max,
+            batch_bytes_max: paxos.batch_bytes_max,
+            catch_up_slots_max: 64,
+            write_timeout_ms: 10_000,
+            reforward_ms: 1_000,
+            read_timeout_ms: 2_000,
+            ops_queue_max: 4096,
+            inbound_queue_max: 4096,
+            turn_items_max: 1024,
+            pending_writes_max: 65_536,
+            pending_reads_max: 65_536,
+            command_bytes_max: 1 << 20,
+            rejoin: false,
+            snapshot: SnapshotPolicy::default(),
+            wal_segment_bytes_max: DEFAULT_SEGMENT_BYTES_MAX,
+            snapshot_fetch_retry_ms: 250,
+            transport: TransportConfig::default(),
+        }
+    }
+
+    /// The protocol's configuration; `seed` drives the election jitter.
+    pub fn paxos(&self, seed: u64) -> PaxosConfig {
+        let mut c = PaxosConfig::new(self.id, self.members.keys().copied().collect());
+        c.heartbeat_ticks = self.heartbeat_ticks;
+        c.election_ticks = self.election_ticks;
+        c.lease_ticks = self.lease_ticks;
+        c.inflight_slots_max = self.inflight_slots_max;
+        c.batch_commands_max = self.batch_commands_max;
+        c.batch_bytes_max = self.batch_bytes_max;
+        c.catch_up_slots_max = self.catch_up_slots_max;
+        c.seed = seed;
+        c
+    }
+
+    pub fn tick(&self) -> Duration {
+        Duration::from_millis(self.tick_ms)
+    }
+
+    /// How long a request may wait for a leader to be known before it is
+    /// refused with `ClusterDown`: the longest randomized election timeout.
+    pub fn leader_grace(&self) -> Duration {
+        Duration::from_millis(self.tick_ms.saturating_mul(self.election_ticks * 2))
+    }
+
+    /// The largest a slot's value can be once encoded.
+    fn slot_bytes_max(&self) -> u64 {
+        // Per command a length prefix of at most 10 bytes; per slot a tag,
+        // the slot number and a count.
+        let payload = self.batch_bytes_max.max(self.command_bytes_max) as u64;
+        payload + self.batch_commands_max as u64 * 10 + 32
+    }
+
+    /// Checks the relations the node relies on; the error says which.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.id == 0 || self.id > NODE_ID_MAX {
+            return Err(format!(
+                "node id {} is out of range 1..={NODE_ID_MAX}",
+                self.id
+            ));
+        }
+        if !self.members.contains_key(&self.id) {
+            return Err(format!("node {} is not among the members", self.id));
+        }
+        if let Some(bad) = self.members.keys().find(|&&m| m == 0 || m > NODE_ID_MAX) {
+            return Err(format!("member id {bad} is out of range 1..={NODE_ID_MAX}"));
+        }
+        if self.tick_ms == 0 || self.tick_ms > 60_000 {
+            return Err("tick_ms must be between 1 and 60000".to_owned());
+        }
+        self.paxos(0).validate().map_err(|e| e.to_string())?;
+        let positive = [
+            ("ops_queue_max", self.ops_queue_max as u64),
+            ("inbound_queue_max", self.inbound_queue_max as u64),
+            ("turn_items_max", self.turn_items_max as u64),
+            ("pending_writes_max", self.pending_writes_max as u64),
+            ("pending_reads_max", self.pending_reads_max as u64),
+            ("command_bytes_max", self.command_bytes_max as u64),
+            (
+                "outbound_queue_max",
+                self.transport.outbound_queue_max as u64,
+            ),
+            ("snapshot_entries_max", self.snapshot.entries_max),
+            ("snapshot_bytes_max", self.snapshot.bytes_max),
+            ("wal_segment_bytes_max", self.wal_segment_bytes_max),
+            ("snapshot_fetch_retry_ms", self.snapshot_fetch_retry_ms),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{name} must be positive"));
+        }
+        // One slot's value is one record of the write-ahead log.
+        let record_max = u64::from(storage::wal::DEFAULT_RECORD_BYTES_MAX);
+        if self.slot_bytes_max() + 64 > record_max {
+            return Err(format!(
+                "a slot of up to {} bytes may not fit in a log record of {record_max} bytes: \
+                 lower command_bytes_max or batch_bytes_max",
+                self.slot_bytes_max()
+            ));
+        }
+        self.transport.snapshot.validate()?;
+        let chunk_frame = self.transport.snapshot.chunk_bytes_max as u64 + 128;
+        if chunk_frame > u64::from(self.transport.frame_bytes_max) {
+            return Err(format!(
+                "a snapshot chunk of {} bytes may not fit in a frame of {} bytes: \
+                 lower snapshot_chunk_bytes_max or raise frame_bytes_max",
+                self.transport.snapshot.chunk_bytes_max, self.transport.frame_bytes_max
+            ));
+        }
+        let slots = self.inflight_slots_max.max(self.catch_up_slots_max as u64);
+        let largest = slots.saturating_mul(self.slot_bytes_max()) + 64;
+        if largest > u64::from(self.transport.frame_bytes_max) {
+            return Err(format!(
+                "a message of {slots} slots of up to {} bytes each may not fit in a frame of {} bytes: \
+                 raise frame_bytes_max or lower command_bytes_max, batch_bytes_max, \
+                 inflight_slots_max or catch_up_slots_max",
+                self.slot_bytes_max(),
+                self.transport.frame_bytes_max
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test fails loudly, which is its job
+mod tests {
+    use super::*;
+
+    fn three() -> BTreeMap<NodeId, String> {
+        (1..=3)
+            .map(|i| (i, format!("127.0.0.1:{}", 7000 + i)))
+            .collect()
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        NodeConfig::new(2, PathBuf::from("d"), three())
+            .validate()
+            .unwrap();
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_a_reason() {
+        let mut c = NodeConfig::new(4, PathBuf::from("d"), three());
+        assert!(c.validate().unwrap_err().contains("not among"));
+        c.id = 1;
+        c.command_bytes_max = 64 << 20;
+        assert!(c.validate().unwrap_err().contains("log record"));
+        c.command_bytes_max = 8 << 20;
+        assert!(c.validate().unwrap_err().contains("frame"));
+        let mut c = NodeConfig::new(1, PathBuf::from("d"), three());
+        c.lease_ticks = c.election_ticks;
+        assert!(c.validate().is_err());
+        let mut c = NodeConfig::new(1, PathBuf::from("d"), three());
+        c.tick_ms = 0;
+        assert!(c.validate().is_err());
+        let mut c = NodeConfig::new(1, PathBuf::from("d"), three());
+        c.snapshot.entries_max = 0;
+        assert!(c.validate().unwrap_err().contains("snapshot_entries_max"));
+        let mut c = NodeConfig::new(1, PathBuf::from("d"), three());
+        c.transport.frame_bytes_max = 1 << 20;
+        c.batch_bytes_max = 1 << 10;
+        c.command_bytes_max = 1 << 10;
+        assert!(c.validate().unwrap_err().contains("snapshot chunk"));
+    }
+}

@@ -1,0 +1,429 @@
+//! A parliament node: a tokio process that owns one Multi-Paxos replica, its
+//! storage and the key-value state machine, and serves clients and peers.
+//!
+//! One task owns the replica; every other task talks to it through bounded
+//! channels ([`api::NodeHandle`]), so there are no locks around protocol state.
+//!
+//! [`Node::start`] opens the data directory, loads the newest snapshot and
+//! replays the log above it, starts the peer transport ([`crate::net`]),
+//! the snapshot fetcher and the replica task (see `replica_task` for its
+//! loop) on the caller's runtime and the log writer on a thread of its own
+//! (`disk`), and hands back a [`Node`] whose [`Node::handle`] clients use.
+//! How snapshots are taken, loaded and fetched is in `snapshots`.
+
+pub mod api;
+mod clients;
+pub mod config;
+mod datadir;
+mod disk;
+pub mod http;
+pub mod metrics;
+pub mod net;
+mod replica_task;
+pub mod server;
+mod snapshots;
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use paxos::NodeId;
+use paxos::replica::{Durable, Record, Replica, Slot};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{info, warn};
+
+pub use self::api::NodeHandle;
+pub use self::config::NodeConfig;
+use self::datadir::{ClientIds, DataDir};
+use self::replica_task::{Channels, ReplicaTask};
+use self::snapshots::{FetchBackoff, Fetcher, LoadError, SNAPSHOT_EVENTS_MAX, Snapshots};
+use crate::metrics::Metrics;
+use crate::net::snapshot::TransferStats;
+use crate::net::{Identity, Transport};
+use kv::Store;
+use storage::replica::{FileStorage, ReplicaStorage, StorageError};
+use storage::snapshot::{OpenReport, SnapshotStore};
+use storage::wal::Options;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot {op} {}: {source}", .path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "data directory {} belongs to node {found}, not node {expected}; give each node its own directory",
+        .dir.display()
+    )]
+    WrongNode {
+        dir: PathBuf,
+        found: NodeId,
+        expected: NodeId,
+    },
+    #[error("data directory {}: {reason}", .dir.display())]
+    DataDir { dir: PathBuf, reason: String },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Snapshot(#[from] LoadError),
+    #[error(
+        "data directory {} holds snapshots but no log; a node that lost its log rejoins \
+         from an empty data directory: move the whole directory aside first",
+        .dir.display()
+    )]
+    SnapshotsWithoutLog { dir: PathBuf },
+    #[error("cannot start a thread of the node: {0}")]
+    Thread(io::Error),
+}
+
+/// Why a running node stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeFailure {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("the replica task stopped unexpectedly (see the log above)")]
+    Crashed,
+}
+
+/// A running node. Dropping it stops it abruptly, like [`Node::stop`]
+/// without the wait.
+pub struct Node {
+    id: NodeId,
+    handle: NodeHandle,
+    transfers: Arc<TransferStats>,
+    fetcher: Option<Fetcher>,
+    transport: Option<Transport>,
+    stop: Option<oneshot::Sender<()>>,
+    exit: Option<oneshot::Receiver<Result<(), StorageError>>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Node {
+    /// Starts node `config.id` with its peer listener already bound. Must be
+    /// called inside a tokio runtime (the transport runs on it).
+    pub async fn start(config: NodeConfig, peer_listener: TcpListener) -> Result<Node, StartError> {
+        config.validate().map_err(StartError::Config)?;
+        let span = tracing::info_span!("node", id = config.id);
+        let id = config.id;
+
+        // Opening replays the whole log: blocking work, off the runtime.
+        let opening = config.clone();
+        let opened = tokio::task::spawn_blocking(move || open(&opening))
+            .await
+            .map_err(|e| StartError::Thread(io::Error::other(e.to_string())))??;
+        let Opened {
+            moved_aside,
+            state:
+                State {
+                    storage,
+                    torn_bytes,
+                    snapshots,
+                    loaded,
+                    snapshot_report,
+                },
+            data_dir,
+            client_ids,
+        } = opened;
+        let (store, snapshot_slot) = loaded.unwrap_or_default();
+        {
+            let _enter = span.enter();
+            if torn_bytes > 0 {
+                warn!(
+                    torn_bytes,
+                    "the log ended in a torn write (a crash mid-append); it was cut off"
+                );
+            }
+            snapshots::log_open_report(&snapshot_report);
+            if snapshot_slot > 0 {
+                info!(
+                    slot = snapshot_slot,
+                    keys = store.len(),
+                    "loaded the newest snapshot"
+                );
+            }
+        }
+
+        let durable = storage.durable().clone();
+        let paxos = config.paxos(election_seed(id));
+        {
+            let _enter = span.enter();
+            if !moved_aside.is_empty() {
+                warn!(moved = ?moved_aside, "the damaged log and snapshots were moved aside");
+            }
+            if durable.rejoining {
+                warn!("rejoining as a learner: this node votes again once it has caught up safely");
+            } else if config.rejoin {
+                info!(
+                    "the log on disk is whole; starting from it (--rejoin acts only on a lost or damaged log)"
+                );
+            }
+        }
+        // The snapshot holds every entry up to its slot; the log above it is
+        // applied again. A log marked as rejoining restores as a learner.
+        let replica = Replica::restore(paxos, durable, snapshot_slot)
+            .map_err(|e| StartError::Config(e.to_string()))?;
+
+        let metrics = Arc::new(Metrics::default());
+        let (ops_tx, ops_rx) = mpsc::channel(config.ops_queue_max);
+        let (inbound_tx, inbound_rx) = mpsc::channel(config.inbound_queue_max);
+        let (status_tx, status_rx) = watch::channel(api::StatusReport::default());
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let (exit_tx, exit_rx) = oneshot::channel();
+        let (events_tx, events_rx) = mpsc::channel(SNAPSHOT_EVENTS_MAX);
+        let snapshots = Arc::new(snapshots);
+        let transfers = Arc::new(TransferStats::default());
+
+        let identity = Identity {
+            id,
+            client_addr: config.client_addr.clone(),
+            http_addr: config.http_addr.clone(),
+        };
+        let (transport, outbox) = {
+            let _enter = span.enter();
+            Transport::start(
+                peer_listener,
+                identity,
+                &config.members,
+                inbound_tx,
+                Arc::clone(&metrics),
+                config.transport.clone(),
+                snapshots::source(&snapshots, Arc::clone(&transfers)),
+            )
+            .map_err(|source| StartError::Io {
+                op: "start the peer transport on",
+                path: PathBuf::from("the peer listener"),
+                source,
+            })?
+        };
+        let peer_addr = transport.local_addr();
+        let fetcher = {
+            let _enter = span.enter();
+            let retry = Duration::from_millis(config.snapshot_fetch_retry_ms);
+            Fetcher::start(
+                transport.snapshot_client(),
+                Arc::clone(&snapshots),
+                events_tx.clone(),
+                FetchBackoff {
+                    min: retry,
+                    max: retry * 8,
+                },
+            )
+        };
+        let disk = disk::Disk::start(storage, Arc::clone(&metrics), span.clone(), id)
+            .map_err(StartError::Thread)?;
+        let task = ReplicaTask::new(
+            config,
+            replica,
+            disk,
+            (store, snapshot_slot),
+            data_dir,
+            client_ids,
+            outbox,
+            Arc::clone(transport.table()),
+            Arc::clone(&metrics),
+            status_tx,
+            replica_task::SnapshotLinks {
+                snapshots,
+                events: events_tx,
+                fetch: fetcher.requests(),
+            },
+        );
+        let channels = Channels {
+            ops: ops_rx,
+            inbound: inbound_rx,
+            snapshots: events_rx,
+            stop: stop_rx,
+        };
+        // The replica task runs on the caller's runtime, beside the client
+        // connections and the peer transport: with one runtime thread per
+        // node, handing an op to the replica and its answer back costs no
+        // thread switch. Nothing in it waits for the disk (see `disk`).
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let result = task.run(channels).await;
+                let _ = exit_tx.send(result);
+            },
+            span.clone(),
+        ));
+        // Return once the log is replayed and the first status published, so
+        // that what the handle reports is never the empty default.
+        let mut exit_rx = exit_rx;
+        let mut first = status_rx.clone();
+        if first.changed().await.is_err() {
+            return Err(match (&mut exit_rx).await {
+                Ok(Err(e)) => StartError::Storage(e),
+                _ => {
+                    StartError::Thread(io::Error::other("the replica task stopped while starting"))
+                }
+            });
+        }
+        {
+            let _enter = span.enter();
+            info!(%peer_addr, "node started");
+        }
+        Ok(Node {
+            id,
+            handle: NodeHandle::new(ops_tx, status_rx, metrics),
+            transfers,
+            fetcher: Some(fetcher),
+            transport: Some(transport),
+            stop: Some(stop_tx),
+            exit: Some(exit_rx),
+            task: Some(task),
+        })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// A handle for clients, HTTP and tests.
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// Counters of the snapshot transfers this node served and received.
+    pub fn snapshot_transfers(&self) -> &TransferStats {
+        &self.transfers
+    }
+
+    /// Waits until the node stops on its own: `Ok` never comes while it
+    /// runs; an error says why it stopped (storage failed, or a bug).
+    pub async fn failed(&mut self) -> NodeFailure {
+        let Some(exit) = self.exit.as_mut() else {
+            return NodeFailure::Crashed;
+        };
+        let result = exit.await;
+        self.exit = None;
+        match result {
+            Ok(Err(e)) => NodeFailure::Storage(e),
+            // Stopped without being asked, or the thread panicked.
+            Ok(Ok(())) | Err(_) => NodeFailure::Crashed,
+        }
+    }
+
+    /// Stops the node abruptly (as a crash after the last fdatasync would)
+    /// and waits until its tasks, connections and thread are gone.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(fetcher) = self.fetcher.take() {
+            fetcher.stop().await;
+        }
+        if let Some(transport) = self.transport.take() {
+            transport.shutdown().await;
+        }
+        if let Some(task) = self.task.take() {
+            // The replica task ends at its next turn.
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // Dropping the stop sender ends the replica task; dropping the
+        // transport aborts its tasks.
+        self.stop.take();
+        self.fetcher.take();
+        self.transport.take();
+    }
+}
+
+/// What opening the data directory yields.
+struct Opened {
+    /// Where `--rejoin` moved a damaged log and snapshots.
+    moved_aside: Vec<PathBuf>,
+    state: State,
+    data_dir: DataDir,
+    client_ids: ClientIds,
+}
+
+fn open(config: &NodeConfig) -> Result<Opened, StartError> {
+    let data_dir = DataDir::open(&config.data_dir, config.id)?;
+    let mut moved_aside = Vec::new();
+    let mut opened = match open_state(config, &data_dir) {
+        // The operator says this node's state is lost: whatever is damaged
+        // goes aside, kept, and the node starts empty.
+        Err(e @ (StartError::Storage(_) | StartError::Snapshot(_))) if config.rejoin => {
+            let suffix = format!(
+                "damaged-{}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+            );
+            moved_aside = data_dir.move_state_aside(&suffix)?;
+            tracing::warn!(error = %e, moved = ?moved_aside, "the state on disk is damaged; moved it aside to rejoin");
+            open_state(config, &data_dir)?
+        }
+        other => other?,
+    };
+    // A rejoin starts with its mark made durable, before anything is sent:
+    // should the node stop before it completes, it restarts rejoining even
+    // without the flag, never as an empty voter.
+    if config.rejoin && opened.storage.durable() == &Durable::default() {
+        if opened.loaded.is_some() {
+            return Err(StartError::SnapshotsWithoutLog {
+                dir: config.data_dir.clone(),
+            });
+        }
+        opened.storage.append(&[Record::Rejoin])?;
+    }
+    let client_ids = ClientIds::new(&data_dir, config.id)?;
+    Ok(Opened {
+        moved_aside,
+        state: opened,
+        data_dir,
+        client_ids,
+    })
+}
+
+/// The snapshots and the log of a data directory, opened.
+struct State {
+    storage: FileStorage,
+    torn_bytes: u64,
+    snapshots: Snapshots,
+    /// The store of the newest snapshot, and its slot.
+    loaded: Option<(Store, Slot)>,
+    snapshot_report: OpenReport,
+}
+
+/// Opens the snapshots and the log of `data_dir`.
+fn open_state(config: &NodeConfig, data_dir: &DataDir) -> Result<State, StartError> {
+    let (snapshot_store, snapshot_report) =
+        SnapshotStore::open(data_dir.snapshot_dir()).map_err(LoadError::from)?;
+    let snapshots = Snapshots::new(snapshot_store);
+    let loaded = snapshots
+        .load_latest()?
+        .map(|(meta, store)| (store, meta.slot));
+    let options = Options {
+        fsync: config.fsync,
+        segment_bytes_max: config.wal_segment_bytes_max,
+        ..Options::default()
+    };
+    let (storage, torn_bytes) = FileStorage::open(&data_dir.wal_dir(), options)?;
+    Ok(State {
+        storage,
+        torn_bytes,
+        snapshots,
+        loaded,
+        snapshot_report,
+    })
+}
+
+/// Election jitter differs per node and per start.
+fn election_seed(id: NodeId) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ id.rotate_left(32)
+}

@@ -1,0 +1,334 @@
+//! Frames on a peer connection, and the handshake that opens one.
+//!
+//! A frame is a `u32` big-endian payload length followed by the payload. The
+//! length is checked against a limit before anything is allocated, so a peer
+//! that sends garbage costs at most one limit's worth of memory (and the
+//! handshake, which comes first from strangers, has a limit of its own of a
+//! few kilobytes).
+//!
+//! The handshake is the first frame in each direction:
+//!
+//! ```text
+//! magic "PRLM" | peer protocol u8 | wire format u8 | from u64 BE | to u64 BE
+//! | client address (u16 BE length, UTF-8) | HTTP address (u16 BE length, UTF-8)
+//! ```
+//!
+//! `from` is the sender, `to` the node it believes it is talking to, so an
+//! address that points at the wrong node is caught on both ends.
+//!
+//! Every later frame starts with a kind byte ([`FrameKind`]) and then holds
+//! one payload of that kind:
+//!
+//! | kind | payload |
+//! |---|---|
+//! | 1, message | one [`storage::wire::encode_message`] payload |
+//! | 2, snapshot | one [`super::snapshot::SnapshotFrame`] (a snapshot transfer) |
+//!
+//! The first frame after the handshake decides what the connection is for:
+//! replica messages flowing one way, or one snapshot transfer flowing both
+//! ways (see [`super::snapshot`]). Protocol 1 had no kind byte.
+
+use std::io;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use paxos::NodeId;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use storage::wire::{self, WireError};
+
+/// The first bytes of every handshake.
+pub const HANDSHAKE_MAGIC: [u8; 4] = *b"PRLM";
+/// Version of the framing and handshake. Bumped on any incompatible change
+/// (2: every frame after the handshake starts with its kind).
+pub const PEER_PROTOCOL: u8 = 2;
+/// Largest handshake frame accepted: it arrives before the sender is known.
+pub const HANDSHAKE_BYTES_MAX: u32 = 4096;
+/// Bytes of the length prefix.
+pub const FRAME_HEADER_BYTES: usize = 4;
+/// Longest address string carried in a handshake.
+const ADDR_BYTES_MAX: usize = 512;
+
+/// Why a frame or handshake was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge { len: u32, max: u32 },
+    #[error("empty frame")]
+    Empty,
+    #[error("not a parliament peer (bad handshake magic)")]
+    BadMagic,
+    #[error(
+        "peer speaks protocol {theirs} with wire format {their_wire}; this node speaks protocol {PEER_PROTOCOL} with wire format {}",
+        wire::WIRE_FORMAT
+    )]
+    Version { theirs: u8, their_wire: u8 },
+    #[error("malformed handshake: {0}")]
+    Handshake(&'static str),
+    #[error("undecodable message: {0}")]
+    Wire(#[from] WireError),
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    #[error("a {got} frame on a connection that carries {expected} frames")]
+    WrongKind {
+        expected: &'static str,
+        got: &'static str,
+    },
+}
+
+/// What a frame after the handshake carries; its first payload byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameKind {
+    /// A replica message.
+    Message,
+    /// A message of a snapshot transfer.
+    Snapshot,
+}
+
+impl FrameKind {
+    fn byte(self) -> u8 {
+        match self {
+            FrameKind::Message => 1,
+            FrameKind::Snapshot => 2,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FrameKind::Message => "message",
+            FrameKind::Snapshot => "snapshot",
+        }
+    }
+}
+
+/// Bytes a frame of a kind adds to its payload: the length and the kind.
+pub const KIND_FRAME_OVERHEAD_BYTES: usize = FRAME_HEADER_BYTES + 1;
+
+/// Appends one frame of `kind` holding `payload` to `out`. The frame's
+/// length counts the kind byte, so the payload must be at least one byte
+/// below the frame limit.
+pub fn put_kind_frame(out: &mut BytesMut, kind: FrameKind, payload: &[u8]) {
+    // Callers check payloads against the frame limit (a u32) first.
+    out.put_u32(payload.len() as u32 + 1);
+    out.put_u8(kind.byte());
+    out.put_slice(payload);
+}
+
+/// Splits a frame read after the handshake into its kind and payload.
+pub fn split_kind(frame: Bytes) -> Result<(FrameKind, Bytes), FrameError> {
+    let kind = match frame.first() {
+        None => return Err(FrameError::Empty),
+        Some(1) => FrameKind::Message,
+        Some(2) => FrameKind::Snapshot,
+        Some(&other) => return Err(FrameError::UnknownKind(other)),
+    };
+    Ok((kind, frame.slice(1..)))
+}
+
+/// The opening frame of a peer connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Handshake {
+    pub from: NodeId,
+    pub to: NodeId,
+    pub client_addr: String,
+    pub http_addr: String,
+}
+
+impl Handshake {
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(64);
+        out.put_slice(&HANDSHAKE_MAGIC);
+        out.put_u8(PEER_PROTOCOL);
+        out.put_u8(wire::WIRE_FORMAT);
+        out.put_u64(self.from);
+        out.put_u64(self.to);
+        for addr in [&self.client_addr, &self.http_addr] {
+            let bytes = &addr.as_bytes()[..addr.len().min(ADDR_BYTES_MAX)];
+            // At most ADDR_BYTES_MAX, far below u16::MAX.
+            out.put_u16(bytes.len() as u16);
+            out.put_slice(bytes);
+        }
+        out.freeze()
+    }
+
+    pub fn decode(input: &[u8]) -> Result<Handshake, FrameError> {
+        let mut r = input;
+        let magic = take(&mut r, 4)?;
+        if magic != HANDSHAKE_MAGIC {
+            return Err(FrameError::BadMagic);
+        }
+        let version = take(&mut r, 2)?;
+        if version != [PEER_PROTOCOL, wire::WIRE_FORMAT] {
+            return Err(FrameError::Version {
+                theirs: version[0],
+                their_wire: version[1],
+            });
+        }
+        let from = u64::from_be_bytes(array(take(&mut r, 8)?)?);
+        let to = u64::from_be_bytes(array(take(&mut r, 8)?)?);
+        let client_addr = addr(&mut r)?;
+        let http_addr = addr(&mut r)?;
+        if !r.is_empty() {
+            return Err(FrameError::Handshake("bytes left over"));
+        }
+        Ok(Handshake {
+            from,
+            to,
+            client_addr,
+            http_addr,
+        })
+    }
+}
+
+fn take<'a>(r: &mut &'a [u8], n: usize) -> Result<&'a [u8], FrameError> {
+    if r.len() < n {
+        return Err(FrameError::Handshake("too short"));
+    }
+    let (head, tail) = r.split_at(n);
+    *r = tail;
+    Ok(head)
+}
+
+fn array<const N: usize>(b: &[u8]) -> Result<[u8; N], FrameError> {
+    b.try_into()
+        .map_err(|_| FrameError::Handshake("field of the wrong size"))
+}
+
+fn addr(r: &mut &[u8]) -> Result<String, FrameError> {
+    let len = u16::from_be_bytes(array(take(r, 2)?)?) as usize;
+    if len > ADDR_BYTES_MAX {
+        return Err(FrameError::Handshake("address too long"));
+    }
+    let bytes = take(r, len)?;
+    String::from_utf8(bytes.to_vec()).map_err(|_| FrameError::Handshake("address is not UTF-8"))
+}
+
+/// Appends one frame holding `payload` to `out`.
+pub fn put_frame(out: &mut BytesMut, payload: &[u8]) {
+    // Callers check payloads against the frame limit (a u32) first.
+    out.put_u32(payload.len() as u32);
+    out.put_slice(payload);
+}
+
+/// Reads one frame of at most `max` bytes. `Ok(None)` when the peer closed
+/// the connection between frames.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: u32,
+) -> Result<Option<Bytes>, FrameError> {
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    match r.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(header);
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    if len == 0 {
+        return Err(FrameError::Empty);
+    }
+    let mut payload = BytesMut::zeroed(len as usize);
+    r.read_exact(&mut payload).await?;
+    Ok(Some(payload.freeze()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test fails loudly, which is its job
+mod tests {
+    use super::*;
+
+    fn hello() -> Handshake {
+        Handshake {
+            from: 2,
+            to: 3,
+            client_addr: "127.0.0.1:6380".to_owned(),
+            http_addr: "127.0.0.1:8380".to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_handshake_round_trips() {
+        assert_eq!(Handshake::decode(&hello().encode()).unwrap(), hello());
+    }
+
+    #[test]
+    fn a_handshake_from_another_version_is_refused() {
+        let mut bytes = hello().encode().to_vec();
+        bytes[4] = PEER_PROTOCOL + 1;
+        assert!(matches!(
+            Handshake::decode(&bytes),
+            Err(FrameError::Version { theirs, .. }) if theirs == PEER_PROTOCOL + 1
+        ));
+        bytes[0] = b'G';
+        assert!(matches!(
+            Handshake::decode(&bytes),
+            Err(FrameError::BadMagic)
+        ));
+    }
+
+    #[test]
+    fn every_truncation_of_a_handshake_is_an_error() {
+        let bytes = hello().encode();
+        for len in 0..bytes.len() {
+            assert!(Handshake::decode(&bytes[..len]).is_err(), "prefix of {len}");
+        }
+        let mut longer = bytes.to_vec();
+        longer.push(0);
+        assert!(Handshake::decode(&longer).is_err());
+    }
+
+    #[tokio::test]
+    async fn kinded_frames_round_trip_and_unknown_kinds_are_refused() {
+        let mut buf = BytesMut::new();
+        put_kind_frame(&mut buf, FrameKind::Message, b"m");
+        put_kind_frame(&mut buf, FrameKind::Snapshot, b"snap");
+        let mut r: &[u8] = &buf;
+        let first = read_frame(&mut r, 16).await.unwrap().unwrap();
+        assert_eq!(
+            split_kind(first).unwrap(),
+            (FrameKind::Message, Bytes::from_static(b"m"))
+        );
+        let second = read_frame(&mut r, 16).await.unwrap().unwrap();
+        assert_eq!(
+            split_kind(second).unwrap(),
+            (FrameKind::Snapshot, Bytes::from_static(b"snap"))
+        );
+        assert!(matches!(
+            split_kind(Bytes::from_static(&[9, 1])),
+            Err(FrameError::UnknownKind(9))
+        ));
+        assert!(matches!(split_kind(Bytes::new()), Err(FrameError::Empty)));
+    }
+
+    #[tokio::test]
+    async fn frames_are_read_back_and_limits_are_checked_before_reading() {
+        let mut buf = BytesMut::new();
+        put_frame(&mut buf, b"one");
+        put_frame(&mut buf, b"two!");
+        let mut r: &[u8] = &buf;
+        assert_eq!(read_frame(&mut r, 16).await.unwrap().unwrap(), "one");
+        assert_eq!(read_frame(&mut r, 16).await.unwrap().unwrap(), "two!");
+        assert!(read_frame(&mut r, 16).await.unwrap().is_none());
+
+        // "GET " read as a length is about a gigabyte: refused unread.
+        let mut r: &[u8] = b"GET / HTTP/1.1\r\n";
+        assert!(matches!(
+            read_frame(&mut r, 1 << 20).await,
+            Err(FrameError::TooLarge { .. })
+        ));
+        let mut r: &[u8] = &[0, 0, 0, 0];
+        assert!(matches!(
+            read_frame(&mut r, 16).await,
+            Err(FrameError::Empty)
+        ));
+        // A frame cut short is an error, not a clean close.
+        let mut r: &[u8] = &[0, 0, 0, 9, 1, 2];
+        assert!(matches!(
+            read_frame(&mut r, 16).await,
+            Err(FrameError::Io(_))
+        ));
+    }
+}

@@ -1,0 +1,612 @@
+//! The peer transport: replica messages between nodes over TCP.
+//!
+//! - One outbound connection per peer, owned by a task that connects,
+//!   handshakes and writes. Messages reach it through a bounded queue
+//!   ([`Outbox::send`] never waits: a full queue drops the message and counts
+//!   it, which Paxos tolerates like any loss). The task writes every queued
+//!   frame in one write, reconnects with capped exponential backoff and
+//!   jitter, and drops what is queued while the peer is unreachable.
+//! - Inbound connections are accepted on the peer listener. After the
+//!   handshake each frame is decoded and pushed, with the sender's id, into
+//!   the replica task's bounded channel (waiting when it is full, so a busy
+//!   replica slows its peers' connections rather than growing a queue).
+//! - A connection that breaks the framing, the handshake or the wire format
+//!   is dropped with a warning; nothing a peer sends can stop the node.
+//!
+//! Messages flow one way on a connection: each node reads on the connections
+//! its peers opened and writes on those it opened itself. The only frame
+//! that travels back is the handshake reply, which tells the connecting side
+//! that it reached the node it meant to (and that node's client and HTTP
+//! addresses, for status reports).
+//!
+//! A snapshot transfer gets a connection of its own, opened by the node that
+//! needs the snapshot, so that chunks never queue ahead of heartbeats; see
+//! [`snapshot`]. The first frame after the handshake tells the two kinds of
+//! connection apart.
+
+pub mod frame;
+pub mod snapshot;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use paxos::NodeId;
+use paxos::replica::Message;
+use paxos::rng::Rng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, sleep_until, timeout};
+use tracing::{Instrument, debug, info, warn};
+
+use self::frame::{
+    FrameError, FrameKind, HANDSHAKE_BYTES_MAX, Handshake, KIND_FRAME_OVERHEAD_BYTES, put_frame,
+    put_kind_frame, read_frame, split_kind,
+};
+use self::snapshot::{SnapshotClient, SnapshotSource, SnapshotTransferConfig};
+use crate::metrics::{self, Metrics};
+use storage::wire;
+
+/// Limits and timings of the transport.
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    /// Largest frame accepted from or sent to a peer.
+    pub frame_bytes_max: u32,
+    /// Messages queued for one peer before new ones are dropped.
+    pub outbound_queue_max: usize,
+    /// Frames gathered into one write.
+    pub write_batch_frames_max: usize,
+    /// Bytes gathered into one write (a single larger frame still goes).
+    pub write_batch_bytes_max: usize,
+    /// Inbound connections open at once, handshaken or not.
+    pub inbound_connections_max: usize,
+    /// How long a new connection may take to handshake.
+    pub handshake_timeout_ms: u64,
+    /// How long a connect attempt may take.
+    pub connect_timeout_ms: u64,
+    /// How long one batched write may take before the connection is
+    /// considered dead.
+    pub write_timeout_ms: u64,
+    /// Reconnect backoff: starts here, doubles per failure up to the cap;
+    /// each wait is drawn between half and all of the current backoff.
+    pub backoff_min_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Snapshot transfers, on connections of their own.
+    pub snapshot: SnapshotTransferConfig,
+}
+
+impl Default for TransportConfig {
+    fn default() -> TransportConfig {
+        TransportConfig {
+            frame_bytes_max: 128 << 20,
+            outbound_queue_max: 4096,
+            write_batch_frames_max: 1024,
+            write_batch_bytes_max: 1 << 20,
+            inbound_connections_max: 64,
+            handshake_timeout_ms: 5_000,
+            connect_timeout_ms: 1_000,
+            write_timeout_ms: 5_000,
+            backoff_min_ms: 50,
+            backoff_max_ms: 2_000,
+            snapshot: SnapshotTransferConfig::default(),
+        }
+    }
+}
+
+/// Who this node is, as told to peers in the handshake.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub id: NodeId,
+    pub client_addr: String,
+    pub http_addr: String,
+}
+
+/// What the transport knows of one peer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The outbound connection is up (handshake done).
+    pub outbound: bool,
+    /// Inbound connections from the peer currently open.
+    pub inbound: u32,
+    /// The peer's addresses from its latest handshake.
+    pub client_addr: Option<String>,
+    pub http_addr: Option<String>,
+}
+
+/// The transport's view of every peer, shared with the status reporter.
+#[derive(Debug, Default)]
+pub struct PeerTable {
+    peers: Mutex<BTreeMap<NodeId, PeerInfo>>,
+    /// Messages dropped: queue full, peer unreachable, or frame too large.
+    pub dropped: AtomicU64,
+}
+
+impl PeerTable {
+    /// A copy of what is known of every peer.
+    pub fn snapshot(&self) -> BTreeMap<NodeId, PeerInfo> {
+        // A poisoned lock only means a task panicked mid-update of plain
+        // data: the data is still usable.
+        self.peers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn update(&self, peer: NodeId, f: impl FnOnce(&mut PeerInfo)) {
+        let mut peers = self
+            .peers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(peers.entry(peer).or_default());
+    }
+
+    fn learn(&self, hello: &Handshake) {
+        let known = |addr: &String| (!addr.is_empty()).then(|| addr.clone());
+        self.update(hello.from, |p| {
+            p.client_addr = known(&hello.client_addr);
+            p.http_addr = known(&hello.http_addr);
+        });
+    }
+}
+
+/// The replica task's side of the outbound queues.
+#[derive(Clone, Debug)]
+pub struct Outbox {
+    queues: BTreeMap<NodeId, mpsc::Sender<Message>>,
+    table: Arc<PeerTable>,
+}
+
+impl Outbox {
+    /// Queues `message` for `to` without waiting. Returns false (and counts
+    /// the drop) when the queue is full or `to` is not a peer.
+    pub fn send(&self, to: NodeId, message: Message) -> bool {
+        let sent = self
+            .queues
+            .get(&to)
+            .is_some_and(|q| q.try_send(message).is_ok());
+        if !sent {
+            self.table.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        sent
+    }
+}
+
+/// The running transport. Dropping it (or [`Transport::shutdown`]) stops
+/// every task and closes every connection and the listener.
+pub struct Transport {
+    tasks: JoinSet<()>,
+    local_addr: SocketAddr,
+    table: Arc<PeerTable>,
+    snapshots: SnapshotClient,
+}
+
+impl Transport {
+    /// Starts the transport on `listener` (already bound) for `members`
+    /// (peer addresses by id; this node's own entry is ignored). Inbound
+    /// messages go to `inbound`; peers that ask for a snapshot are sent
+    /// `snapshots.latest`. Must run inside a tokio runtime.
+    pub fn start(
+        listener: TcpListener,
+        identity: Identity,
+        members: &BTreeMap<NodeId, String>,
+        inbound: mpsc::Sender<(NodeId, Message)>,
+        metrics: Arc<Metrics>,
+        config: TransportConfig,
+        snapshots: SnapshotSource,
+    ) -> std::io::Result<(Transport, Outbox)> {
+        let local_addr = listener.local_addr()?;
+        let table = Arc::new(PeerTable::default());
+        let ctx = Arc::new(Ctx {
+            identity,
+            members: members.keys().copied().collect(),
+            config,
+            metrics,
+            table: Arc::clone(&table),
+            inbound,
+            snapshots,
+            serving: AtomicUsize::new(0),
+        });
+        let span = tracing::Span::current();
+        let mut tasks = JoinSet::new();
+        let mut queues = BTreeMap::new();
+        let mut seed = ctx.identity.id ^ boot_nanos();
+        for (&peer, addr) in members {
+            if peer == ctx.identity.id {
+                continue;
+            }
+            let (tx, rx) = mpsc::channel(ctx.config.outbound_queue_max.max(1));
+            queues.insert(peer, tx);
+            table.update(peer, |_| {});
+            seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let task = outbound(Arc::clone(&ctx), peer, addr.clone(), rx, Rng::new(seed));
+            tasks.spawn(task.instrument(span.clone()));
+        }
+        tasks.spawn(accept(Arc::clone(&ctx), listener).instrument(span));
+        let outbox = Outbox {
+            queues,
+            table: Arc::clone(&table),
+        };
+        let snapshots = SnapshotClient {
+            ctx: Arc::clone(&ctx),
+            addrs: members.clone(),
+        };
+        Ok((
+            Transport {
+                tasks,
+                local_addr,
+                table,
+                snapshots,
+            },
+            outbox,
+        ))
+    }
+
+    /// The address the peer listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn table(&self) -> &Arc<PeerTable> {
+        &self.table
+    }
+
+    /// Fetches snapshots from peers, on connections of its own (it works
+    /// until the transport shuts down).
+    pub fn snapshot_client(&self) -> SnapshotClient {
+        self.snapshots.clone()
+    }
+
+    /// Stops every task and waits until they are gone (their sockets closed).
+    pub async fn shutdown(mut self) {
+        self.tasks.shutdown().await;
+    }
+}
+
+/// What every task of the transport shares.
+struct Ctx {
+    identity: Identity,
+    members: Vec<NodeId>,
+    config: TransportConfig,
+    metrics: Arc<Metrics>,
+    table: Arc<PeerTable>,
+    inbound: mpsc::Sender<(NodeId, Message)>,
+    snapshots: SnapshotSource,
+    /// Snapshot transfers being served.
+    serving: AtomicUsize,
+}
+
+impl Ctx {
+    fn hello(&self, to: NodeId) -> Handshake {
+        Handshake {
+            from: self.identity.id,
+            to,
+            client_addr: self.identity.client_addr.clone(),
+            http_addr: self.identity.http_addr.clone(),
+        }
+    }
+
+    fn ms(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+}
+
+fn boot_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+// ---------------------------------------------------------------------------
+// Inbound
+// ---------------------------------------------------------------------------
+
+async fn accept(ctx: Arc<Ctx>, listener: TcpListener) {
+    // Connection tasks live in this set: when the accept task is stopped,
+    // dropping the set stops them too.
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, addr)) => {
+                    if conns.len() >= ctx.config.inbound_connections_max {
+                        warn!(%addr, limit = ctx.config.inbound_connections_max,
+                            "refusing a peer connection: too many open");
+                        continue;
+                    }
+                    let ctx = Arc::clone(&ctx);
+                    let span = tracing::Span::current();
+                    conns.spawn(async move {
+                        match inbound(&ctx, stream).await {
+                            Ok(()) => {}
+                            Err(Inbound::Frame(e)) => {
+                                warn!(%addr, error = %e, "dropping a peer connection");
+                            }
+                            Err(Inbound::Snapshot(e)) => {
+                                info!(%addr, error = %e, "a snapshot transfer to a peer stopped");
+                            }
+                        }
+                    }.instrument(span));
+                }
+                Err(e) => {
+                    // Usually out of file descriptors: wait, then go on.
+                    warn!(error = %e, "cannot accept a peer connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+/// Why an inbound connection ended early.
+enum Inbound {
+    Frame(FrameError),
+    Snapshot(snapshot::SnapshotLinkError),
+}
+
+impl From<FrameError> for Inbound {
+    fn from(e: FrameError) -> Inbound {
+        Inbound::Frame(e)
+    }
+}
+
+impl From<std::io::Error> for Inbound {
+    fn from(e: std::io::Error) -> Inbound {
+        Inbound::Frame(e.into())
+    }
+}
+
+/// Serves one inbound connection until it closes or misbehaves: replica
+/// messages, or one snapshot transfer, as its first frame says.
+async fn inbound(ctx: &Ctx, stream: TcpStream) -> Result<(), Inbound> {
+    stream.set_nodelay(true)?;
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = BufReader::with_capacity(64 << 10, reader);
+    let limit = Ctx::ms(ctx.config.handshake_timeout_ms);
+    let hello = match timeout(limit, read_frame(&mut reader, HANDSHAKE_BYTES_MAX)).await {
+        Ok(Ok(Some(frame))) => Handshake::decode(&frame)?,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(e)) => return Err(e.into()),
+        Err(_) => return Err(FrameError::Handshake("no handshake in time").into()),
+    };
+    let me = ctx.identity.id;
+    if hello.to != me {
+        return Err(FrameError::Handshake(
+            "the peer meant to reach another node id (check --members)",
+        )
+        .into());
+    }
+    if hello.from == me || !ctx.members.contains(&hello.from) {
+        warn!(
+            from = hello.from,
+            "a node that is not a member tried to connect"
+        );
+        return Err(FrameError::Handshake("sender is not a member").into());
+    }
+    let peer = hello.from;
+    let mut reply = BytesMut::new();
+    put_frame(&mut reply, &ctx.hello(peer).encode());
+    timeout(limit, writer.write_all(&reply))
+        .await
+        .map_err(|_| FrameError::Handshake("handshake reply timed out"))??;
+    ctx.table.learn(&hello);
+    let Some(first) = read_frame(&mut reader, ctx.config.frame_bytes_max).await? else {
+        return Ok(());
+    };
+    let (kind, payload) = split_kind(first)?;
+    if kind == FrameKind::Snapshot {
+        return snapshot::serve(ctx, peer, reader, writer, payload)
+            .await
+            .map_err(Inbound::Snapshot);
+    }
+    ctx.table.update(peer, |p| p.inbound += 1);
+    debug!(peer, "inbound peer connection up");
+    let result = read_messages(ctx, peer, payload, &mut reader).await;
+    ctx.table
+        .update(peer, |p| p.inbound = p.inbound.saturating_sub(1));
+    debug!(peer, "inbound peer connection closed");
+    result.map_err(Inbound::Frame)
+}
+
+/// Hands `first` and every later message frame to the replica task.
+async fn read_messages<R: tokio::io::AsyncRead + Unpin>(
+    ctx: &Ctx,
+    peer: NodeId,
+    first: Bytes,
+    reader: &mut R,
+) -> Result<(), FrameError> {
+    let mut payload = first;
+    loop {
+        let message = wire::decode_message(payload)?;
+        metrics::add(&ctx.metrics.peer_messages_received, 1);
+        if ctx.inbound.send((peer, message)).await.is_err() {
+            break; // the replica task is gone: the node is stopping
+        }
+        let Some(frame) = read_frame(reader, ctx.config.frame_bytes_max).await? else {
+            break;
+        };
+        let (kind, next) = split_kind(frame)?;
+        if kind != FrameKind::Message {
+            return Err(FrameError::WrongKind {
+                expected: FrameKind::Message.name(),
+                got: kind.name(),
+            });
+        }
+        payload = next;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Outbound
+// ---------------------------------------------------------------------------
+
+/// Why a connection's write loop ended.
+enum PumpEnd {
+    /// The replica task dropped the queue: the node is stopping.
+    Stopped,
+    Lost(String),
+}
+
+/// Keeps one connection to `peer` up and writes its queue into it.
+async fn outbound(
+    ctx: Arc<Ctx>,
+    peer: NodeId,
+    addr: String,
+    mut queue: mpsc::Receiver<Message>,
+    mut rng: Rng,
+) {
+    let min = ctx.config.backoff_min_ms.max(1);
+    let max = ctx.config.backoff_max_ms.max(min);
+    let mut backoff = min;
+    // Log a failure once per outage, not once per attempt.
+    let mut reported = false;
+    loop {
+        match connect(&ctx, peer, &addr).await {
+            Ok((reader, writer)) => {
+                info!(peer, %addr, "connected to peer");
+                backoff = min;
+                reported = false;
+                ctx.table.update(peer, |p| p.outbound = true);
+                let end = pump(&ctx, &mut queue, reader, writer).await;
+                ctx.table.update(peer, |p| p.outbound = false);
+                match end {
+                    PumpEnd::Stopped => return,
+                    PumpEnd::Lost(why) => info!(peer, %addr, %why, "lost connection to peer"),
+                }
+            }
+            Err(e) => {
+                if !reported {
+                    info!(peer, %addr, error = %e, "cannot reach peer; retrying with backoff");
+                    reported = true;
+                } else {
+                    debug!(peer, %addr, error = %e, "cannot reach peer");
+                }
+            }
+        }
+        // Wait, dropping what is queued meanwhile: the protocol resends
+        // what still matters, and stale messages would only delay it.
+        let wait = backoff / 2 + rng.below(backoff / 2 + 1);
+        backoff = (backoff * 2).min(max);
+        let deadline = Instant::now() + Duration::from_millis(wait);
+        loop {
+            tokio::select! {
+                () = sleep_until(deadline) => break,
+                message = queue.recv() => match message {
+                    Some(_) => {
+                        ctx.table.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None => return,
+                },
+            }
+        }
+    }
+}
+
+type Halves = (
+    tokio::net::tcp::OwnedReadHalf,
+    tokio::net::tcp::OwnedWriteHalf,
+);
+
+/// Connects to `peer` and exchanges handshakes.
+async fn connect(ctx: &Ctx, peer: NodeId, addr: &str) -> Result<Halves, FrameError> {
+    let stream = timeout(
+        Ctx::ms(ctx.config.connect_timeout_ms),
+        TcpStream::connect(addr),
+    )
+    .await
+    .map_err(|_| FrameError::Handshake("connect timed out"))??;
+    stream.set_nodelay(true)?;
+    let (mut reader, mut writer) = stream.into_split();
+    let limit = Ctx::ms(ctx.config.handshake_timeout_ms);
+    let mut hello = BytesMut::new();
+    put_frame(&mut hello, &ctx.hello(peer).encode());
+    timeout(limit, writer.write_all(&hello))
+        .await
+        .map_err(|_| FrameError::Handshake("handshake timed out"))??;
+    let reply = match timeout(limit, read_frame(&mut reader, HANDSHAKE_BYTES_MAX)).await {
+        Ok(Ok(Some(frame))) => Handshake::decode(&frame)?,
+        Ok(Ok(None)) => return Err(FrameError::Handshake("the peer closed the connection")),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err(FrameError::Handshake("no handshake reply in time")),
+    };
+    if reply.from != peer || reply.to != ctx.identity.id {
+        warn!(
+            peer,
+            %addr,
+            answered_as = reply.from,
+            "the address of a peer is answered by another node (check --members)"
+        );
+        return Err(FrameError::Handshake("wrong node at the peer address"));
+    }
+    ctx.table.learn(&reply);
+    Ok((reader, writer))
+}
+
+/// Writes queued messages, many frames per write, until the connection
+/// breaks or the queue closes.
+async fn pump(
+    ctx: &Ctx,
+    queue: &mut mpsc::Receiver<Message>,
+    mut reader: tokio::net::tcp::OwnedReadHalf,
+    mut writer: tokio::net::tcp::OwnedWriteHalf,
+) -> PumpEnd {
+    let max = ctx.config.frame_bytes_max;
+    let mut buf = BytesMut::new();
+    let mut probe = [0u8; 1];
+    loop {
+        tokio::select! {
+            message = queue.recv() => {
+                let Some(mut message) = message else {
+                    return PumpEnd::Stopped;
+                };
+                buf.clear();
+                let mut frames = 0u64;
+                loop {
+                    let payload = wire::encode_message(&message);
+                    let framed = payload.len() + KIND_FRAME_OVERHEAD_BYTES - frame::FRAME_HEADER_BYTES;
+                    if framed > max as usize {
+                        warn!(kind = message.kind(), bytes = payload.len(), limit = max,
+                            "dropping a message larger than the frame limit");
+                        ctx.table.dropped.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        put_kind_frame(&mut buf, FrameKind::Message, &payload);
+                        frames += 1;
+                    }
+                    if frames as usize >= ctx.config.write_batch_frames_max
+                        || buf.len() >= ctx.config.write_batch_bytes_max
+                    {
+                        break;
+                    }
+                    match queue.try_recv() {
+                        Ok(next) => message = next,
+                        Err(_) => break,
+                    }
+                }
+                if buf.is_empty() {
+                    continue;
+                }
+                let limit = Ctx::ms(ctx.config.write_timeout_ms);
+                match timeout(limit, writer.write_all(&buf)).await {
+                    Ok(Ok(())) => metrics::add(&ctx.metrics.peer_messages_sent, frames),
+                    Ok(Err(e)) => return PumpEnd::Lost(e.to_string()),
+                    Err(_) => return PumpEnd::Lost("a write timed out".to_owned()),
+                }
+            }
+            // The peer never writes after its handshake: any read result
+            // means the connection closed (or the peer misbehaves).
+            read = reader.read(&mut probe) => {
+                return PumpEnd::Lost(match read {
+                    Ok(0) => "closed by the peer".to_owned(),
+                    Ok(_) => "unexpected bytes from the peer".to_owned(),
+                    Err(e) => e.to_string(),
+                });
+            }
+        }
+    }
+}
