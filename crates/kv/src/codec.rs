@@ -9,8 +9,8 @@
 //! against the input that is left before allocating, so a forged length
 //! cannot make it allocate more than the input size.
 
-use bytes::Bytes;
-use thiserror::Error;
+use bytes::{BufMut, Bytes};
+use codec::{DecodeError, Reader, put_bytes, put_count, put_varint};
 
 use super::command::{Command, Reply, Request, SetCondition};
 
@@ -20,47 +20,6 @@ pub const REQUEST_FORMAT: u8 = 1;
 /// How deeply commands and replies may nest (an `Exec` inside an `Exec`, an
 /// array inside an array). Bounds the decoder's recursion on forged input.
 pub const MAX_NESTING: usize = 8;
-
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum DecodeError {
-    #[error("empty input")]
-    Empty,
-    #[error("unsupported format version {0}")]
-    UnknownFormat(u8),
-    #[error("input ends in the middle of a value")]
-    Truncated,
-    #[error("varint is longer than 64 bits")]
-    VarintOverflow,
-    #[error("unknown {what} tag {tag}")]
-    UnknownTag { what: &'static str, tag: u8 },
-    #[error("length {0} exceeds the remaining input")]
-    LengthTooLong(u64),
-    #[error("nesting deeper than {MAX_NESTING} levels")]
-    TooDeep,
-    #[error("string is not valid UTF-8")]
-    InvalidUtf8,
-    #[error("{0} bytes left over after the value")]
-    TrailingBytes(usize),
-}
-
-// ---- encoding ----
-
-pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-pub(crate) fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    put_varint(out, b.len() as u64);
-    out.extend_from_slice(b);
-}
-
-fn put_len(out: &mut Vec<u8>, n: usize) {
-    put_varint(out, n as u64);
-}
 
 mod tag {
     pub const GET: u8 = 1;
@@ -93,7 +52,7 @@ mod tag {
 }
 
 fn put_keys(out: &mut Vec<u8>, keys: &[Bytes]) {
-    put_len(out, keys.len());
+    put_count(out, keys.len());
     for k in keys {
         put_bytes(out, k);
     }
@@ -146,7 +105,7 @@ pub(crate) fn put_command(out: &mut Vec<u8>, command: &Command) {
         Command::IncrBy { key, delta } => {
             out.push(tag::INCRBY);
             put_bytes(out, key);
-            out.extend_from_slice(&delta.to_le_bytes());
+            out.put_i64_le(*delta);
         }
         Command::Append(k, v) => {
             out.push(tag::APPEND);
@@ -163,7 +122,7 @@ pub(crate) fn put_command(out: &mut Vec<u8>, command: &Command) {
         }
         Command::MSet(pairs) => {
             out.push(tag::MSET);
-            put_len(out, pairs.len());
+            put_count(out, pairs.len());
             for (k, v) in pairs {
                 put_bytes(out, k);
                 put_bytes(out, v);
@@ -205,12 +164,12 @@ pub(crate) fn put_command(out: &mut Vec<u8>, command: &Command) {
         }
         Command::Exec { watches, commands } => {
             out.push(tag::EXEC);
-            put_len(out, watches.len());
+            put_count(out, watches.len());
             for (k, v) in watches {
                 put_bytes(out, k);
                 put_varint(out, *v);
             }
-            put_len(out, commands.len());
+            put_count(out, commands.len());
             for c in commands {
                 put_command(out, c);
             }
@@ -234,7 +193,7 @@ pub(crate) fn put_reply(out: &mut Vec<u8>, reply: &Reply) {
         }
         Reply::Integer(i) => {
             out.push(tag::INTEGER);
-            out.extend_from_slice(&i.to_le_bytes());
+            out.put_i64_le(*i);
         }
         Reply::Bulk(b) => {
             out.push(tag::BULK);
@@ -243,7 +202,7 @@ pub(crate) fn put_reply(out: &mut Vec<u8>, reply: &Reply) {
         Reply::Nil => out.push(tag::NIL),
         Reply::Array(items) => {
             out.push(tag::ARRAY);
-            put_len(out, items.len());
+            put_count(out, items.len());
             for r in items {
                 put_reply(out, r);
             }
@@ -263,16 +222,14 @@ impl Request {
         Bytes::from(out)
     }
 
+    /// Decodes a request. Keys and values are copied out of `input`, so the
+    /// store never keeps a larger buffer alive for their sake.
     pub fn decode(input: &[u8]) -> Result<Request, DecodeError> {
-        let mut r = Reader::new(input);
-        let format = r.u8().map_err(|_| DecodeError::Empty)?;
-        if format != REQUEST_FORMAT {
-            return Err(DecodeError::UnknownFormat(format));
-        }
-        let client = r.varint()?;
-        let seq = r.varint()?;
-        let ack_below = r.varint()?;
-        let command = r.command(0)?;
+        let mut r = Reader::with_format(input, "request", REQUEST_FORMAT)?;
+        let client = r.varint("a client id")?;
+        let seq = r.varint("a sequence number")?;
+        let ack_below = r.varint("an acknowledged sequence number")?;
+        let command = command(&mut r, 0)?;
         r.finish()?;
         Ok(Request {
             client,
@@ -293,229 +250,140 @@ pub fn encode_reply(reply: &Reply) -> Vec<u8> {
 /// Decodes a reply produced by [`encode_reply`], rejecting trailing bytes.
 pub fn decode_reply(input: &[u8]) -> Result<Reply, DecodeError> {
     let mut r = Reader::new(input);
-    let reply = r.reply(0)?;
+    let reply = reply(&mut r, 0)?;
     r.finish()?;
     Ok(reply)
 }
 
 // ---- decoding ----
 
-/// Cursor over an input slice; every read is bounds-checked.
-pub(crate) struct Reader<'a> {
-    rest: &'a [u8],
+fn bytes(r: &mut Reader<'_>) -> Result<Bytes, DecodeError> {
+    r.bytes("a string").map(Bytes::copy_from_slice)
 }
 
-impl<'a> Reader<'a> {
-    pub(crate) fn new(input: &'a [u8]) -> Self {
-        Reader { rest: input }
-    }
+fn keys(r: &mut Reader<'_>) -> Result<Vec<Bytes>, DecodeError> {
+    let n = r.count("keys", 1)?;
+    (0..n).map(|_| bytes(r)).collect()
+}
 
-    pub(crate) fn finish(&self) -> Result<(), DecodeError> {
-        if self.rest.is_empty() {
-            Ok(())
-        } else {
-            Err(DecodeError::TrailingBytes(self.rest.len()))
-        }
+fn command(r: &mut Reader<'_>, depth: usize) -> Result<Command, DecodeError> {
+    if depth > MAX_NESTING {
+        return Err(DecodeError::TooDeep(MAX_NESTING));
     }
-
-    pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
-        let (&b, rest) = self.rest.split_first().ok_or(DecodeError::Truncated)?;
-        self.rest = rest;
-        Ok(b)
-    }
-
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        if n > self.rest.len() {
-            return Err(DecodeError::Truncated);
-        }
-        let (head, rest) = self.rest.split_at(n);
-        self.rest = rest;
-        Ok(head)
-    }
-
-    pub(crate) fn varint(&mut self) -> Result<u64, DecodeError> {
-        let mut v: u64 = 0;
-        for shift in (0..64).step_by(7) {
-            let b = self.u8()?;
-            let bits = u64::from(b & 0x7f);
-            // The tenth byte may only carry the single top bit.
-            if shift == 63 && bits > 1 {
-                return Err(DecodeError::VarintOverflow);
-            }
-            v |= bits << shift;
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err(DecodeError::VarintOverflow)
-    }
-
-    fn i64(&mut self) -> Result<i64, DecodeError> {
-        let raw = self.take(8)?;
-        let mut b = [0u8; 8];
-        b.copy_from_slice(raw);
-        Ok(i64::from_le_bytes(b))
-    }
-
-    fn flag(&mut self, what: &'static str) -> Result<bool, DecodeError> {
-        match self.u8()? {
-            0 => Ok(false),
-            1 => Ok(true),
-            tag => Err(DecodeError::UnknownTag { what, tag }),
-        }
-    }
-
-    /// A length or count that must fit in what is left: every item takes
-    /// at least `min_item` bytes.
-    fn len(&mut self, min_item: usize) -> Result<usize, DecodeError> {
-        let n = self.varint()?;
-        let fits = usize::try_from(n)
-            .ok()
-            .and_then(|n| n.checked_mul(min_item))
-            .is_some_and(|bytes| bytes <= self.rest.len());
-        if !fits {
-            return Err(DecodeError::LengthTooLong(n));
-        }
-        // The check above guarantees the conversion succeeds.
-        usize::try_from(n).map_err(|_| DecodeError::LengthTooLong(n))
-    }
-
-    pub(crate) fn bytes(&mut self) -> Result<Bytes, DecodeError> {
-        let n = self.len(1)?;
-        Ok(Bytes::copy_from_slice(self.take(n)?))
-    }
-
-    fn string(&mut self) -> Result<String, DecodeError> {
-        let n = self.len(1)?;
-        let raw = self.take(n)?;
-        String::from_utf8(raw.to_vec()).map_err(|_| DecodeError::InvalidUtf8)
-    }
-
-    fn keys(&mut self) -> Result<Vec<Bytes>, DecodeError> {
-        let n = self.len(1)?;
-        (0..n).map(|_| self.bytes()).collect()
-    }
-
-    fn command(&mut self, depth: usize) -> Result<Command, DecodeError> {
-        if depth > MAX_NESTING {
-            return Err(DecodeError::TooDeep);
-        }
-        let t = self.u8()?;
-        let command = match t {
-            tag::GET => Command::Get(self.bytes()?),
-            tag::SET => {
-                let key = self.bytes()?;
-                let value = self.bytes()?;
-                let condition = match self.u8()? {
-                    0 => SetCondition::None,
-                    1 => SetCondition::Nx,
-                    2 => SetCondition::Xx,
-                    tag => {
-                        return Err(DecodeError::UnknownTag {
-                            what: "set condition",
-                            tag,
-                        });
-                    }
-                };
-                let get = self.flag("set get flag")?;
-                Command::Set {
-                    key,
-                    value,
-                    condition,
-                    get,
+    let command = match r.u8("a command tag")? {
+        tag::GET => Command::Get(bytes(r)?),
+        tag::SET => {
+            let key = bytes(r)?;
+            let value = bytes(r)?;
+            let condition = match r.u8("a set condition")? {
+                0 => SetCondition::None,
+                1 => SetCondition::Nx,
+                2 => SetCondition::Xx,
+                tag => {
+                    return Err(DecodeError::UnknownTag {
+                        what: "set condition",
+                        tag,
+                    });
                 }
+            };
+            let get = r.bool("set get flag")?;
+            Command::Set {
+                key,
+                value,
+                condition,
+                get,
             }
-            tag::SETNX => Command::SetNx(self.bytes()?, self.bytes()?),
-            tag::GETSET => Command::GetSet(self.bytes()?, self.bytes()?),
-            tag::GETDEL => Command::GetDel(self.bytes()?),
-            tag::DEL => Command::Del(self.keys()?),
-            tag::EXISTS => Command::Exists(self.keys()?),
-            tag::INCRBY => Command::IncrBy {
-                key: self.bytes()?,
-                delta: self.i64()?,
-            },
-            tag::APPEND => Command::Append(self.bytes()?, self.bytes()?),
-            tag::STRLEN => Command::Strlen(self.bytes()?),
-            tag::MGET => Command::MGet(self.keys()?),
-            tag::MSET => {
-                let n = self.len(2)?;
-                let pairs = (0..n)
-                    .map(|_| Ok((self.bytes()?, self.bytes()?)))
-                    .collect::<Result<_, DecodeError>>()?;
-                Command::MSet(pairs)
-            }
-            tag::CAS => {
-                let key = self.bytes()?;
-                let expected = if self.flag("cas expected")? {
-                    Some(self.bytes()?)
-                } else {
-                    None
-                };
-                Command::Cas {
-                    key,
-                    expected,
-                    new: self.bytes()?,
-                }
-            }
-            tag::FLUSHALL => Command::FlushAll,
-            tag::DBSIZE => Command::DbSize,
-            tag::KEYS => Command::Keys(self.bytes()?),
-            tag::SCAN => {
-                let cursor = self.varint()?;
-                let pattern = if self.flag("scan pattern")? {
-                    Some(self.bytes()?)
-                } else {
-                    None
-                };
-                // A count beyond usize is clamped by the store anyway.
-                let count = usize::try_from(self.varint()?).unwrap_or(usize::MAX);
-                Command::Scan {
-                    cursor,
-                    pattern,
-                    count,
-                }
-            }
-            tag::EXEC => {
-                let n = self.len(2)?;
-                let watches = (0..n)
-                    .map(|_| Ok((self.bytes()?, self.varint()?)))
-                    .collect::<Result<_, DecodeError>>()?;
-                let n = self.len(1)?;
-                let commands = (0..n)
-                    .map(|_| self.command(depth + 1))
-                    .collect::<Result<_, DecodeError>>()?;
-                Command::Exec { watches, commands }
-            }
-            tag::VERSION => Command::Version(self.bytes()?),
-            tag => {
-                return Err(DecodeError::UnknownTag {
-                    what: "command",
-                    tag,
-                });
-            }
-        };
-        Ok(command)
-    }
-
-    pub(crate) fn reply(&mut self, depth: usize) -> Result<Reply, DecodeError> {
-        if depth > MAX_NESTING {
-            return Err(DecodeError::TooDeep);
         }
-        Ok(match self.u8()? {
-            tag::STATUS => Reply::Status(self.string()?),
-            tag::ERROR => Reply::Error(self.string()?),
-            tag::INTEGER => Reply::Integer(self.i64()?),
-            tag::BULK => Reply::Bulk(self.bytes()?),
-            tag::NIL => Reply::Nil,
-            tag::ARRAY => {
-                let n = self.len(1)?;
-                let items = (0..n)
-                    .map(|_| self.reply(depth + 1))
-                    .collect::<Result<_, DecodeError>>()?;
-                Reply::Array(items)
+        tag::SETNX => Command::SetNx(bytes(r)?, bytes(r)?),
+        tag::GETSET => Command::GetSet(bytes(r)?, bytes(r)?),
+        tag::GETDEL => Command::GetDel(bytes(r)?),
+        tag::DEL => Command::Del(keys(r)?),
+        tag::EXISTS => Command::Exists(keys(r)?),
+        tag::INCRBY => Command::IncrBy {
+            key: bytes(r)?,
+            delta: r.i64_le("a delta")?,
+        },
+        tag::APPEND => Command::Append(bytes(r)?, bytes(r)?),
+        tag::STRLEN => Command::Strlen(bytes(r)?),
+        tag::MGET => Command::MGet(keys(r)?),
+        tag::MSET => {
+            let n = r.count("pairs", 2)?;
+            let pairs = (0..n)
+                .map(|_| Ok((bytes(r)?, bytes(r)?)))
+                .collect::<Result<_, DecodeError>>()?;
+            Command::MSet(pairs)
+        }
+        tag::CAS => {
+            let key = bytes(r)?;
+            let expected = if r.bool("cas expected")? {
+                Some(bytes(r)?)
+            } else {
+                None
+            };
+            Command::Cas {
+                key,
+                expected,
+                new: bytes(r)?,
             }
-            tag::NIL_ARRAY => Reply::NilArray,
-            tag => return Err(DecodeError::UnknownTag { what: "reply", tag }),
-        })
+        }
+        tag::FLUSHALL => Command::FlushAll,
+        tag::DBSIZE => Command::DbSize,
+        tag::KEYS => Command::Keys(bytes(r)?),
+        tag::SCAN => {
+            let cursor = r.varint("a scan cursor")?;
+            let pattern = if r.bool("scan pattern")? {
+                Some(bytes(r)?)
+            } else {
+                None
+            };
+            // A count beyond usize is clamped by the store anyway.
+            let count = usize::try_from(r.varint("a scan count")?).unwrap_or(usize::MAX);
+            Command::Scan {
+                cursor,
+                pattern,
+                count,
+            }
+        }
+        tag::EXEC => {
+            let n = r.count("watches", 2)?;
+            let watches = (0..n)
+                .map(|_| Ok((bytes(r)?, r.varint("a version")?)))
+                .collect::<Result<_, DecodeError>>()?;
+            let n = r.count("commands", 1)?;
+            let commands = (0..n)
+                .map(|_| command(r, depth + 1))
+                .collect::<Result<_, DecodeError>>()?;
+            Command::Exec { watches, commands }
+        }
+        tag::VERSION => Command::Version(bytes(r)?),
+        tag => {
+            return Err(DecodeError::UnknownTag {
+                what: "command",
+                tag,
+            });
+        }
+    };
+    Ok(command)
+}
+
+pub(crate) fn reply(r: &mut Reader<'_>, depth: usize) -> Result<Reply, DecodeError> {
+    if depth > MAX_NESTING {
+        return Err(DecodeError::TooDeep(MAX_NESTING));
     }
+    Ok(match r.u8("a reply tag")? {
+        tag::STATUS => Reply::Status(r.utf8("a status")?.to_owned()),
+        tag::ERROR => Reply::Error(r.utf8("an error")?.to_owned()),
+        tag::INTEGER => Reply::Integer(r.i64_le("an integer")?),
+        tag::BULK => Reply::Bulk(bytes(r)?),
+        tag::NIL => Reply::Nil,
+        tag::ARRAY => {
+            let n = r.count("an array", 1)?;
+            let items = (0..n)
+                .map(|_| reply(r, depth + 1))
+                .collect::<Result<_, DecodeError>>()?;
+            Reply::Array(items)
+        }
+        tag::NIL_ARRAY => Reply::NilArray,
+        tag => return Err(DecodeError::UnknownTag { what: "reply", tag }),
+    })
 }

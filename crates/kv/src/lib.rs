@@ -25,7 +25,6 @@
 
 mod codec;
 mod command;
-mod crc32c;
 mod glob;
 mod session;
 mod snapshot;
@@ -34,9 +33,9 @@ mod store;
 #[cfg(test)]
 mod tests;
 
-pub use codec::{DecodeError, MAX_NESTING, REQUEST_FORMAT, decode_reply, encode_reply};
+pub use self::codec::{MAX_NESTING, REQUEST_FORMAT, decode_reply, encode_reply};
+pub use ::codec::DecodeError;
 pub use command::{Command, Reply, Request, SetCondition, errors};
-pub use crc32c::{Crc32c, crc32c};
 pub use glob::{Glob, glob_match};
 pub use session::SessionLimits;
 pub use snapshot::{SNAPSHOT_FORMAT, SNAPSHOT_MAGIC, SnapshotError};

@@ -14,8 +14,9 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use bytes::Bytes;
 use thiserror::Error;
 
-use super::codec::{DecodeError, decode_reply, put_bytes, put_reply, put_varint};
-use super::crc32c::Crc32c;
+use codec::{Crc32c, DecodeError, StreamError, StreamReader, put_bytes, put_varint};
+
+use super::codec::{decode_reply, put_reply};
 use super::session::{Session, SessionLimits, Sessions};
 use super::store::{Entry, Slot, Store};
 
@@ -56,7 +57,19 @@ impl From<io::Error> for SnapshotError {
 
 impl From<DecodeError> for SnapshotError {
     fn from(e: DecodeError) -> Self {
-        SnapshotError::Corrupt(e.to_string())
+        match e {
+            DecodeError::Truncated(_) => SnapshotError::Truncated,
+            other => SnapshotError::Corrupt(other.to_string()),
+        }
+    }
+}
+
+impl From<StreamError> for SnapshotError {
+    fn from(e: StreamError) -> Self {
+        match e {
+            StreamError::Decode(e) => e.into(),
+            StreamError::Io(e) => e.into(),
+        }
     }
 }
 
@@ -91,50 +104,6 @@ impl<R: Read> Read for CrcReader<R> {
         let n = self.inner.read(buf)?;
         self.crc.update(buf.get(..n).unwrap_or(buf));
         Ok(n)
-    }
-}
-
-impl<R: Read> CrcReader<R> {
-    fn u8(&mut self) -> Result<u8, SnapshotError> {
-        let mut b = [0u8; 1];
-        self.read_exact(&mut b)?;
-        Ok(b[0])
-    }
-
-    fn varint(&mut self) -> Result<u64, SnapshotError> {
-        let mut v: u64 = 0;
-        for shift in (0..64).step_by(7) {
-            let b = self.u8()?;
-            let bits = u64::from(b & 0x7f);
-            if shift == 63 && bits > 1 {
-                return Err(DecodeError::VarintOverflow.into());
-            }
-            v |= bits << shift;
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err(DecodeError::VarintOverflow.into())
-    }
-
-    /// A length-prefixed byte string. The buffer grows only as bytes
-    /// actually arrive, so a corrupt length cannot allocate much.
-    fn blob(&mut self) -> Result<Vec<u8>, SnapshotError> {
-        let n = self.varint()?;
-        if n > MAX_BLOB {
-            return Err(SnapshotError::Corrupt(format!("length {n} too large")));
-        }
-        let mut buf = Vec::new();
-        (&mut *self).take(n).read_to_end(&mut buf)?;
-        if (buf.len() as u64) < n {
-            return Err(SnapshotError::Truncated);
-        }
-        Ok(buf)
-    }
-
-    fn count(&mut self) -> Result<usize, SnapshotError> {
-        let n = self.varint()?;
-        usize::try_from(n).map_err(|_| SnapshotError::Corrupt(format!("count {n} too large")))
     }
 }
 
@@ -206,28 +175,28 @@ impl Store {
     /// foreign input rather than returning a store that differs from the
     /// one that was saved.
     pub fn restore_from(r: &mut impl Read) -> Result<Store, SnapshotError> {
-        let mut input = CrcReader {
+        let mut input = StreamReader::new(CrcReader {
             inner: BufReader::with_capacity(64 * 1024, r),
             crc: Crc32c::new(),
-        };
+        });
         let mut magic = [0u8; 8];
-        input.read_exact(&mut magic)?;
+        input.fill("the magic", &mut magic)?;
         if magic != SNAPSHOT_MAGIC {
             return Err(SnapshotError::BadMagic);
         }
-        let format = input.u8()?;
+        let format = input.u8("the format")?;
         if format != SNAPSHOT_FORMAT {
             return Err(SnapshotError::UnsupportedFormat(format));
         }
-        let writes = input.varint()?;
-        let last_removal = input.varint()?;
-        let last_applied = match input.u8()? {
+        let writes = input.varint("the write counter")?;
+        let last_removal = input.varint("the last removal")?;
+        let last_applied = match input.u8("the last-applied flag")? {
             0 => None,
-            1 => Some(input.varint()?),
+            1 => Some(input.varint("the last applied index")?),
             t => return Err(SnapshotError::Corrupt(format!("bad last-applied flag {t}"))),
         };
-        let max_sessions = input.count()?;
-        let max_replies = input.count()?;
+        let max_sessions = input.count("the session limit")?;
+        let max_replies = input.count("the reply limit")?;
         if max_sessions == 0 || max_replies == 0 {
             return Err(SnapshotError::Corrupt("zero session limit".into()));
         }
@@ -236,13 +205,13 @@ impl Store {
             max_replies,
         };
 
-        let entries = input.count()?;
+        let entries = input.count("the entry count")?;
         let mut data = BTreeMap::new();
         let mut previous: Option<Slot> = None;
         for _ in 0..entries {
-            let key = Bytes::from(input.blob()?);
-            let value = Bytes::from(input.blob()?);
-            let version = input.varint()?;
+            let key = Bytes::from(input.bytes("a key", MAX_BLOB)?);
+            let value = Bytes::from(input.bytes("a value", MAX_BLOB)?);
+            let version = input.varint("a version")?;
             let slot = Slot::new(&key);
             // Entries are written in store order; anything else is damage
             // (and would hide duplicates).
@@ -254,16 +223,16 @@ impl Store {
         }
 
         let mut sessions = Sessions::new(limits);
-        let count = input.count()?;
+        let count = input.count("the session count")?;
         for _ in 0..count {
-            let client = input.varint()?;
-            let pruned_below = input.varint()?;
-            let last_used = input.varint()?;
-            let n = input.count()?;
+            let client = input.varint("a client id")?;
+            let pruned_below = input.varint("a pruned sequence number")?;
+            let last_used = input.varint("a last use")?;
+            let n = input.count("the reply count")?;
             let mut replies = BTreeMap::new();
             for _ in 0..n {
-                let seq = input.varint()?;
-                let reply = decode_reply(&input.blob()?)?;
+                let seq = input.varint("a sequence number")?;
+                let reply = decode_reply(&input.bytes("a reply", MAX_BLOB)?)?;
                 if replies.insert(seq, reply).is_some() {
                     return Err(SnapshotError::Corrupt("duplicate cached seq".into()));
                 }
@@ -284,6 +253,7 @@ impl Store {
             ));
         }
 
+        let mut input = input.into_inner();
         let computed = input.crc.finish();
         let mut trailer = [0u8; 4];
         input.inner.read_exact(&mut trailer)?;

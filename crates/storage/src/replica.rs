@@ -19,7 +19,9 @@ use bytes::Bytes;
 use paxos::replica::{Durable, Record};
 
 use super::wal::{Options, Wal, WalError};
-use crate::wire::{self, WireError};
+use codec::DecodeError;
+
+use crate::wire;
 
 /// Why storage failed. Any of these stops the node: a replica that cannot
 /// persist must not reply.
@@ -33,7 +35,7 @@ pub enum StorageError {
     Record {
         dir: PathBuf,
         index: u64,
-        source: WireError,
+        source: DecodeError,
     },
     /// The thread that writes the log stopped without saying why (it
     /// panicked); see the log above.

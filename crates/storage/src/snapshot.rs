@@ -44,7 +44,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use kv::{Crc32c, crc32c};
+use bytes::BufMut;
+use codec::{Crc32c, Reader, crc32c};
 
 /// First bytes of every snapshot file.
 pub const SNAPSHOT_FILE_MAGIC: [u8; 8] = *b"PRLMSNAP";
@@ -194,52 +195,69 @@ pub(crate) struct Header {
 impl Header {
     pub(crate) fn encode(&self) -> [u8; HEADER_BYTES] {
         let mut h = [0u8; HEADER_BYTES];
-        h[0..8].copy_from_slice(&SNAPSHOT_FILE_MAGIC);
-        h[8] = SNAPSHOT_FILE_FORMAT;
-        h[12..20].copy_from_slice(&self.slot.to_le_bytes());
-        h[20..28].copy_from_slice(&self.body_bytes.to_le_bytes());
-        h[28..32].copy_from_slice(&self.body_crc.to_le_bytes());
+        let mut out = &mut h[..];
+        out.put_slice(&SNAPSHOT_FILE_MAGIC);
+        out.put_slice(&[SNAPSHOT_FILE_FORMAT, 0, 0, 0]);
+        out.put_u64_le(self.slot);
+        out.put_u64_le(self.body_bytes);
+        out.put_u32_le(self.body_crc);
         let crc = crc32c(&h[..HEADER_CRC_AT]);
         h[HEADER_CRC_AT..].copy_from_slice(&crc.to_le_bytes());
         h
     }
 
     fn decode(h: &[u8; HEADER_BYTES]) -> Result<Header, String> {
-        let u64_at = |at: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&h[at..at + 8]);
-            u64::from_le_bytes(b)
-        };
-        let u32_at = |at: usize| {
-            let mut b = [0u8; 4];
-            b.copy_from_slice(&h[at..at + 4]);
-            u32::from_le_bytes(b)
-        };
         if h[0..8] != SNAPSHOT_FILE_MAGIC {
             return Err("bad magic (not a snapshot file, or its header was never written)".into());
         }
-        let stored = u32_at(HEADER_CRC_AT);
         let computed = crc32c(&h[..HEADER_CRC_AT]);
-        if stored != computed {
+        let header = Header::fields(h).map_err(|e| e.to_string())?;
+        if header.stored_crc != computed {
             return Err(format!(
-                "header checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
+                "header checksum mismatch (stored {:#010x}, computed {computed:#010x})",
+                header.stored_crc
             ));
         }
-        if h[8] != SNAPSHOT_FILE_FORMAT {
-            return Err(format!(
-                "unknown file format {} (this build reads format {SNAPSHOT_FILE_FORMAT})",
-                h[8]
-            ));
-        }
-        if h[9..12] != [0, 0, 0] {
+        if header.reserved != [0, 0, 0] {
             return Err("reserved header bytes are not zero".into());
         }
-        Ok(Header {
-            slot: u64_at(12),
-            body_bytes: u64_at(20),
-            body_crc: u32_at(28),
+        if header.format != SNAPSHOT_FILE_FORMAT {
+            return Err(format!(
+                "unknown file format {} (this build reads format {SNAPSHOT_FILE_FORMAT})",
+                header.format
+            ));
+        }
+        Ok(header.header)
+    }
+
+    /// The fields after the magic, unchecked.
+    fn fields(h: &[u8; HEADER_BYTES]) -> Result<RawHeader, codec::DecodeError> {
+        let mut r = Reader::new(&h[8..]);
+        let format = r.u8("the format")?;
+        let mut reserved = [0u8; 3];
+        reserved.copy_from_slice(r.take("reserved bytes", 3)?);
+        let header = Header {
+            slot: r.u64_le("the slot")?,
+            body_bytes: r.u64_le("the body length")?,
+            body_crc: r.u32_le("the body checksum")?,
+        };
+        let stored_crc = r.u32_le("the header checksum")?;
+        r.finish()?;
+        Ok(RawHeader {
+            format,
+            reserved,
+            header,
+            stored_crc,
         })
     }
+}
+
+/// A header as read, before its checks.
+struct RawHeader {
+    format: u8,
+    reserved: [u8; 3],
+    header: Header,
+    stored_crc: u32,
 }
 
 /// Reads and checks the header of a snapshot file and that the file is

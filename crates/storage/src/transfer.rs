@@ -44,12 +44,12 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use codec::{Crc32c, DecodeError, Reader, put_varint};
 
 use super::snapshot::{
     HEADER_BYTES, Header, RemovedFile, SnapshotError, SnapshotMeta, SnapshotStore,
     create_dir_synced, file_bytes, open_checked,
 };
-use kv::Crc32c;
 
 /// The message format this code writes and reads.
 pub const TRANSFER_FORMAT: u8 = 1;
@@ -97,29 +97,6 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Tra
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// Why bytes are not a transfer message.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
-    #[error("empty input")]
-    Empty,
-    #[error("unknown transfer format {0} (this build reads format {TRANSFER_FORMAT})")]
-    UnknownFormat(u8),
-    #[error("input ends inside {0}")]
-    Truncated(&'static str),
-    #[error("a varint is longer than 64 bits")]
-    VarintOverflow,
-    #[error("unknown {what} tag {tag}")]
-    UnknownTag { what: &'static str, tag: u8 },
-    #[error("chunk claims {claimed} bytes but only {left} remain")]
-    LengthTooLong { claimed: u64, left: usize },
-    #[error("chunk of {len} bytes exceeds the limit of {max} bytes")]
-    ChunkTooLarge { len: u64, max: usize },
-    #[error("chunk at offset {offset} of {len} bytes runs past the snapshot's {total} bytes")]
-    ChunkOutOfRange { offset: u64, len: u64, total: u64 },
-    #[error("{0} bytes left over after the message")]
-    TrailingBytes(usize),
 }
 
 /// A piece of a snapshot body.
@@ -205,14 +182,6 @@ pub enum TransferMessage {
     Ack(ChunkAck),
 }
 
-fn put_varint(out: &mut BytesMut, mut n: u64) {
-    while n >= 0x80 {
-        out.put_u8((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.put_u8(n as u8);
-}
-
 impl TransferMessage {
     /// The binary form: a format byte, a tag, then the fields (integers as
     /// LEB128 varints, checksums as 4 bytes little-endian, data with its
@@ -252,32 +221,23 @@ impl TransferMessage {
     /// anything is sliced, data is not copied, and nothing panics. The
     /// chunk checksum is not checked here (see [`Chunk::is_intact`]).
     pub fn decode(input: Bytes) -> Result<TransferMessage, DecodeError> {
-        let mut r = Reader { input, at: 0 };
-        let format = r.u8("the format").map_err(|_| DecodeError::Empty)?;
-        if format != TRANSFER_FORMAT {
-            return Err(DecodeError::UnknownFormat(format));
-        }
+        let mut r = Reader::with_format(&input, "transfer message", TRANSFER_FORMAT)?;
         let message = match r.u8("the tag")? {
             TAG_CHUNK => {
                 let slot = r.varint("a slot")?;
                 let total_bytes = r.varint("a total length")?;
                 let total_crc = r.u32_le("a total checksum")?;
                 let offset = r.varint("an offset")?;
-                let len = r.varint("a chunk length")?;
-                if len > CHUNK_BYTES_LIMIT as u64 {
-                    return Err(DecodeError::ChunkTooLarge {
-                        len,
-                        max: CHUNK_BYTES_LIMIT,
-                    });
-                }
+                // Both limits hold before anything is taken.
+                let len = r.varint_max("a chunk length", CHUNK_BYTES_LIMIT as u64)?;
                 if offset.checked_add(len).is_none_or(|end| end > total_bytes) {
-                    return Err(DecodeError::ChunkOutOfRange {
-                        offset,
-                        len,
-                        total: total_bytes,
+                    return Err(DecodeError::Invalid {
+                        what: "a chunk",
+                        reason: "it runs past the end of its snapshot",
                     });
                 }
-                let data = r.bytes(len)?;
+                // Below CHUNK_BYTES_LIMIT, so it fits a usize.
+                let data = input.slice_ref(r.take("a chunk", len as usize)?);
                 let chunk_crc = r.u32_le("a chunk checksum")?;
                 TransferMessage::Chunk(Chunk {
                     slot,
@@ -315,67 +275,8 @@ impl TransferMessage {
                 });
             }
         };
-        match r.left() {
-            0 => Ok(message),
-            n => Err(DecodeError::TrailingBytes(n)),
-        }
-    }
-}
-
-struct Reader {
-    input: Bytes,
-    at: usize,
-}
-
-impl Reader {
-    fn left(&self) -> usize {
-        self.input.len() - self.at
-    }
-
-    fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
-        let b = *self
-            .input
-            .get(self.at)
-            .ok_or(DecodeError::Truncated(what))?;
-        self.at += 1;
-        Ok(b)
-    }
-
-    fn u32_le(&mut self, what: &'static str) -> Result<u32, DecodeError> {
-        let b = self
-            .input
-            .get(self.at..self.at + 4)
-            .ok_or(DecodeError::Truncated(what))?;
-        let v = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        self.at += 4;
-        Ok(v)
-    }
-
-    fn varint(&mut self, what: &'static str) -> Result<u64, DecodeError> {
-        let mut n: u64 = 0;
-        for shift in (0..64).step_by(7) {
-            let b = self.u8(what)?;
-            let part = u64::from(b & 0x7F);
-            if shift == 63 && part > 1 {
-                return Err(DecodeError::VarintOverflow);
-            }
-            n |= part << shift;
-            if b & 0x80 == 0 {
-                return Ok(n);
-            }
-        }
-        Err(DecodeError::VarintOverflow)
-    }
-
-    fn bytes(&mut self, len: u64) -> Result<Bytes, DecodeError> {
-        let left = self.left();
-        if len > left as u64 {
-            return Err(DecodeError::LengthTooLong { claimed: len, left });
-        }
-        let len = len as usize;
-        let b = self.input.slice(self.at..self.at + len);
-        self.at += len;
-        Ok(b)
+        r.finish()?;
+        Ok(message)
     }
 }
 
@@ -1389,8 +1290,15 @@ mod tests {
     fn garbage_gives_errors_not_panics() {
         use DecodeError as E;
         let decode = |b: &[u8]| TransferMessage::decode(Bytes::copy_from_slice(b));
-        assert_eq!(decode(&[]), Err(E::Empty));
-        assert_eq!(decode(&[9, 1]), Err(E::UnknownFormat(9)));
+        assert_eq!(decode(&[]), Err(E::Empty("transfer message")));
+        assert_eq!(
+            decode(&[9, 1]),
+            Err(E::UnknownFormat {
+                what: "transfer message",
+                found: 9,
+                expected: TRANSFER_FORMAT
+            })
+        );
         assert_eq!(decode(&[1]), Err(E::Truncated("the tag")));
         assert!(matches!(decode(&[1, 7]), Err(E::UnknownTag { tag: 7, .. })));
         assert!(matches!(
@@ -1401,7 +1309,7 @@ mod tests {
             decode(&[
                 1, 2, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F
             ]),
-            Err(E::VarintOverflow)
+            Err(E::VarintOverflow("a slot"))
         );
         // A chunk claiming more data than the input holds allocates nothing.
         let mut forged = vec![1, TAG_CHUNK, 1];
@@ -1409,20 +1317,22 @@ mod tests {
         forged.extend_from_slice(&[0, 0, 0, 0, 0]); // total crc, offset
         forged.extend_from_slice(&[0x80, 0x80, 0x80, 0x07]); // length 14 MiB
         forged.extend_from_slice(b"short");
-        assert!(matches!(
-            decode(&forged),
-            Err(E::LengthTooLong { left: 5, .. })
-        ));
+        assert_eq!(decode(&forged), Err(E::Truncated("a chunk")));
         let mut huge = vec![1, TAG_CHUNK, 1, 0xFF, 0xFF, 0xFF, 0xFF, 0x0F, 0, 0, 0, 0, 0];
         huge.extend_from_slice(&[0x80, 0x80, 0x80, 0x10]); // 32 MiB
-        assert!(matches!(decode(&huge), Err(E::ChunkTooLarge { .. })));
+        assert!(matches!(
+            decode(&huge),
+            Err(E::TooLarge {
+                what: "a chunk length",
+                ..
+            })
+        ));
         let beyond = Chunk::new(1, 4, 0, 2, Bytes::from_static(b"abc"));
         assert!(matches!(
             TransferMessage::decode(TransferMessage::Chunk(beyond).encode()),
-            Err(E::ChunkOutOfRange {
-                offset: 2,
-                len: 3,
-                total: 4
+            Err(E::Invalid {
+                what: "a chunk",
+                ..
             })
         ));
         let mut trailing = TransferMessage::Ack(ChunkAck {

@@ -45,7 +45,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use kv::crc32c;
+use codec::crc32c;
 
 /// Bytes of framing before each payload: length and checksum.
 pub const RECORD_HEADER_BYTES: usize = 8;

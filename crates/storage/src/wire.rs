@@ -5,9 +5,10 @@
 //! variant. Integers are LEB128 varints; byte strings and lists carry their
 //! length first. Decoding checks every length against the bytes that remain
 //! before allocating, so a hostile or corrupt input can cost at most its own
-//! size, and it never panics: it returns a [`WireError`].
+//! size, and it never panics: it returns a [`DecodeError`].
 
 use bytes::{BufMut, Bytes, BytesMut};
+use codec::{DecodeError, Reader, put_bytes, put_count, put_varint};
 use paxos::Ballot;
 use paxos::replica::{Message, PromisedEntry, Record, Slot, Value};
 
@@ -19,47 +20,9 @@ pub const WIRE_FORMAT: u8 = 1;
 /// than let a replica compute a next round that would overflow.
 pub const BALLOT_ROUND_MAX: u64 = 1 << 62;
 
-/// Why bytes could not be decoded.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum WireError {
-    #[error("empty input")]
-    Empty,
-    #[error("unknown format version {0} (this build reads version {WIRE_FORMAT})")]
-    UnknownFormat(u8),
-    #[error("input ends inside {0}")]
-    Truncated(&'static str),
-    #[error("a varint is longer than 64 bits")]
-    VarintOverflow,
-    #[error("unknown {what} tag {tag}")]
-    UnknownTag { what: &'static str, tag: u8 },
-    #[error("{what} claims {claimed} items or bytes but only {left} bytes remain")]
-    LengthTooLong {
-        what: &'static str,
-        claimed: u64,
-        left: usize,
-    },
-    #[error("{0} bytes left over after the value")]
-    TrailingBytes(usize),
-    #[error("ballot round {0} is above the limit of {BALLOT_ROUND_MAX}")]
-    BallotRoundTooHigh(u64),
-}
-
 // ---------------------------------------------------------------------------
 // Encoding
 // ---------------------------------------------------------------------------
-
-fn put_varint(out: &mut BytesMut, mut n: u64) {
-    while n >= 0x80 {
-        out.put_u8((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.put_u8(n as u8);
-}
-
-fn put_bytes(out: &mut BytesMut, b: &[u8]) {
-    put_varint(out, b.len() as u64);
-    out.put_slice(b);
-}
 
 fn put_ballot(out: &mut BytesMut, b: Ballot) {
     put_varint(out, b.round);
@@ -81,7 +44,7 @@ fn put_value(out: &mut BytesMut, v: &Value) {
         Value::Noop => out.put_u8(0),
         Value::Batch(commands) => {
             out.put_u8(1);
-            put_varint(out, commands.len() as u64);
+            put_count(out, commands.len());
             for c in commands {
                 put_bytes(out, c);
             }
@@ -90,14 +53,14 @@ fn put_value(out: &mut BytesMut, v: &Value) {
 }
 
 fn put_slots(out: &mut BytesMut, slots: &[Slot]) {
-    put_varint(out, slots.len() as u64);
+    put_count(out, slots.len());
     for &s in slots {
         put_varint(out, s);
     }
 }
 
 fn put_entries(out: &mut BytesMut, entries: &[(Slot, Value)]) {
-    put_varint(out, entries.len() as u64);
+    put_count(out, entries.len());
     for (s, v) in entries {
         put_varint(out, *s);
         put_value(out, v);
@@ -133,7 +96,7 @@ pub fn encode_message(message: &Message) -> Bytes {
             put_ballot(&mut out, *ballot);
             put_varint(&mut out, *commit);
             put_varint(&mut out, *log_start);
-            put_varint(&mut out, entries.len() as u64);
+            put_count(&mut out, entries.len());
             for e in entries {
                 put_varint(&mut out, e.slot);
                 put_ballot(&mut out, e.ballot);
@@ -196,7 +159,7 @@ pub fn encode_message(message: &Message) -> Bytes {
         }
         Message::Forward { commands } => {
             out.put_u8(13);
-            put_varint(&mut out, commands.len() as u64);
+            put_count(&mut out, commands.len());
             for c in commands {
                 put_bytes(&mut out, c);
             }
@@ -274,125 +237,83 @@ pub fn encode_record(record: &Record) -> Bytes {
 // Decoding
 // ---------------------------------------------------------------------------
 
-/// Reads from a `Bytes`, slicing byte strings out of it without copying.
-struct Reader {
-    input: Bytes,
-    at: usize,
+/// The codec's reader, with the protocol's types, keeping byte strings as
+/// slices of the input instead of copies.
+struct Wire<'a> {
+    input: &'a Bytes,
+    r: Reader<'a>,
 }
 
-impl Reader {
-    fn left(&self) -> usize {
-        self.input.len() - self.at
+impl<'a> Wire<'a> {
+    fn new(input: &'a Bytes) -> Result<Wire<'a>, DecodeError> {
+        let r = Reader::with_format(input, "wire", WIRE_FORMAT)?;
+        Ok(Wire { input, r })
     }
 
-    fn u8(&mut self, what: &'static str) -> Result<u8, WireError> {
-        let b = *self.input.get(self.at).ok_or(WireError::Truncated(what))?;
-        self.at += 1;
-        Ok(b)
+    fn varint(&mut self, what: &'static str) -> Result<u64, DecodeError> {
+        self.r.varint(what)
     }
 
-    fn bool(&mut self, what: &'static str) -> Result<bool, WireError> {
-        match self.u8(what)? {
-            0 => Ok(false),
-            1 => Ok(true),
-            tag => Err(WireError::UnknownTag { what, tag }),
-        }
+    fn bool(&mut self, what: &'static str) -> Result<bool, DecodeError> {
+        self.r.bool(what)
     }
 
-    fn varint(&mut self, what: &'static str) -> Result<u64, WireError> {
-        let mut n: u64 = 0;
-        for shift in (0..64).step_by(7) {
-            let b = self.u8(what)?;
-            let part = u64::from(b & 0x7F);
-            if shift == 63 && part > 1 {
-                return Err(WireError::VarintOverflow);
-            }
-            n |= part << shift;
-            if b & 0x80 == 0 {
-                return Ok(n);
-            }
-        }
-        Err(WireError::VarintOverflow)
+    fn bytes(&mut self, what: &'static str) -> Result<Bytes, DecodeError> {
+        let b = self.r.bytes(what)?;
+        Ok(self.input.slice_ref(b))
     }
 
-    /// A count of items each taking at least one byte: never more than what
-    /// remains, so a forged count cannot make us allocate.
-    fn count(&mut self, what: &'static str) -> Result<usize, WireError> {
-        let claimed = self.varint(what)?;
-        let left = self.left();
-        if claimed > left as u64 {
-            return Err(WireError::LengthTooLong {
-                what,
-                claimed,
-                left,
-            });
-        }
-        Ok(claimed as usize)
-    }
-
-    fn bytes(&mut self, what: &'static str) -> Result<Bytes, WireError> {
-        let len = self.count(what)?;
-        let b = self.input.slice(self.at..self.at + len);
-        self.at += len;
-        Ok(b)
-    }
-
-    fn ballot(&mut self) -> Result<Ballot, WireError> {
-        let round = self.varint("a ballot round")?;
-        if round > BALLOT_ROUND_MAX {
-            return Err(WireError::BallotRoundTooHigh(round));
-        }
+    fn ballot(&mut self) -> Result<Ballot, DecodeError> {
         Ok(Ballot {
-            round,
+            round: self.r.varint_max("a ballot round", BALLOT_ROUND_MAX)?,
             node: self.varint("a ballot node")?,
         })
     }
 
-    fn value(&mut self) -> Result<Value, WireError> {
-        match self.u8("a value")? {
+    fn option<T>(
+        &mut self,
+        some: impl FnOnce(&mut Self) -> Result<T, DecodeError>,
+    ) -> Result<Option<T>, DecodeError> {
+        match self.r.u8("an option tag")? {
+            0 => Ok(None),
+            1 => some(self).map(Some),
+            tag => Err(DecodeError::UnknownTag {
+                what: "option",
+                tag,
+            }),
+        }
+    }
+
+    fn value(&mut self) -> Result<Value, DecodeError> {
+        match self.r.u8("a value")? {
             0 => Ok(Value::Noop),
-            1 => {
-                let n = self.count("a batch")?;
-                let mut commands = Vec::with_capacity(n);
-                for _ in 0..n {
-                    commands.push(self.bytes("a command")?);
-                }
-                Ok(Value::Batch(commands))
-            }
-            tag => Err(WireError::UnknownTag { what: "value", tag }),
+            1 => Ok(Value::Batch(self.commands("a batch")?)),
+            tag => Err(DecodeError::UnknownTag { what: "value", tag }),
         }
     }
 
-    fn entries(&mut self) -> Result<Vec<(Slot, Value)>, WireError> {
-        let n = self.count("entries")?;
-        let mut entries = Vec::with_capacity(n);
-        for _ in 0..n {
-            entries.push((self.varint("a slot")?, self.value()?));
-        }
-        Ok(entries)
+    fn commands(&mut self, what: &'static str) -> Result<Vec<Bytes>, DecodeError> {
+        let n = self.r.count(what, 1)?;
+        (0..n).map(|_| self.bytes("a command")).collect()
     }
 
-    fn finish<T>(self, value: T) -> Result<T, WireError> {
-        match self.left() {
-            0 => Ok(value),
-            n => Err(WireError::TrailingBytes(n)),
-        }
+    fn entries(&mut self) -> Result<Vec<(Slot, Value)>, DecodeError> {
+        let n = self.r.count("entries", 2)?;
+        (0..n)
+            .map(|_| Ok((self.varint("a slot")?, self.value()?)))
+            .collect()
     }
-}
 
-fn reader(input: Bytes) -> Result<Reader, WireError> {
-    let mut r = Reader { input, at: 0 };
-    let format = r.u8("the format byte").map_err(|_| WireError::Empty)?;
-    if format != WIRE_FORMAT {
-        return Err(WireError::UnknownFormat(format));
+    fn finish<T>(self, value: T) -> Result<T, DecodeError> {
+        self.r.finish()?;
+        Ok(value)
     }
-    Ok(r)
 }
 
 /// Decodes a message encoded by [`encode_message`].
-pub fn decode_message(input: Bytes) -> Result<Message, WireError> {
-    let mut r = reader(input)?;
-    let message = match r.u8("a message tag")? {
+pub fn decode_message(input: Bytes) -> Result<Message, DecodeError> {
+    let mut r = Wire::new(&input)?;
+    let message = match r.r.u8("a message tag")? {
         1 => Message::PreVote {
             ballot: r.ballot()?,
         },
@@ -408,7 +329,7 @@ pub fn decode_message(input: Bytes) -> Result<Message, WireError> {
             let ballot = r.ballot()?;
             let commit = r.varint("commit")?;
             let log_start = r.varint("log_start")?;
-            let n = r.count("promised entries")?;
+            let n = r.r.count("promised entries", 4)?;
             let mut entries = Vec::with_capacity(n);
             for _ in 0..n {
                 entries.push(PromisedEntry {
@@ -436,7 +357,7 @@ pub fn decode_message(input: Bytes) -> Result<Message, WireError> {
         },
         7 => {
             let ballot = r.ballot()?;
-            let n = r.count("slots")?;
+            let n = r.r.count("slots", 1)?;
             let mut slots = Vec::with_capacity(n);
             for _ in 0..n {
                 slots.push(r.varint("a slot")?);
@@ -463,14 +384,9 @@ pub fn decode_message(input: Bytes) -> Result<Message, WireError> {
         12 => Message::SnapshotNeeded {
             slot: r.varint("slot")?,
         },
-        13 => {
-            let n = r.count("commands")?;
-            let mut commands = Vec::with_capacity(n);
-            for _ in 0..n {
-                commands.push(r.bytes("a command")?);
-            }
-            Message::Forward { commands }
-        }
+        13 => Message::Forward {
+            commands: r.commands("commands")?,
+        },
         14 => Message::ReadIndexRequest {
             ctx: r.varint("ctx")?,
         },
@@ -479,32 +395,14 @@ pub fn decode_message(input: Bytes) -> Result<Message, WireError> {
             index: r.varint("index")?,
         },
         16 => Message::RejoinQuery {
-            above: match r.u8("an option tag")? {
-                0 => None,
-                1 => Some(r.ballot()?),
-                tag => {
-                    return Err(WireError::UnknownTag {
-                        what: "option",
-                        tag,
-                    });
-                }
-            },
+            above: r.option(Wire::ballot)?,
         },
         17 => Message::RejoinReply {
             promised: r.ballot()?,
-            leading_from: match r.u8("an option tag")? {
-                0 => None,
-                1 => Some(r.varint("leading_from")?),
-                tag => {
-                    return Err(WireError::UnknownTag {
-                        what: "option",
-                        tag,
-                    });
-                }
-            },
+            leading_from: r.option(|r| r.varint("leading_from"))?,
         },
         tag => {
-            return Err(WireError::UnknownTag {
+            return Err(DecodeError::UnknownTag {
                 what: "message",
                 tag,
             });
@@ -514,9 +412,9 @@ pub fn decode_message(input: Bytes) -> Result<Message, WireError> {
 }
 
 /// Decodes a record encoded by [`encode_record`].
-pub fn decode_record(input: Bytes) -> Result<Record, WireError> {
-    let mut r = reader(input)?;
-    let record = match r.u8("a record tag")? {
+pub fn decode_record(input: Bytes) -> Result<Record, DecodeError> {
+    let mut r = Wire::new(&input)?;
+    let record = match r.r.u8("a record tag")? {
         1 => Record::Promise(r.ballot()?),
         2 => Record::Accept {
             slot: r.varint("slot")?,
@@ -536,7 +434,7 @@ pub fn decode_record(input: Bytes) -> Result<Record, WireError> {
         6 => Record::Rejoin,
         7 => Record::Resume,
         tag => {
-            return Err(WireError::UnknownTag {
+            return Err(DecodeError::UnknownTag {
                 what: "record",
                 tag,
             });
@@ -584,7 +482,11 @@ mod tests {
         };
         assert_eq!(
             decode_message(encode_message(&too_high)),
-            Err(WireError::BallotRoundTooHigh(BALLOT_ROUND_MAX + 1))
+            Err(DecodeError::TooLarge {
+                what: "a ballot round",
+                value: BALLOT_ROUND_MAX + 1,
+                max: BALLOT_ROUND_MAX
+            })
         );
         let highest = Message::PreVote {
             ballot: Ballot::new(BALLOT_ROUND_MAX, 1),
@@ -744,20 +646,27 @@ mod tests {
         put_varint(&mut forged, 1 << 40);
         assert!(matches!(
             decode_message(forged.freeze()),
-            Err(WireError::LengthTooLong { .. })
+            Err(DecodeError::LengthTooLong { .. })
         ));
     }
 
     #[test]
     fn wrong_versions_tags_and_trailing_bytes_are_named() {
-        assert_eq!(decode_message(Bytes::new()), Err(WireError::Empty));
+        assert_eq!(
+            decode_message(Bytes::new()),
+            Err(DecodeError::Empty("wire"))
+        );
         assert_eq!(
             decode_message(Bytes::from_static(&[9, 1])),
-            Err(WireError::UnknownFormat(9))
+            Err(DecodeError::UnknownFormat {
+                what: "wire",
+                found: 9,
+                expected: WIRE_FORMAT
+            })
         );
         assert_eq!(
             decode_record(Bytes::from_static(&[WIRE_FORMAT, 77])),
-            Err(WireError::UnknownTag {
+            Err(DecodeError::UnknownTag {
                 what: "record",
                 tag: 77
             })
@@ -766,7 +675,7 @@ mod tests {
         extra.put_u8(0);
         assert_eq!(
             decode_record(extra.freeze()),
-            Err(WireError::TrailingBytes(1))
+            Err(DecodeError::TrailingBytes(1))
         );
         let overlong = Bytes::from_static(&[
             WIRE_FORMAT,
@@ -782,6 +691,9 @@ mod tests {
             0xFF,
             0x7F,
         ]);
-        assert_eq!(decode_message(overlong), Err(WireError::VarintOverflow));
+        assert_eq!(
+            decode_message(overlong),
+            Err(DecodeError::VarintOverflow("from_slot"))
+        );
     }
 }

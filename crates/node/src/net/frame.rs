@@ -34,7 +34,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use paxos::NodeId;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use storage::wire::{self, WireError};
+use codec::{DecodeError, Reader};
+use storage::wire;
 
 /// The first bytes of every handshake.
 pub const HANDSHAKE_MAGIC: [u8; 4] = *b"PRLM";
@@ -67,7 +68,7 @@ pub enum FrameError {
     #[error("malformed handshake: {0}")]
     Handshake(&'static str),
     #[error("undecodable message: {0}")]
-    Wire(#[from] WireError),
+    Wire(#[from] DecodeError),
     #[error("unknown frame kind {0}")]
     UnknownKind(u8),
     #[error("a {got} frame on a connection that carries {expected} frames")]
@@ -153,23 +154,23 @@ impl Handshake {
     }
 
     pub fn decode(input: &[u8]) -> Result<Handshake, FrameError> {
-        let mut r = input;
-        let magic = take(&mut r, 4)?;
-        if magic != HANDSHAKE_MAGIC {
+        let mut r = Reader::new(input);
+        let short = |_| FrameError::Handshake("too short");
+        if r.take("the magic", 4).map_err(short)? != HANDSHAKE_MAGIC {
             return Err(FrameError::BadMagic);
         }
-        let version = take(&mut r, 2)?;
+        let version = r.take("the versions", 2).map_err(short)?;
         if version != [PEER_PROTOCOL, wire::WIRE_FORMAT] {
             return Err(FrameError::Version {
                 theirs: version[0],
                 their_wire: version[1],
             });
         }
-        let from = u64::from_be_bytes(array(take(&mut r, 8)?)?);
-        let to = u64::from_be_bytes(array(take(&mut r, 8)?)?);
+        let from = r.u64_be("the sender").map_err(short)?;
+        let to = r.u64_be("the receiver").map_err(short)?;
         let client_addr = addr(&mut r)?;
         let http_addr = addr(&mut r)?;
-        if !r.is_empty() {
+        if r.finish().is_err() {
             return Err(FrameError::Handshake("bytes left over"));
         }
         Ok(Handshake {
@@ -181,26 +182,16 @@ impl Handshake {
     }
 }
 
-fn take<'a>(r: &mut &'a [u8], n: usize) -> Result<&'a [u8], FrameError> {
-    if r.len() < n {
-        return Err(FrameError::Handshake("too short"));
-    }
-    let (head, tail) = r.split_at(n);
-    *r = tail;
-    Ok(head)
-}
-
-fn array<const N: usize>(b: &[u8]) -> Result<[u8; N], FrameError> {
-    b.try_into()
-        .map_err(|_| FrameError::Handshake("field of the wrong size"))
-}
-
-fn addr(r: &mut &[u8]) -> Result<String, FrameError> {
-    let len = u16::from_be_bytes(array(take(r, 2)?)?) as usize;
+fn addr(r: &mut Reader<'_>) -> Result<String, FrameError> {
+    let len = r
+        .u16_be("an address length")
+        .map_err(|_| FrameError::Handshake("too short"))? as usize;
     if len > ADDR_BYTES_MAX {
         return Err(FrameError::Handshake("address too long"));
     }
-    let bytes = take(r, len)?;
+    let bytes = r
+        .take("an address", len)
+        .map_err(|_| FrameError::Handshake("too short"))?;
     String::from_utf8(bytes.to_vec()).map_err(|_| FrameError::Handshake("address is not UTF-8"))
 }
 

@@ -57,6 +57,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use codec::{DecodeError, Reader, put_varint};
 use paxos::NodeId;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
@@ -217,33 +218,6 @@ pub enum SnapshotFrame {
     Transfer(TransferMessage),
 }
 
-/// Why bytes are not a [`SnapshotFrame`].
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum SnapshotFrameError {
-    #[error("empty snapshot frame")]
-    Empty,
-    #[error("unknown snapshot frame format {0} (this build reads format {SNAPSHOT_FRAME_FORMAT})")]
-    UnknownFormat(u8),
-    #[error("unknown {what} tag {tag}")]
-    UnknownTag { what: &'static str, tag: u8 },
-    #[error("snapshot frame ends inside {0}")]
-    Truncated(&'static str),
-    #[error("a varint is longer than 64 bits")]
-    VarintOverflow,
-    #[error("{0} bytes left over after the snapshot frame")]
-    TrailingBytes(usize),
-    #[error("bad transfer message: {0}")]
-    Transfer(#[from] transfer::DecodeError),
-}
-
-fn put_varint(out: &mut BytesMut, mut n: u64) {
-    while n >= 0x80 {
-        out.put_u8((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.put_u8(n as u8);
-}
-
 impl SnapshotFrame {
     pub fn encode(&self) -> Bytes {
         let mut out = BytesMut::with_capacity(32);
@@ -281,12 +255,8 @@ impl SnapshotFrame {
     }
 
     /// Decodes one frame; never panics, never allocates beyond the input.
-    pub fn decode(input: Bytes) -> Result<SnapshotFrame, SnapshotFrameError> {
-        let mut r = FrameReader { input, at: 0 };
-        let format = r.u8("the format").map_err(|_| SnapshotFrameError::Empty)?;
-        if format != SNAPSHOT_FRAME_FORMAT {
-            return Err(SnapshotFrameError::UnknownFormat(format));
-        }
+    pub fn decode(input: Bytes) -> Result<SnapshotFrame, DecodeError> {
+        let mut r = Reader::with_format(&input, "snapshot frame", SNAPSHOT_FRAME_FORMAT)?;
         let frame = match r.u8("the tag")? {
             TAG_REQUEST => SnapshotFrame::Request {
                 min_slot: r.varint("a slot")?,
@@ -300,70 +270,25 @@ impl SnapshotFrame {
                 0 => Decline::NoSnapshot,
                 1 => Decline::Busy,
                 tag => {
-                    return Err(SnapshotFrameError::UnknownTag {
+                    return Err(DecodeError::UnknownTag {
                         what: "decline reason",
                         tag,
                     });
                 }
             }),
             TAG_TRANSFER => {
-                let rest = r.input.slice(r.at..);
-                r.at = r.input.len();
+                let rest = input.slice_ref(r.rest());
                 SnapshotFrame::Transfer(TransferMessage::decode(rest)?)
             }
             tag => {
-                return Err(SnapshotFrameError::UnknownTag {
+                return Err(DecodeError::UnknownTag {
                     what: "snapshot frame",
                     tag,
                 });
             }
         };
-        match r.input.len() - r.at {
-            0 => Ok(frame),
-            n => Err(SnapshotFrameError::TrailingBytes(n)),
-        }
-    }
-}
-
-struct FrameReader {
-    input: Bytes,
-    at: usize,
-}
-
-impl FrameReader {
-    fn u8(&mut self, what: &'static str) -> Result<u8, SnapshotFrameError> {
-        let b = *self
-            .input
-            .get(self.at)
-            .ok_or(SnapshotFrameError::Truncated(what))?;
-        self.at += 1;
-        Ok(b)
-    }
-
-    fn u32_le(&mut self, what: &'static str) -> Result<u32, SnapshotFrameError> {
-        let b = self
-            .input
-            .get(self.at..self.at + 4)
-            .ok_or(SnapshotFrameError::Truncated(what))?;
-        let v = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        self.at += 4;
-        Ok(v)
-    }
-
-    fn varint(&mut self, what: &'static str) -> Result<u64, SnapshotFrameError> {
-        let mut n: u64 = 0;
-        for shift in (0..64).step_by(7) {
-            let b = self.u8(what)?;
-            let part = u64::from(b & 0x7F);
-            if shift == 63 && part > 1 {
-                return Err(SnapshotFrameError::VarintOverflow);
-            }
-            n |= part << shift;
-            if b & 0x80 == 0 {
-                return Ok(n);
-            }
-        }
-        Err(SnapshotFrameError::VarintOverflow)
+        r.finish()?;
+        Ok(frame)
     }
 }
 
@@ -374,7 +299,7 @@ pub enum SnapshotLinkError {
     #[error(transparent)]
     Frame(#[from] FrameError),
     #[error("undecodable snapshot frame: {0}")]
-    Decode(#[from] SnapshotFrameError),
+    Decode(#[from] DecodeError),
     #[error(transparent)]
     Transfer(#[from] TransferError),
     #[error("the peer broke the snapshot transfer protocol: {0}")]
@@ -896,7 +821,11 @@ mod tests {
         other[0] = SNAPSHOT_FRAME_FORMAT + 1;
         assert_eq!(
             SnapshotFrame::decode(Bytes::from(other)),
-            Err(SnapshotFrameError::UnknownFormat(SNAPSHOT_FRAME_FORMAT + 1))
+            Err(DecodeError::UnknownFormat {
+                what: "snapshot frame",
+                found: SNAPSHOT_FRAME_FORMAT + 1,
+                expected: SNAPSHOT_FRAME_FORMAT
+            })
         );
     }
 

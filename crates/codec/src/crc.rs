@@ -1,5 +1,5 @@
-//! CRC-32C (Castagnoli), the checksum of snapshots. Small enough to keep here
-//! rather than depend on a crate for it.
+//! CRC-32C (Castagnoli): the checksum of log records, snapshot files, snapshot
+//! bodies and transfer chunks.
 
 /// Reflected Castagnoli polynomial.
 const POLY: u32 = 0x82F6_3B78;
