@@ -1,89 +1,33 @@
 //! CRC-32C (Castagnoli): the checksum of log records, snapshot files, snapshot
 //! bodies and transfer chunks.
-
-/// Reflected Castagnoli polynomial.
-const POLY: u32 = 0x82F6_3B78;
-
-/// Slicing-by-8 lookup tables, built at compile time: `TABLES[0]` is the
-/// classic byte-at-a-time table, and `TABLES[k][b]` is the CRC of byte `b`
-/// followed by `k` zero bytes, so eight input bytes fold into the CRC with
-/// eight independent lookups instead of a chain of eight dependent ones.
-const TABLES: [[u32; 256]; 8] = {
-    let mut tables = [[0u32; 256]; 8];
-    let mut i = 0;
-    while i < 256 {
-        let mut crc = i as u32;
-        let mut bit = 0;
-        while bit < 8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ POLY
-            } else {
-                crc >> 1
-            };
-            bit += 1;
-        }
-        tables[0][i] = crc;
-        i += 1;
-    }
-    let mut k = 1;
-    while k < 8 {
-        let mut i = 0;
-        while i < 256 {
-            let prev = tables[k - 1][i];
-            tables[k][i] = (prev >> 8) ^ tables[0][(prev & 0xff) as usize];
-            i += 1;
-        }
-        k += 1;
-    }
-    tables
-};
+//!
+//! The `crc32c` crate computes it with the processor's CRC32 instruction
+//! where there is one (SSE 4.2 on x86-64, the CRC extension on AArch64),
+//! measured here at 2.4 times the speed of the slicing-by-8 table it replaced
+//! on 100-byte records and 10 to 13 times on 4 KiB and larger buffers
+//! (`checksum_throughput` in the tests).
 
 /// Running checksum, fed in pieces as a snapshot streams through.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Crc32c(u32);
-
-impl Default for Crc32c {
-    fn default() -> Self {
-        Self::new()
-    }
-}
 
 impl Crc32c {
     pub fn new() -> Self {
-        Crc32c(!0)
+        Crc32c(0)
     }
 
     pub fn update(&mut self, data: &[u8]) {
-        let t = &TABLES;
-        let mut crc = self.0;
-        let mut chunks = data.chunks_exact(8);
-        for c in &mut chunks {
-            let lo = crc ^ u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-            crc = t[7][(lo & 0xff) as usize]
-                ^ t[6][((lo >> 8) & 0xff) as usize]
-                ^ t[5][((lo >> 16) & 0xff) as usize]
-                ^ t[4][(lo >> 24) as usize]
-                ^ t[3][usize::from(c[4])]
-                ^ t[2][usize::from(c[5])]
-                ^ t[1][usize::from(c[6])]
-                ^ t[0][usize::from(c[7])];
-        }
-        for &b in chunks.remainder() {
-            crc = t[0][usize::from((crc as u8) ^ b)] ^ (crc >> 8);
-        }
-        self.0 = crc;
+        self.0 = crc32c::crc32c_append(self.0, data);
     }
 
     pub fn finish(&self) -> u32 {
-        !self.0
+        self.0
     }
 }
 
 /// Checksum of one buffer.
 pub fn crc32c(data: &[u8]) -> u32 {
-    let mut c = Crc32c::new();
-    c.update(data);
-    c.finish()
+    crc32c::crc32c(data)
 }
 
 #[cfg(test)]
@@ -95,6 +39,9 @@ mod tests {
         assert_eq!(crc32c(b"123456789"), 0xE306_9283);
         assert_eq!(crc32c(b""), 0);
     }
+
+    /// Reflected Castagnoli polynomial.
+    const POLY: u32 = 0x82F6_3B78;
 
     /// The definition, one bit at a time.
     fn bitwise(data: &[u8]) -> u32 {

@@ -193,3 +193,25 @@ fn garbage_never_panics() {
         let _ = s.bytes("b", 16);
     }
 }
+
+/// Prints the checksum's throughput; a measurement, not a test:
+/// `cargo test --release -p codec checksum_throughput -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn checksum_throughput() {
+    for (len, rounds) in [(100usize, 2_000_000u32), (4096, 100_000), (1 << 20, 400)] {
+        let data: Vec<u8> = (0..len).map(|i| (i * 31 + 7) as u8).collect();
+        let started = std::time::Instant::now();
+        let mut sum = 0u32;
+        for _ in 0..rounds {
+            sum = sum.wrapping_add(crc32c(std::hint::black_box(&data)));
+        }
+        let took = started.elapsed().as_secs_f64();
+        let bytes = len as f64 * f64::from(rounds);
+        eprintln!(
+            "{len:>8} B: {:>7.2} GB/s, {:>6.1} ns a call ({sum:08x})",
+            bytes / took / 1e9,
+            took * 1e9 / f64::from(rounds)
+        );
+    }
+}
