@@ -142,9 +142,9 @@ impl Node {
                 );
             }
             snapshots::log_open_report(&snapshot_report);
-            if snapshot_slot > 0 {
+            if snapshot_slot > Slot::ZERO {
                 info!(
-                    slot = snapshot_slot,
+                    slot = %snapshot_slot,
                     keys = store.len(),
                     "loaded the newest snapshot"
                 );
@@ -404,7 +404,7 @@ fn open_state(config: &NodeConfig, data_dir: &DataDir) -> Result<State, StartErr
     let snapshots = Snapshots::new(snapshot_store);
     let loaded = snapshots
         .load_latest()?
-        .map(|(meta, store)| (store, meta.slot));
+        .map(|(meta, store)| (store, Slot(meta.slot)));
     let options = Options {
         fsync: config.fsync,
         segment_bytes_max: config.wal_segment_bytes_max,

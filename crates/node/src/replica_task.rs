@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use paxos::NodeId;
-use paxos::replica::{Message, ProposeError, Ready, Replica, RoleName, Slot, Value};
+use paxos::replica::{Message, ProposeError, Ready, RecordNo, Replica, RoleName, Slot, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until};
 use tracing::{debug, error, info, warn};
@@ -61,10 +61,10 @@ const CATCH_UP_TICKS_PER_READY: u64 = 64;
 /// has no index (more commands in a slot, or more slots, than the scheme
 /// holds); such a command is skipped, identically on every replica.
 pub fn store_index(slot: Slot, i: usize) -> Option<u64> {
-    if i >= 1 << 16 || slot >= 1 << 48 {
+    if i >= 1 << 16 || slot.0 >= 1 << 48 {
         return None;
     }
-    Some((slot << 16) | i as u64)
+    Some((slot.0 << 16) | i as u64)
 }
 
 /// What woke the loop.
@@ -197,7 +197,7 @@ impl ReplicaTask {
         // The first Ready re-applies every chosen entry of the durable log.
         self.process_ready()?;
         info!(
-            applied = self.applied,
+            applied = %self.applied,
             keys = self.store.len(),
             "state rebuilt from the log"
         );
@@ -631,7 +631,7 @@ impl ReplicaTask {
             return;
         }
         self.durable = durable;
-        self.replica.persisted(durable);
+        self.replica.persisted(RecordNo(durable));
         while let Some(&(end, _, _)) = self.held.front() {
             if end > durable {
                 break;
@@ -648,6 +648,7 @@ impl ReplicaTask {
             records,
             records_end,
             messages,
+            persisted_messages,
             committed,
             reads,
             failed_reads,
@@ -655,7 +656,7 @@ impl ReplicaTask {
         } = self.replica.take_ready();
 
         // 1. To the disk thread, which makes them durable in order.
-        if !records.is_empty() && self.disk.write(records, records_end).is_err() {
+        if !records.is_empty() && self.disk.write(records, records_end.0).is_err() {
             return Err(StorageError::Stopped);
         }
 
@@ -664,8 +665,11 @@ impl ReplicaTask {
             if let Message::Forward { commands } = &message {
                 metrics::add(&self.metrics.forwarded_commands, commands.len() as u64);
             }
-            if message.needs_durable_records() && records_end > self.durable {
-                self.held.push_back((records_end, to, message));
+            self.outbox.send(to, message);
+        }
+        for (to, message) in persisted_messages {
+            if records_end.0 > self.durable {
+                self.held.push_back((records_end.0, to, message));
             } else {
                 self.outbox.send(to, message);
             }
@@ -680,7 +684,7 @@ impl ReplicaTask {
         // 4. Reads.
         for read in reads {
             if let Some(pending) = self.clients.reads.get_mut(&read.ctx) {
-                pending.index = Some(pending.index.map_or(read.index, |i| i.min(read.index)));
+                pending.index = Some(pending.index.map_or(read.index.0, |i| i.min(read.index.0)));
             }
         }
         self.answer_reads();
@@ -727,7 +731,7 @@ impl ReplicaTask {
             self.snapshot_links.events.clone(),
         ) {
             Ok(writer) => {
-                debug!(slot, clone_ms, "taking a snapshot");
+                debug!(%slot, clone_ms, "taking a snapshot");
                 self.writer = Some(writer);
                 self.entries_since = 0;
                 self.bytes_since = 0;
@@ -754,13 +758,13 @@ impl ReplicaTask {
                     }
                     Err(SnapshotError::Stale { latest, .. }) => {
                         debug!(
-                            slot,
+                            %slot,
                             latest, "a newer snapshot was installed meanwhile; this one is moot"
                         );
                     }
                     Err(e) => {
                         error!(
-                            slot,
+                            %slot,
                             error = %e,
                             "cannot take a snapshot; the log keeps growing until one succeeds"
                         );
@@ -769,10 +773,10 @@ impl ReplicaTask {
             }
             SnapshotEvent::Fetched { from, meta, store } => {
                 let commit = self.replica.status().commit;
-                if meta.slot <= commit || meta.slot <= self.applied {
+                if Slot(meta.slot) <= commit || Slot(meta.slot) <= self.applied {
                     debug!(
                         slot = meta.slot,
-                        commit, "caught up meanwhile; the fetched snapshot is not needed"
+                        %commit, "caught up meanwhile; the fetched snapshot is not needed"
                     );
                     return;
                 }
@@ -786,10 +790,10 @@ impl ReplicaTask {
                 // wait for their index, which the new store covers or the
                 // log above it will.
                 self.store = *store;
-                self.applied = meta.slot;
+                self.applied = Slot(meta.slot);
                 self.entries_since = 0;
                 self.bytes_since = 0;
-                self.replica.install_snapshot(meta.slot);
+                self.replica.install_snapshot(Slot(meta.slot));
                 metrics::add(&self.metrics.snapshots_installed, 1);
             }
         }
@@ -815,7 +819,7 @@ impl ReplicaTask {
     fn apply_command(&mut self, slot: Slot, i: usize, command: &Bytes) {
         let Some(index) = store_index(slot, i) else {
             warn!(
-                slot,
+                %slot,
                 position = i,
                 "a command beyond the store's index range is skipped"
             );
@@ -826,7 +830,7 @@ impl ReplicaTask {
             Err(e) => {
                 // Every replica decodes the same bytes the same way, so every
                 // replica skips this command.
-                warn!(slot, position = i, error = %e, "an undecodable command in the log is skipped");
+                warn!(%slot, position = i, error = %e, "an undecodable command in the log is skipped");
                 return;
             }
         };
@@ -845,7 +849,7 @@ impl ReplicaTask {
             .clients
             .reads
             .iter()
-            .filter(|(_, r)| r.index.is_some_and(|i| i <= applied))
+            .filter(|(_, r)| r.index.is_some_and(|i| i <= applied.0))
             .map(|(&ctx, _)| ctx)
             .collect();
         for ctx in ready {
@@ -867,8 +871,12 @@ impl ReplicaTask {
         self.next_publish = instant + self.config.tick();
         let status = self.replica.status();
         let peers = self.peers.snapshot();
-        let progress: std::collections::BTreeMap<u64, u64> =
-            self.replica.peer_progress().into_iter().collect();
+        let progress: std::collections::BTreeMap<u64, u64> = self
+            .replica
+            .peer_progress()
+            .into_iter()
+            .map(|(id, s)| (id, s.0))
+            .collect();
         let me = self.config.id;
         let members = self
             .config
@@ -891,7 +899,7 @@ impl ReplicaTask {
                     },
                     connected: id == me || peer.is_some_and(|p| p.outbound),
                     match_slot: if id == me {
-                        Some(status.commit)
+                        Some(status.commit.0)
                     } else {
                         progress.get(&id).copied()
                     },
@@ -909,9 +917,9 @@ impl ReplicaTask {
             role: role.to_owned(),
             leader_id: status.leader,
             ballot: status.promised.to_string(),
-            commit_slot: status.commit,
-            applied_slot: self.applied,
-            log_start: status.log_start,
+            commit_slot: status.commit.0,
+            applied_slot: self.applied.0,
+            log_start: status.log_start.0,
             keys: self.store.len() as u64,
             client_connections: self
                 .metrics
@@ -942,9 +950,9 @@ mod tests {
 
     #[test]
     fn store_indexes_increase_along_the_log_and_stop_at_their_range() {
-        assert!(store_index(1, 0) < store_index(1, 1));
-        assert!(store_index(1, 65_535) < store_index(2, 0));
-        assert_eq!(store_index(1, 65_536), None);
-        assert_eq!(store_index(1 << 48, 0), None);
+        assert!(store_index(Slot(1), 0) < store_index(Slot(1), 1));
+        assert!(store_index(Slot(1), 65_535) < store_index(Slot(2), 0));
+        assert_eq!(store_index(Slot(1), 65_536), None);
+        assert_eq!(store_index(Slot(1 << 48), 0), None);
     }
 }

@@ -135,7 +135,7 @@ impl Snapshots {
     /// Writes the snapshot of `store` at `slot` and publishes it. Blocking.
     pub fn write(&self, slot: Slot, store: &Store) -> Result<SnapshotMeta, SnapshotError> {
         let mut files = self.lock();
-        let meta = files.write(slot, |mut w| store.snapshot_to(&mut w))?;
+        let meta = files.write(slot.0, |mut w| store.snapshot_to(&mut w))?;
         self.latest.send_replace(files.latest().cloned());
         Ok(meta)
     }
@@ -240,7 +240,7 @@ pub fn spawn_write(
             drop(store);
             if let Ok(meta) = &result {
                 info!(
-                    slot,
+                    %slot,
                     bytes = meta.bytes,
                     ms = started.elapsed().as_millis() as u64,
                     "snapshot taken"
@@ -349,11 +349,11 @@ impl FetchLoop {
             let FetchRequest { peer, slot } = request;
             info!(
                 peer,
-                slot, "the log this node misses is compacted at a peer; fetching its snapshot"
+                %slot, "the log this node misses is compacted at a peer; fetching its snapshot"
             );
             let fetched = self
                 .client
-                .fetch(peer, slot, &target, &mut self.stopped)
+                .fetch(peer, slot.0, &target, &mut self.stopped)
                 .await;
             match fetched {
                 Ok(meta) => {
@@ -367,7 +367,7 @@ impl FetchLoop {
                 Err(e) => {
                     warn!(
                         peer,
-                        slot,
+                        %slot,
                         error = %e,
                         retry_ms = backoff.as_millis() as u64,
                         "fetching a snapshot failed; what arrived is kept for the next try"
@@ -478,7 +478,7 @@ mod tests {
         let latest = snapshots.latest();
         assert!(snapshots.load_latest().unwrap().is_none());
         let store = store_with(100);
-        let meta = snapshots.write(7, &store).unwrap();
+        let meta = snapshots.write(Slot(7), &store).unwrap();
         assert_eq!(latest.borrow().as_ref(), Some(&meta));
         let (loaded_meta, loaded) = snapshots.load_latest().unwrap().unwrap();
         assert_eq!(loaded_meta.slot, 7);
@@ -490,7 +490,7 @@ mod tests {
         let s = scratch("damaged");
         let (files, _) = SnapshotStore::open(&s.0).unwrap();
         let snapshots = Snapshots::new(files);
-        let meta = snapshots.write(3, &store_with(50)).unwrap();
+        let meta = snapshots.write(Slot(3), &store_with(50)).unwrap();
         // Flip a byte in the middle of the body.
         let mut bytes = std::fs::read(&meta.path).unwrap();
         let at = bytes.len() / 2;

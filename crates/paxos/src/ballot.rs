@@ -10,15 +10,25 @@ use std::fmt;
 /// A node's identity. Legislators in the fable; processes in the code.
 pub type NodeId = u64;
 
+/// The attempt number of a ballot. A proposer that needs a fresh ballot takes
+/// a round higher than any it has used or seen.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+pub struct Round(pub u64);
+
+impl fmt::Display for Round {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// A ballot number: `(round, node)`, compared round first, then node.
 ///
 /// The derived ordering is the protocol's ordering: the field order below is
 /// load-bearing.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
 pub struct Ballot {
-    /// The attempt number. A proposer that needs a fresh ballot takes a round
-    /// higher than any it has used or seen.
-    pub round: u64,
+    /// The attempt number.
+    pub round: Round,
     /// The proposer that owns this ballot.
     pub node: NodeId,
 }
@@ -26,18 +36,24 @@ pub struct Ballot {
 impl Ballot {
     /// The ballot below every ballot a proposer can issue (round 0). No
     /// proposer ever uses round 0, so "promised ZERO" means "promised nothing".
-    pub const ZERO: Ballot = Ballot { round: 0, node: 0 };
+    pub const ZERO: Ballot = Ballot {
+        round: Round(0),
+        node: 0,
+    };
 
     /// The ballot `(round, node)`.
     pub const fn new(round: u64, node: NodeId) -> Ballot {
-        Ballot { round, node }
+        Ballot {
+            round: Round(round),
+            node,
+        }
     }
 
     /// The smallest ballot owned by `node` that is higher than `self`.
     pub fn next_for(self, node: NodeId) -> Ballot {
         // A round that overflows u64 cannot be reached by counting.
-        let round = self.round.checked_add(1).expect("ballot round overflow");
-        Ballot { round, node }
+        let round = self.round.0.checked_add(1).expect("ballot round overflow");
+        Ballot::new(round, node)
     }
 }
 

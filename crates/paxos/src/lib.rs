@@ -17,4 +17,4 @@ pub mod replica;
 pub mod rng;
 pub mod synod;
 
-pub use ballot::{Ballot, NodeId};
+pub use ballot::{Ballot, NodeId, Round};

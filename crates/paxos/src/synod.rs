@@ -23,7 +23,7 @@
 
 use std::fmt;
 
-use crate::ballot::{Ballot, NodeId};
+use crate::ballot::{Ballot, NodeId, Round};
 
 /// A message between the roles, named for its phase.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
@@ -265,7 +265,7 @@ impl<V: Clone + PartialEq> Acceptor<V> {
 /// proposer continues above it, so it never issues one ballot twice.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
 pub struct ProposerLedger {
-    pub round: u64,
+    pub round: Round,
 }
 
 /// Where a proposer stands.
@@ -352,7 +352,11 @@ impl<V: Clone + PartialEq> Proposer<V> {
     /// heard of, and send `Prepare` to every acceptor. Calling it again (after
     /// a timeout or a pre-emption) abandons the attempt under way.
     pub fn prepare(&mut self) -> Ready<ProposerLedger, V> {
-        let floor = Ballot::new(self.ledger.round, self.id).max(self.highest_seen);
+        let floor = Ballot {
+            round: self.ledger.round,
+            node: self.id,
+        }
+        .max(self.highest_seen);
         let ballot = floor.next_for(self.id);
         self.ledger.round = ballot.round;
         self.phase = Phase::Preparing {

@@ -247,6 +247,7 @@ impl<S: ReplicaStorage> ReplicaStorage for FaultyStorage<S> {
 #[cfg(test)]
 mod tests {
     use paxos::Ballot;
+    use paxos::replica::Slot;
 
     use super::super::replica::MemoryStorage;
     use super::*;
@@ -283,12 +284,12 @@ mod tests {
         s.fail_after(0, FailPoint::AfterWrite);
         let batch = vec![
             Record::Promise(Ballot::new(5, 2)),
-            Record::Commit { up_to: 3 },
+            Record::Commit { up_to: Slot(3) },
         ];
         s.append(&batch).expect_err("fails");
         let s = s.restart();
         assert_eq!(s.durable().promised, Ballot::new(5, 2));
-        assert_eq!(s.durable().commit, 3);
+        assert_eq!(s.durable().commit, Slot(3));
     }
 
     #[test]

@@ -175,7 +175,7 @@ impl ReplicaStorage for FileStorage {
 #[cfg(test)]
 mod tests {
     use paxos::Ballot;
-    use paxos::replica::Value;
+    use paxos::replica::{Slot, Value};
     use paxos::rng::Rng;
 
     use super::super::Scratch;
@@ -186,7 +186,7 @@ mod tests {
     /// A plausible stream of records: promises rise, slots are accepted and
     /// committed in order, now and then a compaction.
     fn records(rng: &mut Rng, n: usize) -> Vec<Vec<Record>> {
-        let (mut round, mut slot, mut commit, mut compacted) = (1, 0u64, 0u64, 0u64);
+        let (mut round, mut slot, mut commit, mut compacted) = (1, Slot(0), Slot(0), Slot(0));
         (0..n)
             .map(|_| {
                 let mut batch = Vec::new();
@@ -413,17 +413,20 @@ mod tests {
             .expect("append");
         for slot in 1..=200 {
             s.append(&[Record::Accept {
-                slot,
+                slot: Slot(slot),
                 ballot: Ballot::new(7, 2),
                 value: Value::Batch(vec![Bytes::from(vec![b'x'; 40])]),
             }])
             .expect("append");
         }
-        s.append(&[Record::Commit { up_to: 150 }]).expect("append");
+        s.append(&[Record::Commit { up_to: Slot(150) }])
+            .expect("append");
         let segments_before = std::fs::read_dir(&scratch.0).expect("dir").count();
         // Compact twice, so the second checkpoint lands after a rotation.
-        s.append(&[Record::Compact { up_to: 100 }]).expect("append");
-        s.append(&[Record::Compact { up_to: 150 }]).expect("append");
+        s.append(&[Record::Compact { up_to: Slot(100) }])
+            .expect("append");
+        s.append(&[Record::Compact { up_to: Slot(150) }])
+            .expect("append");
         let segments_after = std::fs::read_dir(&scratch.0).expect("dir").count();
         assert!(
             segments_after < segments_before,
@@ -431,7 +434,7 @@ mod tests {
         );
         let expected = s.durable().clone();
         assert_eq!(expected.promised, Ballot::new(7, 2), "the promise is live");
-        assert_eq!(expected.log_start, 150);
+        assert_eq!(expected.log_start, Slot(150));
         assert_eq!(expected.accepted.len(), 50);
         drop(s);
         let (s, _) = FileStorage::open(&scratch.0, options).expect("reopen");

@@ -9,8 +9,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use codec::{DecodeError, Reader, put_bytes, put_count, put_varint};
-use paxos::Ballot;
 use paxos::replica::{Message, PromisedEntry, Record, Slot, Value};
+use paxos::{Ballot, Round};
 
 /// The format this code writes and reads.
 pub const WIRE_FORMAT: u8 = 1;
@@ -24,8 +24,12 @@ pub const BALLOT_ROUND_MAX: u64 = 1 << 62;
 // Encoding
 // ---------------------------------------------------------------------------
 
+fn put_slot(out: &mut BytesMut, s: Slot) {
+    put_varint(out, s.0);
+}
+
 fn put_ballot(out: &mut BytesMut, b: Ballot) {
-    put_varint(out, b.round);
+    put_varint(out, b.round.0);
     put_varint(out, b.node);
 }
 
@@ -55,14 +59,14 @@ fn put_value(out: &mut BytesMut, v: &Value) {
 fn put_slots(out: &mut BytesMut, slots: &[Slot]) {
     put_count(out, slots.len());
     for &s in slots {
-        put_varint(out, s);
+        put_slot(out, s);
     }
 }
 
 fn put_entries(out: &mut BytesMut, entries: &[(Slot, Value)]) {
     put_count(out, entries.len());
     for (s, v) in entries {
-        put_varint(out, *s);
+        put_slot(out, *s);
         put_value(out, v);
     }
 }
@@ -84,7 +88,7 @@ pub fn encode_message(message: &Message) -> Bytes {
         Message::Prepare { ballot, from_slot } => {
             out.put_u8(3);
             put_ballot(&mut out, *ballot);
-            put_varint(&mut out, *from_slot);
+            put_slot(&mut out, *from_slot);
         }
         Message::Promise {
             ballot,
@@ -94,11 +98,11 @@ pub fn encode_message(message: &Message) -> Bytes {
         } => {
             out.put_u8(4);
             put_ballot(&mut out, *ballot);
-            put_varint(&mut out, *commit);
-            put_varint(&mut out, *log_start);
+            put_slot(&mut out, *commit);
+            put_slot(&mut out, *log_start);
             put_count(&mut out, entries.len());
             for e in entries {
-                put_varint(&mut out, e.slot);
+                put_slot(&mut out, e.slot);
                 put_ballot(&mut out, e.ballot);
                 put_value(&mut out, &e.value);
                 out.put_u8(u8::from(e.chosen));
@@ -117,7 +121,7 @@ pub fn encode_message(message: &Message) -> Bytes {
             out.put_u8(6);
             put_ballot(&mut out, *ballot);
             put_entries(&mut out, entries);
-            put_varint(&mut out, *commit);
+            put_slot(&mut out, *commit);
         }
         Message::Accepted { ballot, slots } => {
             out.put_u8(7);
@@ -131,7 +135,7 @@ pub fn encode_message(message: &Message) -> Bytes {
         } => {
             out.put_u8(8);
             put_ballot(&mut out, *ballot);
-            put_varint(&mut out, *commit);
+            put_slot(&mut out, *commit);
             put_varint(&mut out, *seq);
         }
         Message::HeartbeatAck {
@@ -142,20 +146,20 @@ pub fn encode_message(message: &Message) -> Bytes {
             out.put_u8(9);
             put_ballot(&mut out, *ballot);
             put_varint(&mut out, *seq);
-            put_varint(&mut out, *commit);
+            put_slot(&mut out, *commit);
         }
         Message::CatchUp { from_slot } => {
             out.put_u8(10);
-            put_varint(&mut out, *from_slot);
+            put_slot(&mut out, *from_slot);
         }
         Message::Chosen { entries, commit } => {
             out.put_u8(11);
             put_entries(&mut out, entries);
-            put_varint(&mut out, *commit);
+            put_slot(&mut out, *commit);
         }
         Message::SnapshotNeeded { slot } => {
             out.put_u8(12);
-            put_varint(&mut out, *slot);
+            put_slot(&mut out, *slot);
         }
         Message::Forward { commands } => {
             out.put_u8(13);
@@ -171,7 +175,7 @@ pub fn encode_message(message: &Message) -> Bytes {
         Message::ReadIndexReply { ctx, index } => {
             out.put_u8(15);
             put_varint(&mut out, *ctx);
-            put_varint(&mut out, *index);
+            put_slot(&mut out, *index);
         }
         Message::RejoinQuery { above } => {
             out.put_u8(16);
@@ -187,7 +191,7 @@ pub fn encode_message(message: &Message) -> Bytes {
                 None => out.put_u8(0),
                 Some(slot) => {
                     out.put_u8(1);
-                    put_varint(&mut out, *slot);
+                    put_slot(&mut out, *slot);
                 }
             }
         }
@@ -210,22 +214,22 @@ pub fn encode_record(record: &Record) -> Bytes {
             value,
         } => {
             out.put_u8(2);
-            put_varint(&mut out, *slot);
+            put_slot(&mut out, *slot);
             put_ballot(&mut out, *ballot);
             put_value(&mut out, value);
         }
         Record::Commit { up_to } => {
             out.put_u8(3);
-            put_varint(&mut out, *up_to);
+            put_slot(&mut out, *up_to);
         }
         Record::Chosen { slot, value } => {
             out.put_u8(4);
-            put_varint(&mut out, *slot);
+            put_slot(&mut out, *slot);
             put_value(&mut out, value);
         }
         Record::Compact { up_to } => {
             out.put_u8(5);
-            put_varint(&mut out, *up_to);
+            put_slot(&mut out, *up_to);
         }
         Record::Rejoin => out.put_u8(6),
         Record::Resume => out.put_u8(7),
@@ -254,6 +258,10 @@ impl<'a> Wire<'a> {
         self.r.varint(what)
     }
 
+    fn slot(&mut self, what: &'static str) -> Result<Slot, DecodeError> {
+        self.r.varint(what).map(Slot)
+    }
+
     fn bool(&mut self, what: &'static str) -> Result<bool, DecodeError> {
         self.r.bool(what)
     }
@@ -265,7 +273,7 @@ impl<'a> Wire<'a> {
 
     fn ballot(&mut self) -> Result<Ballot, DecodeError> {
         Ok(Ballot {
-            round: self.r.varint_max("a ballot round", BALLOT_ROUND_MAX)?,
+            round: Round(self.r.varint_max("a ballot round", BALLOT_ROUND_MAX)?),
             node: self.varint("a ballot node")?,
         })
     }
@@ -300,7 +308,7 @@ impl<'a> Wire<'a> {
     fn entries(&mut self) -> Result<Vec<(Slot, Value)>, DecodeError> {
         let n = self.r.count("entries", 2)?;
         (0..n)
-            .map(|_| Ok((self.varint("a slot")?, self.value()?)))
+            .map(|_| Ok((self.slot("a slot")?, self.value()?)))
             .collect()
     }
 
@@ -323,17 +331,17 @@ pub fn decode_message(input: Bytes) -> Result<Message, DecodeError> {
         },
         3 => Message::Prepare {
             ballot: r.ballot()?,
-            from_slot: r.varint("from_slot")?,
+            from_slot: r.slot("from_slot")?,
         },
         4 => {
             let ballot = r.ballot()?;
-            let commit = r.varint("commit")?;
-            let log_start = r.varint("log_start")?;
+            let commit = r.slot("commit")?;
+            let log_start = r.slot("log_start")?;
             let n = r.r.count("promised entries", 4)?;
             let mut entries = Vec::with_capacity(n);
             for _ in 0..n {
                 entries.push(PromisedEntry {
-                    slot: r.varint("a slot")?,
+                    slot: r.slot("a slot")?,
                     ballot: r.ballot()?,
                     value: r.value()?,
                     chosen: r.bool("chosen")?,
@@ -353,36 +361,36 @@ pub fn decode_message(input: Bytes) -> Result<Message, DecodeError> {
         6 => Message::Accept {
             ballot: r.ballot()?,
             entries: r.entries()?,
-            commit: r.varint("commit")?,
+            commit: r.slot("commit")?,
         },
         7 => {
             let ballot = r.ballot()?;
             let n = r.r.count("slots", 1)?;
             let mut slots = Vec::with_capacity(n);
             for _ in 0..n {
-                slots.push(r.varint("a slot")?);
+                slots.push(r.slot("a slot")?);
             }
             Message::Accepted { ballot, slots }
         }
         8 => Message::Heartbeat {
             ballot: r.ballot()?,
-            commit: r.varint("commit")?,
+            commit: r.slot("commit")?,
             seq: r.varint("seq")?,
         },
         9 => Message::HeartbeatAck {
             ballot: r.ballot()?,
             seq: r.varint("seq")?,
-            commit: r.varint("commit")?,
+            commit: r.slot("commit")?,
         },
         10 => Message::CatchUp {
-            from_slot: r.varint("from_slot")?,
+            from_slot: r.slot("from_slot")?,
         },
         11 => Message::Chosen {
             entries: r.entries()?,
-            commit: r.varint("commit")?,
+            commit: r.slot("commit")?,
         },
         12 => Message::SnapshotNeeded {
-            slot: r.varint("slot")?,
+            slot: r.slot("slot")?,
         },
         13 => Message::Forward {
             commands: r.commands("commands")?,
@@ -392,14 +400,14 @@ pub fn decode_message(input: Bytes) -> Result<Message, DecodeError> {
         },
         15 => Message::ReadIndexReply {
             ctx: r.varint("ctx")?,
-            index: r.varint("index")?,
+            index: r.slot("index")?,
         },
         16 => Message::RejoinQuery {
             above: r.option(Wire::ballot)?,
         },
         17 => Message::RejoinReply {
             promised: r.ballot()?,
-            leading_from: r.option(|r| r.varint("leading_from"))?,
+            leading_from: r.option(|r| r.slot("leading_from"))?,
         },
         tag => {
             return Err(DecodeError::UnknownTag {
@@ -417,19 +425,19 @@ pub fn decode_record(input: Bytes) -> Result<Record, DecodeError> {
     let record = match r.r.u8("a record tag")? {
         1 => Record::Promise(r.ballot()?),
         2 => Record::Accept {
-            slot: r.varint("slot")?,
+            slot: r.slot("slot")?,
             ballot: r.ballot()?,
             value: r.value()?,
         },
         3 => Record::Commit {
-            up_to: r.varint("up_to")?,
+            up_to: r.slot("up_to")?,
         },
         4 => Record::Chosen {
-            slot: r.varint("slot")?,
+            slot: r.slot("slot")?,
             value: r.value()?,
         },
         5 => Record::Compact {
-            up_to: r.varint("up_to")?,
+            up_to: r.slot("up_to")?,
         },
         6 => Record::Rejoin,
         7 => Record::Resume,
@@ -495,7 +503,7 @@ mod tests {
     }
 
     fn message(rng: &mut Rng) -> Message {
-        let slot = |rng: &mut Rng| rng.below(1 << 40);
+        let slot = |rng: &mut Rng| Slot(rng.below(1 << 40));
         match rng.below(17) {
             0 => Message::PreVote {
                 ballot: ballot(rng),
@@ -578,19 +586,19 @@ mod tests {
             5 => Record::Rejoin,
             6 => Record::Resume,
             1 => Record::Accept {
-                slot: rng.next_u64(),
+                slot: Slot(rng.next_u64()),
                 ballot: ballot(rng),
                 value: value(rng),
             },
             2 => Record::Commit {
-                up_to: rng.next_u64(),
+                up_to: Slot(rng.next_u64()),
             },
             3 => Record::Chosen {
-                slot: rng.next_u64(),
+                slot: Slot(rng.next_u64()),
                 value: value(rng),
             },
             _ => Record::Compact {
-                up_to: rng.next_u64(),
+                up_to: Slot(rng.next_u64()),
             },
         }
     }
@@ -671,7 +679,7 @@ mod tests {
                 tag: 77
             })
         );
-        let mut extra = BytesMut::from(&encode_record(&Record::Commit { up_to: 5 })[..]);
+        let mut extra = BytesMut::from(&encode_record(&Record::Commit { up_to: Slot(5) })[..]);
         extra.put_u8(0);
         assert_eq!(
             decode_record(extra.freeze()),

@@ -53,8 +53,8 @@ impl Durable {
                 if *up_to > self.log_start {
                     self.log_start = *up_to;
                     self.commit = self.commit.max(*up_to);
-                    self.accepted = self.accepted.split_off(&(up_to + 1));
-                    self.chosen = self.chosen.split_off(&(up_to + 1));
+                    self.accepted = self.accepted.split_off(&(*up_to + 1));
+                    self.chosen = self.chosen.split_off(&(*up_to + 1));
                 }
             }
             Record::Rejoin => self.rejoining = true,

@@ -184,10 +184,10 @@ impl Replica {
             }
         }
         self.advance_commit();
-        let last_reported = highest.keys().next_back().copied().unwrap_or(0);
+        let last_reported = highest.keys().next_back().copied().unwrap_or(Slot::ZERO);
         let top = last_reported
             .max(commit_reported)
-            .max(self.log.keys().next_back().copied().unwrap_or(0));
+            .max(self.log.keys().next_back().copied().unwrap_or(Slot::ZERO));
 
         let mut leader = Leader {
             ballot,
@@ -196,7 +196,7 @@ impl Replica {
             noop_slot: top + 1,
             pending: VecDeque::new(),
             unsent: Vec::new(),
-            commit_sent: 0,
+            commit_sent: Slot::ZERO,
             heartbeat_seq: 0,
             heartbeat_sent: BTreeMap::new(),
             heartbeat_due: true,
@@ -210,7 +210,7 @@ impl Replica {
             step_down: false,
             own_votes: VecDeque::new(),
         };
-        for slot in (commit_reported + 1).max(from_slot)..=top {
+        for slot in Slot::range((commit_reported + 1).max(from_slot), top) {
             if self.log.get(&slot).is_some_and(|e| e.chosen.is_some()) {
                 continue;
             }

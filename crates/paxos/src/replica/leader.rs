@@ -1,7 +1,7 @@
 //! The leader's side: phase 2 for a window of slots, heartbeats, leases and
 //! read-index.
 
-use super::message::{Message, Record, Slot, Value};
+use super::message::{Message, Record, RecordNo, Slot, Value};
 use super::{InFlight, Leader, PendingRead, ReadState, Replica, Role};
 use std::collections::BTreeSet;
 
@@ -54,7 +54,7 @@ impl Replica {
 
     /// Counts the leader's own acceptances made durable by records up to
     /// number `up_to`.
-    pub(super) fn count_own_votes(&mut self, up_to: u64) {
+    pub(super) fn count_own_votes(&mut self, up_to: RecordNo) {
         let me = self.config.id;
         self.with_leader(|r, leader| {
             while let Some(&(record, slot)) = leader.own_votes.front() {
@@ -100,9 +100,7 @@ impl Replica {
     pub(super) fn flush_leader(&mut self) {
         self.with_leader(|r, leader| {
             let window = r.config.inflight_slots_max;
-            while !leader.pending.is_empty()
-                && (leader.next_slot - 1).saturating_sub(r.commit) < window
-            {
+            while !leader.pending.is_empty() && (leader.next_slot - 1).since(r.commit) < window {
                 let mut batch = Vec::new();
                 let mut bytes = 0;
                 while let Some(command) = leader.pending.front() {

@@ -82,10 +82,12 @@ impl Replica {
             );
             return;
         }
-        let last = self
-            .commit
-            .min(from_slot.saturating_add(self.config.catch_up_slots_max as u64 - 1));
-        let entries: Vec<(Slot, Value)> = (from_slot..=last)
+        let last = self.commit.min(Slot(
+            from_slot
+                .0
+                .saturating_add(self.config.catch_up_slots_max as u64 - 1),
+        ));
+        let entries: Vec<(Slot, Value)> = Slot::range(from_slot, last)
             .filter_map(|slot| self.chosen(slot).map(|v| (slot, v.clone())))
             .collect();
         self.send(

@@ -8,7 +8,79 @@ use crate::ballot::Ballot;
 
 /// A position in the replicated log. Slot 0 is never used: "up to slot 0"
 /// means "nothing".
-pub type Slot = u64;
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+pub struct Slot(pub u64);
+
+impl Slot {
+    /// "Nothing": below every slot that holds a value.
+    pub const ZERO: Slot = Slot(0);
+
+    /// The slot after this one.
+    pub fn next(self) -> Slot {
+        self + 1
+    }
+
+    /// How many slots lie after `earlier` up to and including this one
+    /// (0 when `earlier` is not before it).
+    pub fn since(self, earlier: Slot) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
+
+    /// The slots from `first` to `last`, both included.
+    pub fn range(first: Slot, last: Slot) -> impl DoubleEndedIterator<Item = Slot> {
+        (first.0..=last.0).map(Slot)
+    }
+}
+
+impl std::ops::Add<u64> for Slot {
+    type Output = Slot;
+    fn add(self, n: u64) -> Slot {
+        Slot(self.0 + n)
+    }
+}
+
+impl std::ops::AddAssign<u64> for Slot {
+    fn add_assign(&mut self, n: u64) {
+        self.0 += n;
+    }
+}
+
+impl std::ops::Sub<u64> for Slot {
+    type Output = Slot;
+    fn sub(self, n: u64) -> Slot {
+        Slot(self.0 - n)
+    }
+}
+
+impl fmt::Display for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// The number of a record the replica handed its host: records are
+/// numbered from 1 in the order they are handed out, and "durable up to
+/// record n" covers every record up to n.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+pub struct RecordNo(pub u64);
+
+impl RecordNo {
+    /// Before the first record.
+    pub const ZERO: RecordNo = RecordNo(0);
+}
+
+impl std::ops::Add<u64> for RecordNo {
+    type Output = RecordNo;
+    fn add(self, n: u64) -> RecordNo {
+        RecordNo(self.0 + n)
+    }
+}
+
+impl fmt::Display for RecordNo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
 
 /// What a slot holds once chosen: nothing (a no-op a new leader uses to fill
 /// gaps and to mark its term), or a batch of client commands, opaque to the
@@ -140,7 +212,7 @@ impl Message {
     /// only once durable), heartbeats and commit points (chosen values are
     /// facts), forwarded commands, catch-up and read-index traffic, and the
     /// pre-vote, which promises nothing.
-    pub fn needs_durable_records(&self) -> bool {
+    pub(crate) fn needs_durable_records(&self) -> bool {
         match self {
             Message::Prepare { .. }
             | Message::Promise { .. }
@@ -234,7 +306,7 @@ impl fmt::Display for Message {
             }
             Message::CatchUp { from_slot } => write!(f, "CatchUp(from slot {from_slot})"),
             Message::Chosen { entries, commit } => {
-                let first = entries.first().map_or(0, |(s, _)| *s);
+                let first = entries.first().map_or(Slot::ZERO, |(s, _)| *s);
                 write!(
                     f,
                     "Chosen({} from slot {first}, commit {commit})",

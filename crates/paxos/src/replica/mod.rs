@@ -12,17 +12,18 @@
 //!
 //! # The output contract
 //!
-//! Records are numbered from 1 in the order the replica hands them out;
-//! [`Ready::records_end`] is the number of the last record of a `Ready` (or
-//! of an earlier one, if it has none). The host carries a `Ready` out so:
+//! Records are numbered from 1 in the order the replica hands them out
+//! ([`RecordNo`]); [`Ready::records_end`] is the number of the last record
+//! of a `Ready` (or of an earlier one, if it has none). The host carries a
+//! `Ready` out so:
 //!
 //! 1. write `records` durably, after every record handed out before them;
 //!    once records up to `records_end` are durable, call
 //!    [`Replica::persisted`] with it;
-//! 2. send the `messages` that [`Message::needs_durable_records`] says may
-//!    leave at once, whenever it likes; the others (they report promises and
-//!    acceptances that are only true once on disk) only once records up to
-//!    `records_end` are durable;
+//! 2. send `messages` whenever it likes, and `persisted_messages` only once
+//!    records up to `records_end` are durable: they report promises and
+//!    acceptances that are only true once on disk, so the replica keeps them
+//!    apart and no host has to tell them apart itself;
 //! 3. apply `committed` to the state machine, in order (chosen values are
 //!    facts: this need not wait for the records);
 //! 4. then answer the `reads` (each is linearizable once the entries up to its
@@ -70,7 +71,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use bytes::Bytes;
 
 pub use durable::Durable;
-pub use message::{Message, PromisedEntry, Record, Slot, Value};
+pub use message::{Message, PromisedEntry, Record, RecordNo, Slot, Value};
 
 use crate::ballot::{Ballot, NodeId};
 use crate::rng::Rng;
@@ -218,10 +219,13 @@ pub struct Ready {
     pub records: Vec<Record>,
     /// The number of the last record handed out so far, this `Ready`'s
     /// included (records are numbered from 1 since the replica was made).
-    pub records_end: u64,
-    /// Messages to send: those that [`Message::needs_durable_records`] only
-    /// once records up to `records_end` are durable, the others at once.
+    pub records_end: RecordNo,
+    /// Messages that may leave at once: they claim nothing about this
+    /// replica's durable state.
     pub messages: Vec<(NodeId, Message)>,
+    /// Messages that may leave only once records up to `records_end` are
+    /// durable.
+    pub persisted_messages: Vec<(NodeId, Message)>,
     /// Chosen entries to apply, in slot order, each exactly once.
     pub committed: Vec<(Slot, Value)>,
     /// Reads that may be answered once `committed` is applied.
@@ -239,6 +243,7 @@ impl Ready {
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
             && self.messages.is_empty()
+            && self.persisted_messages.is_empty()
             && self.committed.is_empty()
             && self.reads.is_empty()
             && self.failed_reads.is_empty()
@@ -350,7 +355,7 @@ struct Leader {
     /// Slots proposed in this ballot whose own acceptance is not yet
     /// durable, with the number of the record that makes it so. The
     /// leader's vote for them counts once [`Replica::persisted`] covers it.
-    own_votes: VecDeque<(u64, Slot)>,
+    own_votes: VecDeque<(RecordNo, Slot)>,
 }
 
 #[derive(Clone, Debug)]
@@ -421,15 +426,15 @@ pub struct Replica {
     reads_waiting: Vec<ReadState>,
     /// Records handed out (in `Ready`s taken, and in `ready`), and how many
     /// of them the host reported durable.
-    records_handed: u64,
-    records_durable: u64,
+    records_handed: RecordNo,
+    records_durable: RecordNo,
     ready: Ready,
 }
 
 impl Replica {
     /// A replica with nothing durable yet.
     pub fn new(config: Config) -> Result<Replica, ConfigError> {
-        Replica::restore(config, Durable::default(), 0)
+        Replica::restore(config, Durable::default(), Slot::ZERO)
     }
 
     /// A replica whose durable state was lost (a damaged or wiped disk): it
@@ -441,7 +446,7 @@ impl Replica {
             rejoining: true,
             ..Durable::default()
         };
-        let mut replica = Replica::restore(config, durable, 0)?;
+        let mut replica = Replica::restore(config, durable, Slot::ZERO)?;
         replica.ready.records.push(Record::Rejoin);
         Ok(replica)
     }
@@ -506,8 +511,8 @@ impl Replica {
             rejoin,
             forward: Vec::new(),
             reads_waiting: Vec::new(),
-            records_handed: 0,
-            records_durable: 0,
+            records_handed: RecordNo::ZERO,
+            records_durable: RecordNo::ZERO,
             ready,
             config,
         };
@@ -737,7 +742,7 @@ impl Replica {
 
     /// The host made every record up to number `up_to` durable (see the
     /// output contract). Reports of records never handed out are ignored.
-    pub fn persisted(&mut self, up_to: u64) {
+    pub fn persisted(&mut self, up_to: RecordNo) {
         let handed = self.records_handed;
         let up_to = up_to.min(handed);
         if up_to <= self.records_durable {
@@ -749,8 +754,8 @@ impl Replica {
     }
 
     /// The number the next record pushed onto `ready.records` will have.
-    fn next_record_number(&self) -> u64 {
-        self.records_handed + self.ready.records.len() as u64 + 1
+    fn next_record_number(&self) -> RecordNo {
+        self.records_handed + (self.ready.records.len() as u64 + 1)
     }
 
     /// Collects everything the replica asks its host to do.
@@ -786,13 +791,17 @@ impl Replica {
         self.reads_waiting = waiting;
         self.ready.reads.extend(done);
         self.check_invariants();
-        self.records_handed += self.ready.records.len() as u64;
+        self.records_handed = self.records_handed + self.ready.records.len() as u64;
         self.ready.records_end = self.records_handed;
         std::mem::take(&mut self.ready)
     }
 
     fn send(&mut self, to: NodeId, message: Message) {
-        self.ready.messages.push((to, message));
+        if message.needs_durable_records() {
+            self.ready.persisted_messages.push((to, message));
+        } else {
+            self.ready.messages.push((to, message));
+        }
     }
 
     fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {

@@ -25,6 +25,9 @@ struct Cluster {
     queue: VecDeque<(NodeId, NodeId, Message)>,
     /// Links that drop everything, in one direction.
     cut: BTreeSet<(NodeId, NodeId)>,
+    /// Every message kind sent, and whether it waited for the records
+    /// (came in `persisted_messages`).
+    kinds: BTreeSet<(&'static str, bool)>,
 }
 
 fn config(id: NodeId, n: u64) -> Config {
@@ -61,6 +64,7 @@ impl Cluster {
             nodes,
             queue: VecDeque::new(),
             cut: BTreeSet::new(),
+            kinds: BTreeSet::new(),
         }
     }
 
@@ -88,7 +92,14 @@ impl Cluster {
             node.durable.apply(record);
         }
         node.replica.persisted(ready.records_end);
-        for (to, message) in &ready.messages {
+        for (_, m) in &ready.messages {
+            self.kinds.insert((m.kind(), false));
+        }
+        for (_, m) in &ready.persisted_messages {
+            self.kinds.insert((m.kind(), true));
+        }
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        for (to, message) in ready.messages.iter().chain(&ready.persisted_messages) {
             check_covered(&node.durable, message);
             if node.durable.rejoining {
                 assert!(
@@ -220,7 +231,8 @@ impl Cluster {
         let mut config = config(id, self.nodes.len() as u64);
         (self.tweak)(&mut config);
         let node = self.node(id);
-        node.replica = Replica::restore(config, node.durable.clone(), 0).expect("valid config");
+        node.replica =
+            Replica::restore(config, node.durable.clone(), Slot::ZERO).expect("valid config");
         node.applied.clear();
         node.up = true;
     }
@@ -433,7 +445,7 @@ fn reads_are_confirmed_on_the_leader_and_on_followers() {
     c.ticks(2);
     let read = c.nodes[&leader].reads.iter().find(|r| r.ctx == 7).copied();
     let commit = c.nodes[&leader].replica.status().commit;
-    assert!(read.is_some_and(|r| r.index <= commit && r.index >= 2));
+    assert!(read.is_some_and(|r| r.index <= commit && r.index >= Slot(2)));
 
     let follower = (1..=3).find(|&id| id != leader).expect("a follower");
     c.node(follower)
@@ -449,7 +461,7 @@ fn reads_are_confirmed_on_the_leader_and_on_followers() {
         .find(|r| r.ctx == 8)
         .copied();
     let applied = c.nodes[&follower].applied.len() as u64;
-    assert!(read.is_some_and(|r| r.index <= applied), "{read:?}");
+    assert!(read.is_some_and(|r| r.index <= Slot(applied)), "{read:?}");
 }
 
 #[test]
@@ -519,7 +531,7 @@ fn records_replayed_rebuild_the_same_durable_state() {
         let status = node.replica.status();
         assert_eq!(node.durable.commit, status.commit, "node {id}");
         assert_eq!(node.durable.promised, status.promised, "node {id}");
-        for slot in 1..=status.commit {
+        for slot in Slot::range(Slot(1), status.commit) {
             assert_eq!(node.durable.chosen_value(slot), node.replica.chosen(slot));
         }
     }
@@ -543,7 +555,7 @@ fn a_follower_behind_a_compacted_log_installs_a_snapshot_then_catches_up() {
         assert_eq!(c.nodes[&id].durable.log_start, applied);
     }
     let snapshot_slot = c.nodes[&leader].replica.status().log_start;
-    assert!(snapshot_slot >= 30);
+    assert!(snapshot_slot >= Slot(30));
     c.restart(lagger);
     for _ in 0..50 {
         c.ticks(1);
@@ -691,19 +703,31 @@ fn the_leader_counts_its_own_acceptance_only_once_it_is_durable() {
         .filter(|(_, m)| matches!(m, Message::Accept { entries, .. } if !entries.is_empty()))
         .cloned()
         .collect();
-    assert!(accepts.iter().all(|(_, m)| !m.needs_durable_records()));
+    assert!(
+        !ready
+            .persisted_messages
+            .iter()
+            .any(|(_, m)| matches!(m, Message::Accept { .. })),
+        "accepts never wait for the leader's disk"
+    );
     let (_, accept) = accepts
         .into_iter()
         .find(|(to, _)| *to == follower)
         .expect("an accept for the follower");
     c.node(follower).replica.step(leader, accept);
     let reply = c.node(follower).replica.take_ready();
+    assert!(
+        !reply
+            .messages
+            .iter()
+            .any(|(_, m)| matches!(m, Message::Accepted { .. })),
+        "an acceptance leaves only once durable"
+    );
     let accepted = reply
-        .messages
+        .persisted_messages
         .into_iter()
         .find(|(_, m)| matches!(m, Message::Accepted { .. }))
         .expect("the follower accepts");
-    assert!(accepted.1.needs_durable_records());
     c.node(leader).replica.step(follower, accepted.1);
     // One durable vote of the three is no quorum, whatever the leader holds
     // in memory.
@@ -725,7 +749,7 @@ fn a_report_of_records_never_handed_out_is_ignored() {
         .propose(Bytes::from_static(b"x"))
         .expect("taken");
     // Before the Ready is taken, nothing it holds can be durable.
-    c.node(leader).replica.persisted(u64::MAX);
+    c.node(leader).replica.persisted(RecordNo(u64::MAX));
     let ready = c.node(leader).replica.take_ready();
     assert!(
         ready.committed.is_empty(),
@@ -733,4 +757,40 @@ fn a_report_of_records_never_handed_out_is_ignored() {
     );
     c.node(leader).replica.persisted(ready.records_end);
     assert_eq!(c.node(leader).replica.take_ready().committed.len(), 1);
+}
+
+/// Promises and acceptances (and a ballot claimed by a Prepare) wait for the
+/// records that make them true; the leader's accepts, heartbeats, commit
+/// points and pre-votes claim nothing durable and leave at once.
+#[test]
+fn messages_that_report_durable_state_wait_for_it_and_no_others_do() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    c.propose(leader, "a");
+    c.ticks(5);
+    c.node(leader)
+        .replica
+        .read_index(1)
+        .expect("a leader reads");
+    c.process(leader);
+    c.deliver_all();
+    for kind in ["Prepare", "Promise", "Accepted", "HeartbeatAck"] {
+        assert!(
+            c.kinds.contains(&(kind, true)),
+            "{kind} waits: {:?}",
+            c.kinds
+        );
+        assert!(
+            !c.kinds.contains(&(kind, false)),
+            "{kind} never leaves at once"
+        );
+    }
+    for kind in ["PreVote", "PreVoteReply", "Accept", "Heartbeat"] {
+        assert!(
+            c.kinds.contains(&(kind, false)),
+            "{kind} leaves: {:?}",
+            c.kinds
+        );
+        assert!(!c.kinds.contains(&(kind, true)), "{kind} never waits");
+    }
 }

@@ -155,7 +155,7 @@ fn promise(
 fn p1a_proposer_prepares_a_fresh_ballot_durably() {
     let mut p = Proposer::new(7, A.to_vec(), "mine");
     let r = p.prepare();
-    assert_eq!(r.persist, Some(ProposerLedger { round: 1 }));
+    assert_eq!(r.persist, Some(ProposerLedger { round: Round(1) }));
     assert_eq!(r.send.len(), 3);
     assert!(
         r.send
@@ -163,7 +163,7 @@ fn p1a_proposer_prepares_a_fresh_ballot_durably() {
             .all(|e| e.message == Message::Prepare { ballot: b(1, 7) })
     );
     let again = p.prepare();
-    assert_eq!(again.persist, Some(ProposerLedger { round: 2 }));
+    assert_eq!(again.persist, Some(ProposerLedger { round: Round(2) }));
 }
 
 // 2.2 Phase 2(a): with a quorum of promises, propose the value of the

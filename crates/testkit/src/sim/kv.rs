@@ -51,7 +51,7 @@ use std::fmt::Write as _;
 
 use bytes::Bytes;
 use paxos::NodeId;
-use paxos::replica::{Config, Durable, Message, Record, Replica, Slot, Value};
+use paxos::replica::{Config, Durable, Message, Record, RecordNo, Replica, Slot, Value};
 use paxos::rng::Rng;
 
 use super::trace::Trace;
@@ -312,7 +312,7 @@ struct Batch {
     records: Vec<Record>,
     /// The number of the batch's last record, reported to the replica once
     /// the batch is durable.
-    records_end: u64,
+    records_end: RecordNo,
     /// Messages that report what the records say.
     messages: Vec<(NodeId, Message)>,
 }
@@ -341,7 +341,7 @@ struct Node {
     /// The durable snapshot: the slot it holds everything up to, and its bytes.
     snapshot: Option<(Slot, Bytes)>,
     /// Snapshot every this many applied slots (0: never).
-    snapshot_every: Slot,
+    snapshot_every: u64,
     incoming: Option<Incoming>,
     crash_at: Option<CrashPoint>,
     /// The disk was damaged in the last crash.
@@ -437,7 +437,7 @@ pub fn run(config: &KvSimConfig, seed: u64, keep_trace: bool) -> KvRun {
             next_batch: 0,
             disk_busy_until: 0,
             store: Store::new(),
-            applied: 0,
+            applied: Slot::ZERO,
             waiting_writes: BTreeMap::new(),
             waiting_reads: BTreeMap::new(),
             next_ctx: 1,
@@ -501,7 +501,12 @@ pub fn run(config: &KvSimConfig, seed: u64, keep_trace: bool) -> KvRun {
         sim.handle(event);
     }
     sim.finish();
-    let slots_applied = sim.applied_values.keys().next_back().copied().unwrap_or(0);
+    let slots_applied = sim
+        .applied_values
+        .keys()
+        .next_back()
+        .copied()
+        .unwrap_or(Slot::ZERO);
     KvRun {
         seed,
         ops: sim.ops_started,
@@ -604,10 +609,7 @@ impl Sim<'_> {
             self.disk.rejoined += 1;
             self.log(|| format!("node {} finished rejoining and votes again", n + 1));
         }
-        let (waiting, now): (Vec<_>, Vec<_>) = ready
-            .messages
-            .into_iter()
-            .partition(|(_, m)| m.needs_durable_records());
+        let (waiting, now) = (ready.persisted_messages, ready.messages);
         let node = &mut self.nodes[n];
         if self.config.bug == Some(KvBug::PersistedBeforeSync) {
             // The leader now counts its own votes on records a crash may
@@ -768,7 +770,7 @@ impl Sim<'_> {
                 request.client = 0;
             }
             let node = &mut self.nodes[n];
-            let reply = node.store.apply((slot << 16) | i as u64, &request);
+            let reply = node.store.apply((slot.0 << 16) | i as u64, &request);
             if let Some(client) = node.waiting_writes.remove(&key) {
                 let seq = key.1;
                 self.send(n, CLIENT + client, Packet::Reply { client, seq, reply });
@@ -845,7 +847,7 @@ impl Sim<'_> {
             node.damaged = false;
             node.snapshot = None;
             node.store = Store::new();
-            node.applied = 0;
+            node.applied = Slot::ZERO;
             if bug == Some(KvBug::RejoinVotesAtOnce) {
                 node.disk = Durable::default();
                 node.replica = Replica::new(config).expect("the simulator's config is valid");
@@ -863,7 +865,7 @@ impl Sim<'_> {
                     Ok(store) => (*slot, store),
                     Err(e) => panic!("node {}: own snapshot unreadable: {e}", n + 1),
                 },
-                None => (0, Store::new()),
+                None => (Slot::ZERO, Store::new()),
             };
             node.replica = Replica::restore(config, node.disk.clone(), applied)
                 .expect("the simulator's config is valid");
@@ -881,7 +883,7 @@ impl Sim<'_> {
     /// Saves a snapshot every few slots and lets the replica compact.
     fn maybe_snapshot(&mut self, n: usize) {
         let node = &mut self.nodes[n];
-        let last = node.snapshot.as_ref().map_or(0, |(slot, _)| *slot);
+        let last = node.snapshot.as_ref().map_or(Slot::ZERO, |(slot, _)| *slot);
         if node.snapshot_every == 0 || node.applied < last + node.snapshot_every {
             return;
         }
@@ -916,11 +918,18 @@ impl Sim<'_> {
         }
         node.incoming = Some(Incoming {
             from: peer,
-            slot: 0,
+            slot: Slot::ZERO,
             data: Vec::new(),
             last_progress: self.now,
         });
-        self.send(n, peer, Packet::SnapshotRequest { slot: 0, offset: 0 });
+        self.send(
+            n,
+            peer,
+            Packet::SnapshotRequest {
+                slot: Slot::ZERO,
+                offset: 0,
+            },
+        );
     }
 
     /// Asks again for the next chunk when the last one seems lost.
