@@ -11,39 +11,10 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::metrics::Metrics;
+use host::HostStats;
 use kv::{Command, Reply};
 
-/// Identifies a client connection within one node. The node keys the
-/// exactly-once session of the connection's writes by it.
-pub type ConnId = u64;
-
-/// How a read may be served.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReadMode {
-    /// Linearizable: under the leader's lease, else after a read-index round.
-    Linearizable,
-    /// From this node's applied state, possibly stale. Only when the client
-    /// asked for it (`READONLY`).
-    Stale,
-}
-
-/// Why the node could not give an answer.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum NodeError {
-    /// No leader is known, or none can be reached: the command was not
-    /// applied. Safe to retry.
-    #[error("CLUSTERDOWN no leader is known; retry shortly")]
-    ClusterDown,
-    /// The command was handed on but no answer came back: it may or may not
-    /// have taken effect. Never reported as a failure.
-    #[error(
-        "UNCERTAIN the leader changed before confirming; the write may or may not have taken effect"
-    )]
-    Uncertain,
-    /// The node is overloaded or shutting down; the command was not applied.
-    #[error("BUSY {0}")]
-    Busy(String),
-}
+pub use host::{ConnId, NodeError, ReadMode};
 
 /// One request from a client connection to the replica task.
 #[derive(Debug)]
@@ -111,6 +82,7 @@ pub struct StatusReport {
 pub struct NodeHandle {
     ops: mpsc::Sender<Op>,
     status: watch::Receiver<StatusReport>,
+    stats: watch::Receiver<HostStats>,
     metrics: Arc<Metrics>,
 }
 
@@ -119,11 +91,13 @@ impl NodeHandle {
     pub fn new(
         ops: mpsc::Sender<Op>,
         status: watch::Receiver<StatusReport>,
+        stats: watch::Receiver<HostStats>,
         metrics: Arc<Metrics>,
     ) -> NodeHandle {
         NodeHandle {
             ops,
             status,
+            stats,
             metrics,
         }
     }
@@ -172,6 +146,11 @@ impl NodeHandle {
     /// The latest status the replica task published.
     pub fn status(&self) -> StatusReport {
         self.status.borrow().clone()
+    }
+
+    /// What the replica task has counted, as of its latest status.
+    pub fn stats(&self) -> HostStats {
+        self.stats.borrow().clone()
     }
 
     /// The node's metrics.

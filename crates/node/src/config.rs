@@ -27,19 +27,20 @@
 //! below the snapshot. Log segments hold `wal_segment_bytes_max` bytes
 //! (64 MiB), and only whole segments go, so the log on disk stays below
 //! about one policy's worth of entries plus two segments. A peer that needs
-//! slots compacted away is sent the snapshot in chunks (see
-//! `net::snapshot` for those limits).
+//! slots compacted away is sent the snapshot in chunks, on a connection of
+//! its own ([`SnapshotTransferConfig`] has the limits).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use host::transfer::{CHUNK_BYTES_LIMIT, DEFAULT_CHUNK_BYTES_MAX, DEFAULT_WINDOW_CHUNKS};
+use host::{HostConfig, SnapshotPolicy, TransferConfig};
 use paxos::NodeId;
 use paxos::replica::Config as PaxosConfig;
+use storage::wal::{DEFAULT_SEGMENT_BYTES_MAX, FsyncPolicy};
 
 use crate::net::TransportConfig;
-use storage::snapshot::SnapshotPolicy;
-use storage::wal::{DEFAULT_SEGMENT_BYTES_MAX, FsyncPolicy};
 
 /// Node ids are at most this, so that client session ids can embed them.
 pub const NODE_ID_MAX: NodeId = 0xFFFF;
@@ -163,12 +164,6 @@ impl NodeConfig {
         Duration::from_millis(self.tick_ms)
     }
 
-    /// How long a request may wait for a leader to be known before it is
-    /// refused with `ClusterDown`: the longest randomized election timeout.
-    pub fn leader_grace(&self) -> Duration {
-        Duration::from_millis(self.tick_ms.saturating_mul(self.election_ticks * 2))
-    }
-
     /// The largest a slot's value can be once encoded.
     fn slot_bytes_max(&self) -> u64 {
         // Per command a length prefix of at most 10 bytes; per slot a tag,
@@ -244,6 +239,102 @@ impl NodeConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// Limits and timings of snapshot transfers, part of [`TransportConfig`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotTransferConfig {
+    /// Largest chunk a sender cuts (at most [`CHUNK_BYTES_LIMIT`]).
+    pub chunk_bytes_max: usize,
+    /// Chunks a sender keeps unacknowledged.
+    pub window_chunks: usize,
+    /// A sender with no ack for this long sends again from the last
+    /// acknowledged offset.
+    pub resend_ms: u64,
+    /// Either end gives up on a transfer that brings nothing for this long
+    /// (the receiver then asks again, resuming).
+    pub idle_timeout_ms: u64,
+    /// Body bytes a node sends per second over every transfer it serves; 0
+    /// for no limit.
+    pub send_bytes_per_sec: u64,
+    /// Transfers a node serves at once; more are declined as busy.
+    pub serving_max: usize,
+}
+
+impl Default for SnapshotTransferConfig {
+    fn default() -> SnapshotTransferConfig {
+        SnapshotTransferConfig {
+            chunk_bytes_max: DEFAULT_CHUNK_BYTES_MAX,
+            window_chunks: DEFAULT_WINDOW_CHUNKS,
+            resend_ms: 2_000,
+            idle_timeout_ms: 30_000,
+            send_bytes_per_sec: 0,
+            serving_max: 4,
+        }
+    }
+}
+
+impl SnapshotTransferConfig {
+    /// Checks the settings; the error says which is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.chunk_bytes_max == 0 || self.chunk_bytes_max > CHUNK_BYTES_LIMIT {
+            return Err(format!(
+                "snapshot_chunk_bytes_max must be between 1 and {CHUNK_BYTES_LIMIT}"
+            ));
+        }
+        let positive = [
+            ("snapshot_window_chunks", self.window_chunks as u64),
+            ("snapshot_resend_ms", self.resend_ms),
+            ("snapshot_idle_timeout_ms", self.idle_timeout_ms),
+            ("snapshot_serving_max", self.serving_max as u64),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{name} must be positive"));
+        }
+        if self.idle_timeout_ms < self.resend_ms {
+            return Err("snapshot_idle_timeout_ms must be at least snapshot_resend_ms".to_owned());
+        }
+        Ok(())
+    }
+}
+
+impl NodeConfig {
+    /// Ticks covering `ms` of real time, at least one.
+    fn ticks(&self, ms: u64) -> u64 {
+        ms.div_ceil(self.tick_ms.max(1)).max(1)
+    }
+
+    /// The host's configuration: the same settings, in ticks.
+    pub fn host(&self) -> HostConfig {
+        let snapshot = &self.transport.snapshot;
+        let tick_ms = self.tick_ms.max(1);
+        HostConfig {
+            leader_grace_ticks: self.election_ticks * 2,
+            reforward_ticks: self.ticks(self.reforward_ms),
+            write_timeout_ticks: self.ticks(self.write_timeout_ms),
+            read_timeout_ticks: self.ticks(self.read_timeout_ms),
+            // Often enough to hand writes on promptly, at most every 50 ms.
+            sweep_ticks: self.ticks(50).min(5),
+            pending_writes_max: self.pending_writes_max,
+            pending_reads_max: self.pending_reads_max,
+            command_bytes_max: self.command_bytes_max,
+            // Half a frame's worth of requests per turn, so that one turn's
+            // forwarded batch stays well inside a frame.
+            turn_proposal_bytes_max: (self.transport.frame_bytes_max / 2) as usize,
+            snapshot: self.snapshot,
+            transfer: TransferConfig {
+                chunk_bytes_max: snapshot.chunk_bytes_max,
+                window_chunks: snapshot.window_chunks,
+                resend_ticks: self.ticks(snapshot.resend_ms),
+                idle_ticks: self.ticks(snapshot.idle_timeout_ms),
+                send_bytes_per_tick: snapshot.send_bytes_per_sec.saturating_mul(tick_ms) / 1000,
+                serving_max: snapshot.serving_max,
+                fetch_retry_ticks: self.ticks(self.snapshot_fetch_retry_ms),
+            },
+            report_applied: false,
+            flaw: None,
+        }
     }
 }
 

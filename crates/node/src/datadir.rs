@@ -26,12 +26,14 @@
 //! kept in this directory: each start (and each time the 2^28 counter values
 //! of an epoch run out) takes the next epoch and makes it durable before any
 //! id of it is used, so a restarted node never repeats an id. Node ids are
-//! at least 1, so no client id is 0 (which means "no session").
+//! at least 1, so no client id is 0 (which means "no session"). The host
+//! (`host::ClientIds`) hands the ids out.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use host::CLIENT_EPOCH_MAX;
 use paxos::NodeId;
 
 use super::StartError;
@@ -40,10 +42,6 @@ const NODE_ID_FILE: &str = "node-id";
 const EPOCH_FILE: &str = "client-epoch";
 const WAL_DIR: &str = "wal";
 const SNAPSHOT_DIR: &str = "snapshots";
-
-const COUNTER_BITS: u32 = 28;
-const EPOCH_BITS: u32 = 20;
-const EPOCH_MAX: u64 = (1 << EPOCH_BITS) - 1;
 
 /// An opened data directory, checked to belong to this node.
 #[derive(Debug)]
@@ -157,11 +155,11 @@ impl DataDir {
         Ok(moved)
     }
 
-    /// Takes the next session epoch, durably.
-    fn next_epoch(&self) -> Result<u64, StartError> {
+    /// Takes the next session epoch, durably (see `host::ClientIds`).
+    pub fn next_epoch(&self) -> Result<u64, StartError> {
         let path = self.root.join(EPOCH_FILE);
         let epoch = read_number(&path)?.unwrap_or(0) + 1;
-        if epoch > EPOCH_MAX {
+        if epoch > CLIENT_EPOCH_MAX {
             return Err(StartError::DataDir {
                 dir: self.root.clone(),
                 reason: "every client session epoch is used up; give this node a fresh id and data directory".to_owned(),
@@ -172,41 +170,12 @@ impl DataDir {
     }
 }
 
-/// Hands out client session ids; see the module notes.
-#[derive(Debug)]
-pub struct ClientIds {
-    node: NodeId,
-    epoch: u64,
-    next: u64,
-}
-
-impl ClientIds {
-    /// Starts a new epoch in `dir`.
-    pub fn new(dir: &DataDir, node: NodeId) -> Result<ClientIds, StartError> {
-        Ok(ClientIds {
-            node,
-            epoch: dir.next_epoch()?,
-            next: 0,
-        })
-    }
-
-    /// The next unused client id.
-    pub fn next(&mut self, dir: &DataDir) -> Result<u64, StartError> {
-        if self.next >> COUNTER_BITS != 0 {
-            self.epoch = dir.next_epoch()?;
-            self.next = 0;
-        }
-        let id =
-            (self.node << (COUNTER_BITS + EPOCH_BITS)) | (self.epoch << COUNTER_BITS) | self.next;
-        self.next += 1;
-        Ok(id)
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a test fails loudly, which is its job
 mod tests {
     use std::collections::BTreeSet;
+
+    use host::ClientIds;
 
     use super::*;
 
@@ -264,20 +233,15 @@ mod tests {
         for _restart in 0..3 {
             for node in [1, 2] {
                 let dir = DataDir::open(&s.0.join(node.to_string()), node).unwrap();
-                let mut ids = ClientIds::new(&dir, node).unwrap();
+                let mut ids = ClientIds::new(node, Some(dir.next_epoch().unwrap()));
                 for _ in 0..100 {
-                    let id = ids.next(&dir).unwrap();
+                    let id = ids.take().unwrap();
                     assert_ne!(id, 0);
                     assert!(seen.insert(id), "id {id:#x} repeated");
                 }
             }
         }
-        // Running out of counter values moves to a fresh epoch.
         let dir = DataDir::open(&s.0.join("1"), 1).unwrap();
-        let mut ids = ClientIds::new(&dir, 1).unwrap();
-        ids.next = 1 << COUNTER_BITS;
-        let id = ids.next(&dir).unwrap();
-        assert!(seen.insert(id), "id {id:#x} repeated");
-        assert_eq!(ids.epoch, 5);
+        assert_eq!(dir.next_epoch().unwrap(), 4, "each start takes the next");
     }
 }

@@ -186,7 +186,7 @@ mod tests {
             started: Some(started_tx),
             gate: Some(gate),
         };
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::detached());
         let mut disk = Disk::start(storage, metrics, tracing::Span::none(), 1).unwrap();
         disk.write(vec![promise(1)], 1).unwrap();
         // The first append is underway (and held) before the rest arrive.
@@ -208,7 +208,7 @@ mod tests {
     async fn a_failed_write_is_reported_and_nothing_after_it_is_durable() {
         let mut storage = FaultyStorage::new(MemoryStorage::default(), 7);
         storage.fail_after(1, FailPoint::BeforeWrite);
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::detached());
         let mut disk = Disk::start(storage, metrics, tracing::Span::none(), 1).unwrap();
         disk.write(vec![promise(1)], 1).unwrap();
         durable_reaches(&mut disk, 1).await;

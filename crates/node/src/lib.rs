@@ -5,14 +5,14 @@
 //! channels ([`api::NodeHandle`]), so there are no locks around protocol state.
 //!
 //! [`Node::start`] opens the data directory, loads the newest snapshot and
-//! replays the log above it, starts the peer transport ([`crate::net`]),
-//! the snapshot fetcher and the replica task (see `replica_task` for its
-//! loop) on the caller's runtime and the log writer on a thread of its own
-//! (`disk`), and hands back a [`Node`] whose [`Node::handle`] clients use.
-//! How snapshots are taken, loaded and fetched is in `snapshots`.
+//! replays the log above it into a `host::Host`, starts the peer transport
+//! ([`crate::net`]) and the replica task (`replica_task`, the shell that
+//! carries out what the host asks) on the caller's runtime, the log writer
+//! on a thread of its own (`disk`) and the snapshot file threads
+//! (`snapshots`), and hands back a [`Node`] whose [`Node::handle`] clients
+//! use.
 
 pub mod api;
-mod clients;
 pub mod config;
 mod datadir;
 mod disk;
@@ -26,26 +26,25 @@ mod snapshots;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
+use host::{Host, HostStats};
+use kv::Store;
 use paxos::NodeId;
-use paxos::replica::{Durable, Record, Replica, Slot};
+use paxos::replica::{Durable, Record};
+use storage::replica::{FileStorage, ReplicaStorage, StorageError};
+use storage::snapshot::{OpenReport, SnapshotMeta};
+use storage::wal::Options;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 pub use self::api::NodeHandle;
 pub use self::config::NodeConfig;
-use self::datadir::{ClientIds, DataDir};
-use self::replica_task::{Channels, ReplicaTask};
-use self::snapshots::{FetchBackoff, Fetcher, LoadError, SNAPSHOT_EVENTS_MAX, Snapshots};
+use self::datadir::DataDir;
+use self::replica_task::{Channels, Published, ReplicaTask};
+use self::snapshots::{DiskSnapshots, FileThreads, LoadError, id_of};
 use crate::metrics::Metrics;
-use crate::net::snapshot::TransferStats;
 use crate::net::{Identity, Transport};
-use kv::Store;
-use storage::replica::{FileStorage, ReplicaStorage, StorageError};
-use storage::snapshot::{OpenReport, SnapshotStore};
-use storage::wal::Options;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -98,8 +97,6 @@ pub enum NodeFailure {
 pub struct Node {
     id: NodeId,
     handle: NodeHandle,
-    transfers: Arc<TransferStats>,
-    fetcher: Option<Fetcher>,
     transport: Option<Transport>,
     stop: Option<oneshot::Sender<()>>,
     exit: Option<oneshot::Receiver<Result<(), StorageError>>>,
@@ -130,9 +127,8 @@ impl Node {
                     snapshot_report,
                 },
             data_dir,
-            client_ids,
+            client_epoch,
         } = opened;
-        let (store, snapshot_slot) = loaded.unwrap_or_default();
         {
             let _enter = span.enter();
             if torn_bytes > 0 {
@@ -142,22 +138,21 @@ impl Node {
                 );
             }
             snapshots::log_open_report(&snapshot_report);
-            if snapshot_slot > Slot::ZERO {
+            if let Some((meta, store)) = &loaded {
                 info!(
-                    slot = %snapshot_slot,
+                    slot = meta.slot,
                     keys = store.len(),
                     "loaded the newest snapshot"
                 );
             }
-        }
-
-        let durable = storage.durable().clone();
-        let paxos = config.paxos(election_seed(id));
-        {
-            let _enter = span.enter();
             if !moved_aside.is_empty() {
                 warn!(moved = ?moved_aside, "the damaged log and snapshots were moved aside");
             }
+        }
+
+        let durable = storage.durable().clone();
+        {
+            let _enter = span.enter();
             if durable.rejoining {
                 warn!("rejoining as a learner: this node votes again once it has caught up safely");
             } else if config.rejoin {
@@ -168,18 +163,25 @@ impl Node {
         }
         // The snapshot holds every entry up to its slot; the log above it is
         // applied again. A log marked as rejoining restores as a learner.
-        let replica = Replica::restore(paxos, durable, snapshot_slot)
-            .map_err(|e| StartError::Config(e.to_string()))?;
+        let snapshot = loaded.map(|(meta, store)| (id_of(&meta), store));
+        let host = Host::restore(
+            config.host(),
+            config.paxos(election_seed(id)),
+            durable,
+            snapshot,
+            client_epoch,
+        )
+        .map_err(|e| StartError::Config(e.to_string()))?;
 
-        let metrics = Arc::new(Metrics::default());
         let (ops_tx, ops_rx) = mpsc::channel(config.ops_queue_max);
         let (inbound_tx, inbound_rx) = mpsc::channel(config.inbound_queue_max);
+        let (frames_tx, frames_rx) = mpsc::channel(config.inbound_queue_max);
+        let (files_tx, files_rx) = mpsc::unbounded_channel();
         let (status_tx, status_rx) = watch::channel(api::StatusReport::default());
+        let (stats_tx, stats_rx) = watch::channel(HostStats::default());
         let (stop_tx, stop_rx) = oneshot::channel();
         let (exit_tx, exit_rx) = oneshot::channel();
-        let (events_tx, events_rx) = mpsc::channel(SNAPSHOT_EVENTS_MAX);
-        let snapshots = Arc::new(snapshots);
-        let transfers = Arc::new(TransferStats::default());
+        let metrics = Arc::new(Metrics::new(status_rx.clone(), stats_rx.clone()));
 
         let identity = Identity {
             id,
@@ -193,9 +195,9 @@ impl Node {
                 identity,
                 &config.members,
                 inbound_tx,
+                frames_tx,
                 Arc::clone(&metrics),
                 config.transport.clone(),
-                snapshots::source(&snapshots, Arc::clone(&transfers)),
             )
             .map_err(|source| StartError::Io {
                 op: "start the peer transport on",
@@ -204,42 +206,29 @@ impl Node {
             })?
         };
         let peer_addr = transport.local_addr();
-        let fetcher = {
-            let _enter = span.enter();
-            let retry = Duration::from_millis(config.snapshot_fetch_retry_ms);
-            Fetcher::start(
-                transport.snapshot_client(),
-                Arc::clone(&snapshots),
-                events_tx.clone(),
-                FetchBackoff {
-                    min: retry,
-                    max: retry * 8,
-                },
-            )
-        };
         let disk = disk::Disk::start(storage, Arc::clone(&metrics), span.clone(), id)
+            .map_err(StartError::Thread)?;
+        let files = FileThreads::start(snapshots, files_tx, outbox.clone(), span.clone())
             .map_err(StartError::Thread)?;
         let task = ReplicaTask::new(
             config,
-            replica,
+            host,
             disk,
-            (store, snapshot_slot),
+            files,
             data_dir,
-            client_ids,
             outbox,
             Arc::clone(transport.table()),
             Arc::clone(&metrics),
-            status_tx,
-            replica_task::SnapshotLinks {
-                snapshots,
-                events: events_tx,
-                fetch: fetcher.requests(),
+            Published {
+                status: status_tx,
+                stats: stats_tx,
             },
         );
         let channels = Channels {
             ops: ops_rx,
             inbound: inbound_rx,
-            snapshots: events_rx,
+            frames: frames_rx,
+            files: files_rx,
             stop: stop_rx,
         };
         // The replica task runs on the caller's runtime, beside the client
@@ -271,9 +260,7 @@ impl Node {
         }
         Ok(Node {
             id,
-            handle: NodeHandle::new(ops_tx, status_rx, metrics),
-            transfers,
-            fetcher: Some(fetcher),
+            handle: NodeHandle::new(ops_tx, status_rx, stats_rx, metrics),
             transport: Some(transport),
             stop: Some(stop_tx),
             exit: Some(exit_rx),
@@ -290,9 +277,9 @@ impl Node {
         self.handle.clone()
     }
 
-    /// Counters of the snapshot transfers this node served and received.
-    pub fn snapshot_transfers(&self) -> &TransferStats {
-        &self.transfers
+    /// What the replica task has counted, as of its latest status.
+    pub fn stats(&self) -> HostStats {
+        self.handle.stats()
     }
 
     /// Waits until the node stops on its own: `Ok` never comes while it
@@ -316,9 +303,6 @@ impl Node {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(fetcher) = self.fetcher.take() {
-            fetcher.stop().await;
-        }
         if let Some(transport) = self.transport.take() {
             transport.shutdown().await;
         }
@@ -334,7 +318,6 @@ impl Drop for Node {
         // Dropping the stop sender ends the replica task; dropping the
         // transport aborts its tasks.
         self.stop.take();
-        self.fetcher.take();
         self.transport.take();
     }
 }
@@ -345,7 +328,8 @@ struct Opened {
     moved_aside: Vec<PathBuf>,
     state: State,
     data_dir: DataDir,
-    client_ids: ClientIds,
+    /// The epoch of this start's client ids, made durable.
+    client_epoch: u64,
 }
 
 fn open(config: &NodeConfig) -> Result<Opened, StartError> {
@@ -378,12 +362,12 @@ fn open(config: &NodeConfig) -> Result<Opened, StartError> {
         }
         opened.storage.append(&[Record::Rejoin])?;
     }
-    let client_ids = ClientIds::new(&data_dir, config.id)?;
+    let client_epoch = data_dir.next_epoch()?;
     Ok(Opened {
         moved_aside,
         state: opened,
         data_dir,
-        client_ids,
+        client_epoch,
     })
 }
 
@@ -391,20 +375,17 @@ fn open(config: &NodeConfig) -> Result<Opened, StartError> {
 struct State {
     storage: FileStorage,
     torn_bytes: u64,
-    snapshots: Snapshots,
-    /// The store of the newest snapshot, and its slot.
-    loaded: Option<(Store, Slot)>,
+    snapshots: DiskSnapshots,
+    /// The newest snapshot and its store.
+    loaded: Option<(SnapshotMeta, Store)>,
     snapshot_report: OpenReport,
 }
 
 /// Opens the snapshots and the log of `data_dir`.
 fn open_state(config: &NodeConfig, data_dir: &DataDir) -> Result<State, StartError> {
-    let (snapshot_store, snapshot_report) =
-        SnapshotStore::open(data_dir.snapshot_dir()).map_err(LoadError::from)?;
-    let snapshots = Snapshots::new(snapshot_store);
-    let loaded = snapshots
-        .load_latest()?
-        .map(|(meta, store)| (store, Slot(meta.slot)));
+    let (snapshots, snapshot_report) =
+        DiskSnapshots::open(data_dir.snapshot_dir()).map_err(LoadError::from)?;
+    let loaded = snapshots.load_latest()?;
     let options = Options {
         fsync: config.fsync,
         segment_bytes_max: config.wal_segment_bytes_max,

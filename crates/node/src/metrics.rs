@@ -1,62 +1,36 @@
-//! The node's counters and histograms, updated lock-free by the tasks that
-//! observe them and rendered in Prometheus text format on `/metrics`.
+//! The node's metrics, each defined once (a name, a help text, and where its
+//! value comes from) and rendered on `/metrics` in the OpenMetrics text
+//! format by prometheus-client. All names start with `parliament_`;
+//! counters get `_total` from the format.
 //!
-//! Every field is a plain atomic: tasks update them with relaxed ordering
-//! (metrics need no happens-before) and the HTTP handler reads them.
+//! Two kinds:
+//! - what the shell counts as it goes (client connections and commands, peer
+//!   messages, fsync times): the fields of [`Metrics`], updated lock-free by
+//!   the tasks that see them;
+//! - what the replica task publishes (the host's counts, the role, ballot,
+//!   slots and peers of the latest status): read at each scrape by
+//!   [`StatusMetrics`], so the host itself carries no metrics library.
+//!
+//! The role is an enum-style gauge: one sample per possible role, 1 for the
+//! node's current role and 0 for the others, so `parliament_role{role="leader"} == 1`
+//! selects the leader and a role change never leaves a stale series behind.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::fmt;
 
-/// A histogram with fixed bucket upper bounds (inclusive), Prometheus style.
-#[derive(Debug)]
-pub struct Histogram {
-    bounds: &'static [f64],
-    /// One count per bound, plus the `+Inf` bucket last. Not cumulative.
-    counts: Vec<AtomicU64>,
-    /// Sum of observations, in millionths of the unit.
-    sum_micros: AtomicU64,
-}
+use host::{Buckets, HostStats};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
 
-impl Histogram {
-    pub fn new(bounds: &'static [f64]) -> Histogram {
-        Histogram {
-            bounds,
-            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum_micros: AtomicU64::new(0),
-        }
-    }
+use crate::api::StatusReport;
 
-    /// Records one observation.
-    pub fn observe(&self, value: f64) {
-        let bucket = self
-            .bounds
-            .iter()
-            .position(|&bound| value <= bound)
-            .unwrap_or(self.bounds.len());
-        if let Some(count) = self.counts.get(bucket) {
-            count.fetch_add(1, Ordering::Relaxed);
-        }
-        // Saturating float-to-int conversion: negative or NaN become 0.
-        self.sum_micros
-            .fetch_add((value * 1e6) as u64, Ordering::Relaxed);
-    }
-
-    /// Bucket bounds with their cumulative counts, the total count and the sum.
-    pub fn read(&self) -> (Vec<(f64, u64)>, u64, f64) {
-        let mut cumulative = 0;
-        let mut buckets = Vec::with_capacity(self.bounds.len());
-        for (bound, count) in self.bounds.iter().zip(&self.counts) {
-            cumulative += count.load(Ordering::Relaxed);
-            buckets.push((*bound, cumulative));
-        }
-        let total = cumulative
-            + self
-                .counts
-                .last()
-                .map_or(0, |count| count.load(Ordering::Relaxed));
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        (buckets, total, sum)
-    }
-}
+/// The `Content-Type` of what [`Metrics::render`] writes.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Latency buckets in seconds, from 50 µs to 5 s.
 pub const LATENCY_SECONDS: &[f64] = &[
@@ -64,65 +38,324 @@ pub const LATENCY_SECONDS: &[f64] = &[
     1.0, 2.5, 5.0,
 ];
 
-/// Batch-size buckets, in commands per slot.
-pub const BATCH_COMMANDS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+/// The roles a [`StatusReport`] names, each given a `parliament_role` sample.
+pub const ROLES: [&str; 4] = ["leader", "follower", "candidate", "learner"];
 
-/// Everything `/metrics` reports besides the status gauges.
+/// Everything `/metrics` reports.
 #[derive(Debug)]
 pub struct Metrics {
-    /// Client commands handed to the replica for the log.
-    pub proposals: AtomicU64,
-    /// Slots this node learned as chosen.
-    pub commits: AtomicU64,
-    /// Commands per proposed slot.
-    pub batch_commands: Histogram,
-    /// Time from queueing records to their fdatasync completing.
+    registry: Registry,
+    pub client_connections_total: Counter,
+    pub client_connections_open: Gauge,
+    pub client_commands: Counter,
+    pub client_errors: Counter,
+    pub peer_messages_sent: Counter,
+    pub peer_messages_received: Counter,
     pub fsync_seconds: Histogram,
-    /// Phase 1 rounds this node started.
-    pub elections: AtomicU64,
-    /// Times this node saw the leader change.
-    pub leader_changes: AtomicU64,
-    /// Commands this node forwarded to the leader.
-    pub forwarded_commands: AtomicU64,
-    /// Client connections accepted, and those currently open.
-    pub client_connections_total: AtomicU64,
-    pub client_connections_open: AtomicU64,
-    /// Client commands answered, and those answered with an error.
-    pub client_commands: AtomicU64,
-    pub client_errors: AtomicU64,
-    /// Peer messages sent and received.
-    pub peer_messages_sent: AtomicU64,
-    pub peer_messages_received: AtomicU64,
-    /// Snapshots taken, and snapshots installed from the leader.
-    pub snapshots_taken: AtomicU64,
-    pub snapshots_installed: AtomicU64,
 }
 
-impl Default for Metrics {
-    fn default() -> Metrics {
+impl Metrics {
+    /// Metrics that also report what is published on `status` and `stats`.
+    pub fn new(
+        status: watch::Receiver<StatusReport>,
+        stats: watch::Receiver<HostStats>,
+    ) -> Metrics {
+        let mut registry = Registry::default();
+        let mut counter = |name: &str, help: &str| {
+            let counter = Counter::default();
+            registry.register(name, help, counter.clone());
+            counter
+        };
+        let client_connections_total = counter(
+            "parliament_client_connections",
+            "Client connections accepted",
+        );
+        let client_commands = counter("parliament_client_commands", "Client commands answered");
+        let client_errors = counter(
+            "parliament_client_errors",
+            "Client commands answered with an error",
+        );
+        let peer_messages_sent = counter("parliament_peer_messages_sent", "Messages sent to peers");
+        let peer_messages_received = counter(
+            "parliament_peer_messages_received",
+            "Messages received from peers",
+        );
+        let client_connections_open = Gauge::default();
+        registry.register(
+            "parliament_client_connections_open",
+            "Client connections currently open",
+            client_connections_open.clone(),
+        );
+        let fsync_seconds = Histogram::new(LATENCY_SECONDS.iter().copied());
+        registry.register(
+            "parliament_fsync_seconds",
+            "Time from queueing log records to their fdatasync completing, in seconds",
+            fsync_seconds.clone(),
+        );
+        registry.register_collector(Box::new(StatusMetrics { status, stats }));
         Metrics {
-            proposals: AtomicU64::new(0),
-            commits: AtomicU64::new(0),
-            batch_commands: Histogram::new(BATCH_COMMANDS),
-            fsync_seconds: Histogram::new(LATENCY_SECONDS),
-            elections: AtomicU64::new(0),
-            leader_changes: AtomicU64::new(0),
-            forwarded_commands: AtomicU64::new(0),
-            client_connections_total: AtomicU64::new(0),
-            client_connections_open: AtomicU64::new(0),
-            client_commands: AtomicU64::new(0),
-            client_errors: AtomicU64::new(0),
-            peer_messages_sent: AtomicU64::new(0),
-            peer_messages_received: AtomicU64::new(0),
-            snapshots_taken: AtomicU64::new(0),
-            snapshots_installed: AtomicU64::new(0),
+            registry,
+            client_connections_total,
+            client_connections_open,
+            client_commands,
+            client_errors,
+            peer_messages_sent,
+            peer_messages_received,
+            fsync_seconds,
         }
+    }
+
+    /// Metrics of a node that publishes nothing (for tests of one part).
+    pub fn detached() -> Metrics {
+        let (_, status) = watch::channel(StatusReport::default());
+        let (_, stats) = watch::channel(HostStats::default());
+        Metrics::new(status, stats)
+    }
+
+    /// Every metric, in the OpenMetrics text format.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
     }
 }
 
-/// Adds `n` to a counter.
-pub fn add(counter: &AtomicU64, n: u64) {
-    counter.fetch_add(n, Ordering::Relaxed);
+/// What the replica task published, read at each scrape.
+#[derive(Debug)]
+struct StatusMetrics {
+    status: watch::Receiver<StatusReport>,
+    stats: watch::Receiver<HostStats>,
+}
+
+/// Help texts are written without their final period, which the registry
+/// adds to what is registered; what is collected gets it here.
+fn describe<'a>(
+    out: &'a mut DescriptorEncoder<'_>,
+    name: &'a str,
+    help: &str,
+    kind: MetricType,
+) -> Result<MetricEncoder<'a>, fmt::Error> {
+    out.encode_descriptor(name, &format!("{help}."), None, kind)
+}
+
+fn counter(out: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: u64) -> fmt::Result {
+    let metric = ConstCounter::new(value);
+    metric.encode(describe(out, name, help, metric.metric_type())?)
+}
+
+fn gauge(out: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: u64) -> fmt::Result {
+    let metric = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+    metric.encode(describe(out, name, help, metric.metric_type())?)
+}
+
+/// A gauge with one sample per label value.
+fn gauges(
+    out: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    samples: impl IntoIterator<Item = (String, u64)>,
+) -> fmt::Result {
+    let mut family = describe(out, name, help, MetricType::Gauge)?;
+    for (value, sample) in samples {
+        let labels = [(label, value)];
+        let metric = ConstGauge::new(i64::try_from(sample).unwrap_or(i64::MAX));
+        metric.encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn histogram(out: &mut DescriptorEncoder<'_>, name: &str, help: &str, h: &Buckets) -> fmt::Result {
+    let (cumulative, count, sum) = h.cumulative();
+    // The encoder wants each bucket's own count, then +Inf.
+    let mut buckets = Vec::with_capacity(cumulative.len() + 1);
+    let mut below = 0;
+    for (bound, running) in cumulative {
+        buckets.push((bound, running - below));
+        below = running;
+    }
+    buckets.push((f64::INFINITY, count - below));
+    let mut metric = describe(out, name, help, MetricType::Histogram)?;
+    metric.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+}
+
+impl Collector for StatusMetrics {
+    fn encode(&self, mut out: DescriptorEncoder<'_>) -> fmt::Result {
+        let stats = self.stats.borrow().clone();
+        let s = self.status.borrow().clone();
+        let counters = [
+            (
+                "parliament_proposals",
+                "Client commands handed to the replica for the log",
+                stats.proposals,
+            ),
+            (
+                "parliament_commits",
+                "Slots this node learned as chosen",
+                stats.commits,
+            ),
+            (
+                "parliament_elections",
+                "Phase 1 rounds this node started",
+                stats.elections,
+            ),
+            (
+                "parliament_leader_changes",
+                "Times this node saw the leader change",
+                stats.leader_changes,
+            ),
+            (
+                "parliament_forwarded_commands",
+                "Commands this node forwarded to the leader",
+                stats.forwarded_commands,
+            ),
+            (
+                "parliament_snapshots_taken",
+                "Snapshots of the state machine this node took",
+                stats.snapshots_taken,
+            ),
+            (
+                "parliament_snapshots_installed",
+                "Snapshots this node installed from a peer",
+                stats.snapshots_installed,
+            ),
+            (
+                "parliament_snapshot_transfers_served",
+                "Snapshot transfers this node served to the end",
+                stats.transfers_served,
+            ),
+            (
+                "parliament_snapshot_bytes_sent",
+                "Snapshot body bytes sent to peers, resends included",
+                stats.transfer_bytes_sent,
+            ),
+            (
+                "parliament_snapshot_bytes_received",
+                "Snapshot body bytes received from peers, duplicates included",
+                stats.transfer_bytes_received,
+            ),
+        ];
+        for (name, help, value) in counters {
+            counter(&mut out, name, help, value)?;
+        }
+        histogram(
+            &mut out,
+            "parliament_batch_commands",
+            "Commands per applied slot",
+            &stats.batch_commands,
+        )?;
+
+        let info = ConstGauge::new(1i64);
+        let mut family = out.encode_descriptor(
+            "parliament_info",
+            "Constant 1, labelled with the node's id and version",
+            None,
+            info.metric_type(),
+        )?;
+        let labels = [("id", s.id.to_string()), ("version", s.version.clone())];
+        info.encode(family.encode_family(&labels)?)?;
+
+        let mut roles: Vec<(String, u64)> = ROLES
+            .iter()
+            .map(|&role| (role.to_owned(), u64::from(s.role == role)))
+            .collect();
+        if !ROLES.contains(&s.role.as_str()) {
+            // A role this renderer does not know still shows up.
+            roles.push((s.role.clone(), 1));
+        }
+        gauges(
+            &mut out,
+            "parliament_role",
+            "1 for the node's current role, 0 for the others",
+            "role",
+            roles,
+        )?;
+        gauge(
+            &mut out,
+            "parliament_leader_known",
+            "1 when this node knows a leader (or is one), else 0",
+            u64::from(s.leader_id.is_some() || s.role == "leader"),
+        )?;
+        if let Some(leader) = s.leader_id {
+            gauge(
+                &mut out,
+                "parliament_leader_id",
+                "The id of the leader this node knows",
+                leader,
+            )?;
+        }
+        if let Some(round) = ballot_round(&s.ballot) {
+            gauge(
+                &mut out,
+                "parliament_ballot_round",
+                "The round of the highest ballot this node promised",
+                round,
+            )?;
+        }
+        let gauge_values = [
+            (
+                "parliament_commit_slot",
+                "The highest slot this node knows as chosen",
+                s.commit_slot,
+            ),
+            (
+                "parliament_applied_slot",
+                "The highest slot applied to the state machine",
+                s.applied_slot,
+            ),
+            (
+                "parliament_log_start",
+                "The first slot still in the log; those below are in the snapshot",
+                s.log_start,
+            ),
+            ("parliament_keys", "Keys in the state machine", s.keys),
+            (
+                "parliament_uptime_seconds",
+                "Seconds since the node started",
+                s.uptime_seconds,
+            ),
+        ];
+        for (name, help, value) in gauge_values {
+            gauge(&mut out, name, help, value)?;
+        }
+
+        let peers: Vec<_> = s.members.iter().filter(|m| m.id != s.id).collect();
+        if !peers.is_empty() {
+            gauges(
+                &mut out,
+                "parliament_peer_connected",
+                "1 while this node has a live connection to the peer, else 0",
+                "peer",
+                peers
+                    .iter()
+                    .map(|p| (p.id.to_string(), u64::from(p.connected))),
+            )?;
+        }
+        let lags: Vec<(String, u64)> = peers
+            .iter()
+            .filter_map(|p| {
+                p.match_slot
+                    .map(|matched| (p.id.to_string(), s.commit_slot.saturating_sub(matched)))
+            })
+            .collect();
+        if !lags.is_empty() {
+            gauges(
+                &mut out,
+                "parliament_peer_lag_slots",
+                "Slots the peer is behind this node's commit point (known on the leader)",
+                "peer",
+                lags,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The round of a ballot written `round.node`, if it is written so.
+pub fn ballot_round(ballot: &str) -> Option<u64> {
+    let (round, _node) = ballot.split_once('.')?;
+    round.parse().ok()
 }
 
 #[cfg(test)]
@@ -130,14 +363,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histogram_buckets_are_cumulative_and_overflow_goes_to_inf() {
-        let h = Histogram::new(&[1.0, 2.0]);
-        h.observe(0.5);
-        h.observe(2.0);
-        h.observe(7.0);
-        let (buckets, total, sum) = h.read();
-        assert_eq!(buckets, vec![(1.0, 1), (2.0, 2)]);
-        assert_eq!(total, 3);
-        assert!((sum - 9.5).abs() < 1e-9);
+    fn ballot_round_reads_the_round_before_the_dot() {
+        assert_eq!(ballot_round("7.3"), Some(7));
+        assert_eq!(ballot_round("0.0"), Some(0));
+        assert_eq!(ballot_round("7"), None);
+        assert_eq!(ballot_round("x.3"), None);
     }
 }

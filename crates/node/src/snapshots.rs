@@ -1,31 +1,26 @@
-//! Snapshots of the node's key-value store: taking them, loading the latest
-//! at start, and fetching a peer's when the log this node misses is gone.
+//! The node's snapshot files, as the host uses them: the snapshot store in
+//! `DIR/snapshots` and the partial file of a snapshot being received, behind
+//! `host::files::SnapshotFiles`; loading the newest at start; and the
+//! threads that carry out the host's file operations, so that no file work
+//! ever runs on the replica task.
 //!
-//! The replica task decides, and nothing here touches the replica; the
-//! slow parts run elsewhere and report back through one channel of
-//! [`SnapshotEvent`]s:
+//! | operation | where |
+//! |---|---|
+//! | `Save` | a writer thread of its own (the host saves one snapshot at a time): it streams the store's clone into a temporary file, syncs, renames, syncs the directory |
+//! | `SendChunk`, `OpenPartial`, `Append`, `Install` | one file thread, in the order the host gave them (those of one transfer must not overtake each other) |
 //!
-//! | step | where | then |
-//! |---|---|---|
-//! | the policy says a snapshot is due | replica task: clones the store at the applied slot | a writer thread streams the clone into `DIR/snapshots` (temp file, fsync, rename, directory fsync) |
-//! | the snapshot is durable | writer thread: publishes it for peers | [`SnapshotEvent::Written`]; the task calls `Replica::compact(slot)`, whose `Compact` record lets the log drop its old segments |
-//! | `Ready::snapshot_needed` | replica task: a [`FetchRequest`] to the fetcher | the fetcher streams the peer's snapshot into the store (see `net::snapshot`), then reads it into a store |
-//! | a fetched snapshot is installed | fetcher: publishes it for peers | [`SnapshotEvent::Fetched`]; the task swaps its store and calls `Replica::install_snapshot(slot)`, unless it caught up meanwhile |
-//! | start | `Node::start`: loads the newest snapshot | `Replica::restore(config, durable, snapshot slot)` and the log above it is applied again |
-//!
-//! The order is the one the simulator checks: a snapshot is durable before
-//! the log below it may go, so a crash in between leaves a snapshot ahead of
-//! the log, which `Replica::restore` trusts.
+//! Both hand what they did back to the replica task as `host::files::FileDone`,
+//! and a chunk read for a peer goes straight to the peer's snapshot link.
 //!
 //! # The cost of the clone
 //!
-//! The replica task clones the store so that serializing it, which takes
-//! far longer, does not hold up the loop. Keys and values are
-//! reference-counted `Bytes`, so the clone copies the ordered map's nodes
-//! and bumps reference counts, no key or value bytes. It is still the one
-//! pause a snapshot causes: about 140 ns a key on a loaded 2-core machine
+//! The host clones the store so that serializing it, which takes far longer,
+//! does not hold up the replica task. Keys and values are reference-counted
+//! `Bytes`, so the clone copies the ordered map's nodes and bumps reference
+//! counts, no key or value bytes. It is still the one pause a snapshot
+//! causes: about 140 ns a key on a loaded 2-core machine
 //! (`cloning_a_store_of_a_million_keys` below measures it), so 0.14 s per
-//! million keys in which the loop sends no heartbeat. Followers wait at
+//! million keys in which the task sends no heartbeat. Followers wait at
 //! least `election_ticks` (200 ms by default) before they suspect the
 //! leader, so with the default timings a store of up to about a million
 //! keys snapshots without an election; a larger one needs longer ticks
@@ -34,47 +29,22 @@
 //! writer is done, so taking a snapshot needs that much spare memory.
 
 use std::io::{self, Read};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 
-use paxos::NodeId;
-use paxos::replica::Slot;
-use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
-use tracing::{error, info, warn};
-
-use crate::net::snapshot::{FetchTarget, SnapshotClient, SnapshotLinkError, SnapshotSource};
+use bytes::Bytes;
+use host::files::{FileDone, FileError, FileOp, Performed, SnapshotFiles, perform};
+use host::transfer::SnapshotId;
 use kv::Store;
+use paxos::replica::Slot;
+use storage::partial::{Partial, PartialError};
 use storage::snapshot::{OpenReport, SnapshotError, SnapshotMeta, SnapshotStore};
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::{info, warn};
 
-/// Events from the writer thread and the fetcher to the replica task. At
-/// most one write and one fetch are under way, each with at most one event
-/// unread, so the channel never fills.
-pub const SNAPSHOT_EVENTS_MAX: usize = 8;
-
-/// What the replica task hears about snapshots.
-#[derive(Debug)]
-pub enum SnapshotEvent {
-    /// A snapshot of the store at `slot` was written (or failed to be).
-    Written {
-        slot: Slot,
-        result: Result<SnapshotMeta, SnapshotError>,
-    },
-    /// A peer's snapshot was fetched, installed in the snapshot store and
-    /// read into `store`.
-    Fetched {
-        from: NodeId,
-        meta: SnapshotMeta,
-        store: Box<Store>,
-    },
-}
-
-/// "Fetch `peer`'s snapshot; it has compacted everything up to `slot`."
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FetchRequest {
-    pub peer: NodeId,
-    pub slot: Slot,
-}
+use crate::net::Outbox;
 
 /// Why the newest snapshot could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -93,62 +63,49 @@ pub enum LoadError {
     },
 }
 
-/// The node's snapshot store, shared by the replica task's writer, the
-/// fetcher, and (through [`Snapshots::source`]) the transport that serves
-/// snapshots to peers.
-#[derive(Debug)]
-pub struct Snapshots {
-    store: Arc<Mutex<SnapshotStore>>,
-    latest: watch::Sender<Option<SnapshotMeta>>,
+/// The identity of a snapshot on disk, as the host names it.
+pub fn id_of(meta: &SnapshotMeta) -> SnapshotId {
+    SnapshotId {
+        slot: Slot(meta.slot),
+        bytes: meta.bytes,
+        crc: meta.crc,
+    }
 }
 
-impl Snapshots {
-    /// Wraps an opened store.
-    pub fn new(store: SnapshotStore) -> Snapshots {
-        let latest = watch::Sender::new(store.latest().cloned());
-        Snapshots {
+fn failed(e: impl std::fmt::Display) -> FileError {
+    FileError::Failed(e.to_string())
+}
+
+/// The snapshot directory of a node. Cheap to clone: the clones share the
+/// store and the partial file.
+#[derive(Clone, Debug)]
+pub struct DiskSnapshots {
+    store: Arc<Mutex<SnapshotStore>>,
+    partial: Arc<Mutex<Option<Partial>>>,
+    dir: PathBuf,
+}
+
+/// A poisoned lock only means a thread panicked while holding it; the
+/// store's state changes only after each durable step.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl DiskSnapshots {
+    /// Opens the snapshot store in `dir`.
+    pub fn open(dir: PathBuf) -> Result<(DiskSnapshots, OpenReport), SnapshotError> {
+        let (store, report) = SnapshotStore::open(&dir)?;
+        let snapshots = DiskSnapshots {
             store: Arc::new(Mutex::new(store)),
-            latest,
-        }
-    }
-
-    /// What peers are served: the newest snapshot, always up to date.
-    pub fn latest(&self) -> watch::Receiver<Option<SnapshotMeta>> {
-        self.latest.subscribe()
-    }
-
-    /// Where fetched snapshots go.
-    pub fn target(&self) -> FetchTarget {
-        let store = self.lock();
-        FetchTarget {
-            dir: store.dir().to_path_buf(),
-            store: Arc::clone(&self.store),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, SnapshotStore> {
-        // A poisoned lock only means a thread panicked while holding it;
-        // the store's own state is updated only after each durable step.
-        self.store.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Writes the snapshot of `store` at `slot` and publishes it. Blocking.
-    pub fn write(&self, slot: Slot, store: &Store) -> Result<SnapshotMeta, SnapshotError> {
-        let mut files = self.lock();
-        let meta = files.write(slot.0, |mut w| store.snapshot_to(&mut w))?;
-        self.latest.send_replace(files.latest().cloned());
-        Ok(meta)
-    }
-
-    /// Publishes the store's newest snapshot (after a fetch installed one).
-    fn publish(&self) {
-        let latest = self.lock().latest().cloned();
-        self.latest.send_replace(latest);
+            partial: Arc::new(Mutex::new(None)),
+            dir,
+        };
+        Ok((snapshots, report))
     }
 
     /// Reads the store a snapshot holds. Blocking.
-    pub fn read(&self, meta: &SnapshotMeta) -> Result<Store, LoadError> {
-        let mut reader = self.lock().open_reader(meta)?;
+    pub fn load(&self, meta: &SnapshotMeta) -> Result<Store, LoadError> {
+        let mut reader = lock(&self.store).open_reader(meta)?;
         let body_error = |source| LoadError::Body {
             path: meta.path.display().to_string(),
             source,
@@ -174,11 +131,101 @@ impl Snapshots {
 
     /// The newest snapshot and the store it holds, if there is one.
     pub fn load_latest(&self) -> Result<Option<(SnapshotMeta, Store)>, LoadError> {
-        let Some(meta) = self.lock().latest().cloned() else {
+        let Some(meta) = lock(&self.store).latest().cloned() else {
             return Ok(None);
         };
-        let store = self.read(&meta)?;
+        let store = self.load(&meta)?;
         Ok(Some((meta, store)))
+    }
+
+    /// The snapshot on disk that `id` names.
+    fn find(&self, id: &SnapshotId) -> Result<SnapshotMeta, FileError> {
+        lock(&self.store)
+            .list()
+            .iter()
+            .find(|m| id_of(m) == *id)
+            .cloned()
+            .ok_or_else(|| {
+                FileError::Failed(format!("no snapshot of slot {} here any more", id.slot))
+            })
+    }
+
+    fn with_partial<R>(
+        &self,
+        id: &SnapshotId,
+        f: impl FnOnce(&mut Partial) -> Result<R, PartialError>,
+    ) -> Result<R, FileError> {
+        let mut partial = lock(&self.partial);
+        match partial.as_mut() {
+            Some(p) if p.is_of(id.slot.0, id.bytes, id.crc) => f(p).map_err(|e| match e {
+                PartialError::Mismatch { .. } => FileError::Mismatch(e.to_string()),
+                PartialError::Store(SnapshotError::Stale { slot, latest }) => FileError::Stale {
+                    slot: Slot(slot),
+                    newest: Slot(latest),
+                },
+                other => failed(other),
+            }),
+            _ => Err(FileError::Failed(format!(
+                "the partial file of the snapshot of slot {} is not open",
+                id.slot
+            ))),
+        }
+    }
+}
+
+impl SnapshotFiles for DiskSnapshots {
+    fn save(&mut self, slot: Slot, store: &Store) -> Result<SnapshotId, FileError> {
+        let started = std::time::Instant::now();
+        let meta = lock(&self.store)
+            .write(slot.0, |mut w| store.snapshot_to(&mut w))
+            .map_err(|e| match e {
+                SnapshotError::Stale { slot, latest } => FileError::Stale {
+                    slot: Slot(slot),
+                    newest: Slot(latest),
+                },
+                other => failed(other),
+            })?;
+        info!(
+            %slot,
+            bytes = meta.bytes,
+            ms = started.elapsed().as_millis() as u64,
+            "snapshot taken"
+        );
+        Ok(id_of(&meta))
+    }
+
+    fn read(&mut self, id: &SnapshotId, offset: u64, len: usize) -> Result<Bytes, FileError> {
+        let meta = self.find(id)?;
+        let data = lock(&self.store)
+            .read_at(&meta, offset, len)
+            .map_err(failed)?;
+        Ok(Bytes::from(data))
+    }
+
+    fn open_partial(&mut self, id: &SnapshotId) -> Result<u64, FileError> {
+        let partial = Partial::open(&self.dir, id.slot.0, id.bytes, id.crc).map_err(failed)?;
+        for old in partial.discarded() {
+            info!(file = %old.name, bytes = old.bytes, "removed the partial file of a superseded snapshot transfer");
+        }
+        let have = partial.have();
+        *lock(&self.partial) = Some(partial);
+        Ok(have)
+    }
+
+    fn append_partial(
+        &mut self,
+        id: &SnapshotId,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), FileError> {
+        self.with_partial(id, |p| p.append(offset, data))
+    }
+
+    fn install_partial(&mut self, id: &SnapshotId) -> Result<Store, FileError> {
+        let store = Arc::clone(&self.store);
+        let meta = self.with_partial(id, |p| p.install(&mut lock(&store)))?;
+        *lock(&self.partial) = None;
+        self.load(&meta).map_err(failed)
     }
 }
 
@@ -221,215 +268,116 @@ pub fn log_open_report(report: &OpenReport) {
     }
 }
 
-/// Starts writing the snapshot of `store` (a clone the task handed over)
-/// at `slot` on a thread of its own; its outcome arrives as
-/// [`SnapshotEvent::Written`].
-pub fn spawn_write(
-    snapshots: Arc<Snapshots>,
-    slot: Slot,
-    store: Store,
-    events: mpsc::Sender<SnapshotEvent>,
-) -> io::Result<std::thread::JoinHandle<()>> {
-    let span = tracing::Span::current();
-    std::thread::Builder::new()
-        .name(format!("snapshot-{slot}"))
-        .spawn(move || {
-            let _enter = span.enter();
-            let started = std::time::Instant::now();
-            let result = snapshots.write(slot, &store);
-            drop(store);
-            if let Ok(meta) = &result {
-                info!(
-                    %slot,
-                    bytes = meta.bytes,
-                    ms = started.elapsed().as_millis() as u64,
-                    "snapshot taken"
-                );
-            }
-            // Never blocks: see SNAPSHOT_EVENTS_MAX. Fails only when the
-            // task is gone, which then has no use for it.
-            let _ = events.blocking_send(SnapshotEvent::Written { slot, result });
-        })
+/// Carries out the host's snapshot file operations off the replica task;
+/// see the module notes. Dropping it waits for a snapshot being written and
+/// for the operations queued before, so a node started again on the same
+/// directory never finds one half done.
+pub struct FileThreads {
+    files: DiskSnapshots,
+    done: UnboundedSender<FileDone>,
+    /// To the file thread. Unbounded, but bounded in practice by the host:
+    /// one snapshot install, and a window of chunks per transfer.
+    ops: Option<Sender<FileOp>>,
+    thread: Option<JoinHandle<()>>,
+    writer: Option<JoinHandle<()>>,
 }
 
-/// Fetches snapshots one at a time, on the transport's runtime, for the
-/// replica task; see the module notes.
-pub struct Fetcher {
-    requests: mpsc::Sender<FetchRequest>,
-    stop: watch::Sender<bool>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-/// How long the fetcher waits after a failed transfer before it tries
-/// again, at first and at most.
-#[derive(Clone, Copy, Debug)]
-pub struct FetchBackoff {
-    pub min: Duration,
-    pub max: Duration,
-}
-
-impl Fetcher {
-    /// Starts the fetcher on the current runtime.
+impl FileThreads {
+    /// Starts the file thread. What the operations come to goes to `done`;
+    /// chunks read for peers go to `outbox`.
     pub fn start(
-        client: SnapshotClient,
-        snapshots: Arc<Snapshots>,
-        events: mpsc::Sender<SnapshotEvent>,
-        backoff: FetchBackoff,
-    ) -> Fetcher {
-        // One request waits while a fetch runs; the task asks again often
-        // (each catch-up round), so dropping the rest loses nothing.
-        let (requests, inbox) = mpsc::channel(1);
-        let (stop, stopped) = watch::channel(false);
-        let work = FetchLoop {
-            client,
-            snapshots,
-            events,
-            backoff,
-            inbox,
-            stopped,
-        };
+        files: DiskSnapshots,
+        done: UnboundedSender<FileDone>,
+        outbox: Outbox,
+        span: tracing::Span,
+    ) -> io::Result<FileThreads> {
+        let (ops, inbox) = channel();
+        let worker = files.clone();
+        let to_task = done.clone();
+        let thread = std::thread::Builder::new()
+            .name("snapshot-files".to_owned())
+            .spawn(move || {
+                let _enter = span.enter();
+                file_loop(worker, &inbox, &to_task, &outbox);
+            })?;
+        Ok(FileThreads {
+            files,
+            done,
+            ops: Some(ops),
+            thread: Some(thread),
+            writer: None,
+        })
+    }
+
+    /// Hands over one operation.
+    pub fn perform(&mut self, op: FileOp) -> io::Result<()> {
+        match op {
+            FileOp::Save { .. } => self.save(op),
+            op => {
+                // Fails only if the thread is gone, which the node notices
+                // as a transfer that never completes; nothing else to do.
+                if let Some(ops) = &self.ops {
+                    let _ = ops.send(op);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn save(&mut self, op: FileOp) -> io::Result<()> {
+        if let Some(writer) = self.writer.take() {
+            // The host saves one snapshot at a time: the last one is done.
+            let _ = writer.join();
+        }
+        let mut files = self.files.clone();
+        let done = self.done.clone();
         let span = tracing::Span::current();
-        let task = tokio::spawn(tracing::Instrument::instrument(work.run(), span));
-        Fetcher {
-            requests,
-            stop,
-            task: Some(task),
-        }
-    }
-
-    /// Where the replica task sends its requests (with `try_send`).
-    pub fn requests(&self) -> mpsc::Sender<FetchRequest> {
-        self.requests.clone()
-    }
-
-    /// Stops the fetcher and waits for it: a chunk being written or a
-    /// snapshot being installed finishes first, so nothing touches the
-    /// snapshot directory afterwards.
-    pub async fn stop(mut self) {
-        self.stop.send_replace(true);
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for Fetcher {
-    fn drop(&mut self) {
-        // Without waiting: the task stops at its next network wait.
-        self.stop.send_replace(true);
-    }
-}
-
-struct FetchLoop {
-    client: SnapshotClient,
-    snapshots: Arc<Snapshots>,
-    events: mpsc::Sender<SnapshotEvent>,
-    backoff: FetchBackoff,
-    inbox: mpsc::Receiver<FetchRequest>,
-    stopped: watch::Receiver<bool>,
-}
-
-impl FetchLoop {
-    async fn run(mut self) {
-        let target = self.snapshots.target();
-        let mut not_before = Instant::now();
-        let mut backoff = self.backoff.min;
-        loop {
-            let request = tokio::select! {
-                biased;
-                () = stop_signal(&mut self.stopped) => return,
-                request = self.inbox.recv() => match request {
-                    Some(request) => request,
-                    None => return,
-                },
-            };
-            if Instant::now() < not_before {
-                continue;
-            }
-            let FetchRequest { peer, slot } = request;
-            info!(
-                peer,
-                %slot, "the log this node misses is compacted at a peer; fetching its snapshot"
-            );
-            let fetched = self
-                .client
-                .fetch(peer, slot.0, &target, &mut self.stopped)
-                .await;
-            match fetched {
-                Ok(meta) => {
-                    backoff = self.backoff.min;
-                    self.snapshots.publish();
-                    if !self.deliver(peer, meta).await {
-                        return;
+        self.writer = Some(
+            std::thread::Builder::new()
+                .name("snapshot-writer".to_owned())
+                .spawn(move || {
+                    let _enter = span.enter();
+                    if let Performed::Done(result) = perform(&mut files, op) {
+                        // The task is gone only when the node stops.
+                        let _ = done.send(result);
                     }
-                }
-                Err(SnapshotLinkError::Cancelled) => return,
-                Err(e) => {
-                    warn!(
-                        peer,
-                        %slot,
-                        error = %e,
-                        retry_ms = backoff.as_millis() as u64,
-                        "fetching a snapshot failed; what arrived is kept for the next try"
-                    );
-                    not_before = Instant::now() + backoff;
-                    backoff = (backoff * 2).min(self.backoff.max);
-                }
-            }
-            // Requests made while this fetch ran are stale.
-            while self.inbox.try_recv().is_ok() {}
-        }
+                })?,
+        );
+        Ok(())
     }
+}
 
-    /// Reads the installed snapshot and hands it to the replica task. False
-    /// when the task is gone.
-    async fn deliver(&mut self, from: NodeId, meta: SnapshotMeta) -> bool {
-        let snapshots = Arc::clone(&self.snapshots);
-        let reading = meta.clone();
-        let read = tokio::task::spawn_blocking(move || snapshots.read(&reading)).await;
-        match read {
-            Ok(Ok(store)) => {
-                let event = SnapshotEvent::Fetched {
-                    from,
-                    meta,
-                    store: Box::new(store),
-                };
-                self.events.send(event).await.is_ok()
-            }
-            Ok(Err(e)) => {
-                // It passed its checksum, so the peer's own store wrote
-                // something this build cannot read.
-                error!(error = %e, "a snapshot received from a peer cannot be loaded");
-                true
-            }
-            Err(e) => {
-                error!(error = %e, "reading a received snapshot failed");
-                true
-            }
+impl Drop for FileThreads {
+    fn drop(&mut self) {
+        self.ops.take();
+        for thread in [self.thread.take(), self.writer.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = thread.join();
         }
     }
 }
 
-/// Resolves when `stop` turns true or its sender is gone.
-async fn stop_signal(stop: &mut watch::Receiver<bool>) {
-    loop {
-        if *stop.borrow_and_update() {
-            return;
+fn file_loop(
+    mut files: DiskSnapshots,
+    inbox: &Receiver<FileOp>,
+    done: &UnboundedSender<FileDone>,
+    outbox: &Outbox,
+) {
+    while let Ok(op) = inbox.recv() {
+        match perform(&mut files, op) {
+            Performed::Done(result) => {
+                if done.send(result).is_err() {
+                    return; // the node is stopping
+                }
+            }
+            Performed::Send(to, frame) => {
+                // A full link drops it; the sender's resend recovers.
+                outbox.send_frame(to, frame);
+            }
+            Performed::Nothing => {}
         }
-        if stop.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// What the transport needs to serve this node's snapshots.
-pub fn source(
-    snapshots: &Snapshots,
-    stats: Arc<crate::net::snapshot::TransferStats>,
-) -> SnapshotSource {
-    SnapshotSource {
-        latest: snapshots.latest(),
-        stats,
     }
 }
 
@@ -471,40 +419,50 @@ mod tests {
     }
 
     #[test]
-    fn a_written_snapshot_is_published_and_loads_back() {
-        let s = scratch("roundtrip");
-        let (files, _) = SnapshotStore::open(&s.0).unwrap();
-        let snapshots = Snapshots::new(files);
-        let latest = snapshots.latest();
-        assert!(snapshots.load_latest().unwrap().is_none());
-        let store = store_with(100);
-        let meta = snapshots.write(Slot(7), &store).unwrap();
-        assert_eq!(latest.borrow().as_ref(), Some(&meta));
-        let (loaded_meta, loaded) = snapshots.load_latest().unwrap().unwrap();
-        assert_eq!(loaded_meta.slot, 7);
+    fn a_saved_snapshot_loads_back_and_crosses_to_another_directory() {
+        let a = scratch("roundtrip-a");
+        let b = scratch("roundtrip-b");
+        let (mut from, _) = DiskSnapshots::open(a.0.clone()).unwrap();
+        let (mut to, _) = DiskSnapshots::open(b.0.clone()).unwrap();
+        assert!(from.load_latest().unwrap().is_none());
+        let store = store_with(2_000);
+        let id = from.save(Slot(7), &store).unwrap();
+        let (meta, loaded) = from.load_latest().unwrap().unwrap();
+        assert_eq!(id_of(&meta), id);
         assert_eq!(loaded, store);
+        // The host's operations, as the file thread carries them out.
+        assert_eq!(to.open_partial(&id).unwrap(), 0);
+        let mut offset = 0;
+        while offset < id.bytes {
+            let len = (id.bytes - offset).min(1_000) as usize;
+            let data = from.read(&id, offset, len).unwrap();
+            to.append_partial(&id, offset, &data).unwrap();
+            offset += len as u64;
+        }
+        assert_eq!(to.install_partial(&id).unwrap(), store);
+        assert_eq!(id_of(&to.load_latest().unwrap().unwrap().0), id);
     }
 
     #[test]
     fn a_damaged_snapshot_is_an_error_that_names_the_file_and_says_rejoin() {
         let s = scratch("damaged");
-        let (files, _) = SnapshotStore::open(&s.0).unwrap();
-        let snapshots = Snapshots::new(files);
-        let meta = snapshots.write(Slot(3), &store_with(50)).unwrap();
+        let (mut files, _) = DiskSnapshots::open(s.0.clone()).unwrap();
+        files.save(Slot(3), &store_with(50)).unwrap();
+        let meta = files.load_latest().unwrap().unwrap().0;
         // Flip a byte in the middle of the body.
         let mut bytes = std::fs::read(&meta.path).unwrap();
         let at = bytes.len() / 2;
         bytes[at] ^= 0x40;
         std::fs::write(&meta.path, &bytes).unwrap();
-        let (files, _) = SnapshotStore::open(&s.0).unwrap();
-        let err = Snapshots::new(files).load_latest().unwrap_err();
+        let (files, _) = DiskSnapshots::open(s.0.clone()).unwrap();
+        let err = files.load_latest().unwrap_err();
         let text = err.to_string();
         assert!(text.contains(&meta.path.display().to_string()), "{text}");
         assert!(text.contains("rejoin"), "{text}");
     }
 
-    /// Prints what cloning a store costs the replica loop; a measurement,
-    /// not a test: `cargo test -p parliament --lib cloning_a_store -- --ignored --nocapture`.
+    /// Prints what cloning a store costs the replica task; a measurement,
+    /// not a test: `cargo test -p node --lib cloning_a_store -- --ignored --nocapture`.
     #[test]
     #[ignore]
     fn cloning_a_store_of_a_million_keys() {

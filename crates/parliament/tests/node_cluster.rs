@@ -16,11 +16,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use host::HostStats;
+use host::SnapshotPolicy;
 use kv::{Command, Reply, SetCondition};
 use node::api::{NodeError, NodeHandle, ReadMode};
-use node::metrics::Metrics;
 use node::{Node, NodeConfig, StartError};
-use storage::snapshot::SnapshotPolicy;
 use storage::wal::FsyncPolicy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -768,8 +768,9 @@ fn files(dir: &Path, prefix: &str) -> Vec<(String, u64)> {
     found
 }
 
-fn counter(c: &Cluster, id: u64, pick: fn(&Metrics) -> &std::sync::atomic::AtomicU64) -> u64 {
-    pick(c.handle(id).metrics()).load(Ordering::Relaxed)
+/// One of the counts the node's replica task published last.
+fn counter(c: &Cluster, id: u64, pick: fn(&HostStats) -> u64) -> u64 {
+    pick(&c.handle(id).stats())
 }
 
 /// Writes `key{i}` = a value of `value_bytes` derived from `i`, for every
@@ -848,7 +849,7 @@ async fn snapshots_compact_the_log_and_a_restart_loads_the_newest() {
         eventually(
             &format!("node {id} snapshots and drops its oldest segments"),
             || async {
-                let taken = counter(&c, id, |m| &m.snapshots_taken);
+                let taken = counter(&c, id, |s| s.snapshots_taken);
                 let segments = files(&wal, "wal-");
                 let dropped = !segments
                     .iter()
@@ -870,7 +871,7 @@ async fn snapshots_compact_the_log_and_a_restart_loads_the_newest() {
         let wal_bytes: u64 = segments.iter().map(|(_, len)| len).sum();
         eprintln!(
             "node {id}: {} snapshots taken, {} kept, {} log segments of {wal_bytes} bytes",
-            counter(&c, id, |m| &m.snapshots_taken),
+            counter(&c, id, |s| s.snapshots_taken),
             snapshots.len(),
             segments.len(),
         );
@@ -906,7 +907,7 @@ async fn snapshots_compact_the_log_and_a_restart_loads_the_newest() {
             status.applied_slot,
             applied_before[&id]
         );
-        assert_eq!(counter(&c, id, |m| &m.snapshots_installed), 0);
+        assert_eq!(counter(&c, id, |s| s.snapshots_installed), 0);
         holds_every_key(&c, id, 0..KEYS, VALUE_BYTES).await;
     }
     // And the cluster goes on serving, every acknowledged write readable.
@@ -953,12 +954,12 @@ async fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
         commit
     };
     let watched = [leader, other];
-    let elections = watched.map(|id| counter(&c, id, |m| &m.elections));
-    let leader_changes = watched.map(|id| counter(&c, id, |m| &m.leader_changes));
+    let elections = watched.map(|id| counter(&c, id, |s| s.elections));
+    let leader_changes = watched.map(|id| counter(&c, id, |s| s.leader_changes));
 
     c.start(lagging).await;
     eventually("the lagging node installs a snapshot", || async {
-        (counter(&c, lagging, |m| &m.snapshots_installed) > 0).then_some(())
+        (counter(&c, lagging, |s| s.snapshots_installed) > 0).then_some(())
     })
     .await;
     caught_up(&c, lagging).await;
@@ -967,28 +968,22 @@ async fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
     })
     .await;
     holds_every_key(&c, lagging, 0..KEYS, VALUE_BYTES).await;
-    let stats = c.nodes[&lagging].snapshot_transfers();
-    assert!(stats.bytes_received.load(Ordering::Relaxed) > 0);
+    assert!(counter(&c, lagging, |s| s.transfer_bytes_received) > 0);
     let served: u64 = watched
         .iter()
-        .map(|id| {
-            c.nodes[id]
-                .snapshot_transfers()
-                .served
-                .load(Ordering::Relaxed)
-        })
+        .map(|&id| counter(&c, id, |s| s.transfers_served))
         .sum();
     assert!(served >= 1, "no peer reports a transfer served");
 
     // Nobody noticed: same leader, no election, no leader change.
     assert_eq!(c.leader().await, leader);
     assert_eq!(
-        watched.map(|id| counter(&c, id, |m| &m.elections)),
+        watched.map(|id| counter(&c, id, |s| s.elections)),
         elections,
         "elections on nodes {watched:?}"
     );
     assert_eq!(
-        watched.map(|id| counter(&c, id, |m| &m.leader_changes)),
+        watched.map(|id| counter(&c, id, |s| s.leader_changes)),
         leader_changes,
         "leader changes on nodes {watched:?}"
     );
@@ -1039,7 +1034,7 @@ async fn an_interrupted_snapshot_transfer_resumes_from_its_partial_file() {
     .await;
     let other = (1..=3).find(|&id| id != leader && id != lagging).unwrap();
     let watched = [leader, other];
-    let leader_changes = watched.map(|id| counter(&c, id, |m| &m.leader_changes));
+    let leader_changes = watched.map(|id| counter(&c, id, |s| s.leader_changes));
 
     // Started, the node fetches the leader's snapshot; stop it a part of
     // the way in.
@@ -1053,7 +1048,7 @@ async fn an_interrupted_snapshot_transfer_resumes_from_its_partial_file() {
     })
     .await;
     assert_eq!(
-        counter(&c, lagging, |m| &m.snapshots_installed),
+        counter(&c, lagging, |s| s.snapshots_installed),
         0,
         "the transfer is still under way"
     );
@@ -1065,18 +1060,18 @@ async fn an_interrupted_snapshot_transfer_resumes_from_its_partial_file() {
     // Started again, it resumes where it stopped.
     c.start(lagging).await;
     eventually("the restarted node installs the snapshot", || async {
-        (counter(&c, lagging, |m| &m.snapshots_installed) > 0).then_some(())
+        (counter(&c, lagging, |s| s.snapshots_installed) > 0).then_some(())
     })
     .await;
-    let stats = c.nodes[&lagging].snapshot_transfers();
-    let resumed = stats.bytes_resumed.load(Ordering::Relaxed);
-    let received = stats.bytes_received.load(Ordering::Relaxed);
+    let stats = c.nodes[&lagging].stats();
+    let resumed = stats.transfer_bytes_resumed;
+    let received = stats.transfer_bytes_received;
     let installed = snapshot_files(&incoming).pop().unwrap();
     let total = installed.1 - 36;
     eprintln!(
         "snapshot of {total} bytes: {had} bytes before the stop, {resumed} resumed, {received} received after"
     );
-    assert_eq!(stats.resumed.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.transfers_resumed, 1);
     assert_eq!(resumed, had, "the partial file was resumed as it was left");
     assert!(received < total, "{received} of {total} bytes sent again");
     assert!(received + resumed >= total);
@@ -1089,7 +1084,7 @@ async fn an_interrupted_snapshot_transfer_resumes_from_its_partial_file() {
     // Seconds of transfer, and the heartbeats went on meanwhile.
     assert_eq!(c.leader().await, leader);
     assert_eq!(
-        watched.map(|id| counter(&c, id, |m| &m.leader_changes)),
+        watched.map(|id| counter(&c, id, |s| s.leader_changes)),
         leader_changes,
         "leader changes on nodes {watched:?}"
     );
@@ -1103,7 +1098,7 @@ async fn a_damaged_snapshot_stops_the_start_and_names_the_file() {
     fill(&c, leader, 0..200, 100).await;
     let dir = c.config(victim).data_dir.join("snapshots");
     eventually("the node has taken a snapshot", || async {
-        (counter(&c, victim, |m| &m.snapshots_taken) > 0).then_some(())
+        (counter(&c, victim, |s| s.snapshots_taken) > 0).then_some(())
     })
     .await;
     c.stop(victim).await;

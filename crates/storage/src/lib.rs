@@ -1,11 +1,13 @@
 //! Durable storage of a node: the write-ahead log that keeps what this node
-//! promised and accepted across crashes, the snapshots of its state machine,
-//! and the streamed transfer of a snapshot to a lagging peer.
+//! promised and accepted across crashes (`wal`, `replica`), the binary form
+//! of the protocol's records and messages (`wire`), the snapshots of its
+//! state machine (`snapshot`), and the partial file of a snapshot being
+//! received from a peer (`partial`).
 
 pub mod faulty;
+pub mod partial;
 pub mod replica;
 pub mod snapshot;
-pub mod transfer;
 pub mod wal;
 pub mod wire;
 

@@ -146,35 +146,6 @@ pub struct OpenReport {
     pub snapshots: usize,
 }
 
-/// When to take a snapshot: after `entries_max` applied log entries or
-/// `bytes_max` bytes of applied commands since the last one, whichever
-/// comes first. Bytes bound how much log a restart replays and how much log
-/// a lagging peer could need; entries bound the replay of many tiny commands.
-/// A limit of `u64::MAX` turns that trigger off.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SnapshotPolicy {
-    pub entries_max: u64,
-    pub bytes_max: u64,
-}
-
-impl Default for SnapshotPolicy {
-    fn default() -> Self {
-        SnapshotPolicy {
-            entries_max: 10_000,
-            bytes_max: 64 << 20,
-        }
-    }
-}
-
-impl SnapshotPolicy {
-    /// True when a snapshot is due, given what was applied since the last
-    /// one. Never true when nothing was applied: the snapshot would be the
-    /// same as the last.
-    pub fn should_snapshot(&self, entries_since: u64, bytes_since: u64) -> bool {
-        entries_since > 0 && (entries_since >= self.entries_max || bytes_since >= self.bytes_max)
-    }
-}
-
 /// The file name of the snapshot of this slot.
 pub fn snapshot_file_name(slot: u64) -> String {
     format!("{PREFIX}{slot:020}{SUFFIX}")
@@ -545,6 +516,35 @@ impl SnapshotStore {
             expected_crc: header.body_crc,
             crc: Crc32c::new(),
         })
+    }
+
+    /// Reads `len` bytes of the body from `offset` (a chunk for a peer).
+    /// The header must still be the one listed; the body's checksum is the
+    /// receiver's to check, over the whole.
+    pub fn read_at(
+        &self,
+        meta: &SnapshotMeta,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, SnapshotError> {
+        let in_body = offset
+            .checked_add(len as u64)
+            .is_some_and(|end| end <= meta.bytes);
+        if !in_body {
+            return Err(corrupt(
+                &meta.path,
+                format!(
+                    "no {len} bytes at offset {offset} of a {}-byte body",
+                    meta.bytes
+                ),
+            ));
+        }
+        let (mut file, _) = self.open_matching(meta)?;
+        let mut data = vec![0u8; len];
+        file.seek(SeekFrom::Start(HEADER_BYTES as u64 + offset))
+            .and_then(|_| file.read_exact(&mut data))
+            .map_err(io_err("read", &meta.path))?;
+        Ok(data)
     }
 
     fn open_matching(&self, meta: &SnapshotMeta) -> Result<(File, Header), SnapshotError> {
@@ -1166,24 +1166,5 @@ mod tests {
         assert_eq!(meta.slot, 42);
         assert!(!framed.exists());
         assert_eq!(read_all(&snaps, &meta).expect("read"), body);
-    }
-
-    #[test]
-    fn the_policy_triggers_on_either_limit_and_never_on_nothing() {
-        let policy = SnapshotPolicy::default();
-        assert_eq!(policy.entries_max, 10_000);
-        assert_eq!(policy.bytes_max, 64 << 20);
-        assert!(!policy.should_snapshot(0, 0));
-        assert!(!policy.should_snapshot(9_999, (64 << 20) - 1));
-        assert!(policy.should_snapshot(10_000, 0));
-        assert!(policy.should_snapshot(1, 64 << 20));
-        let tiny = SnapshotPolicy {
-            entries_max: 0,
-            bytes_max: 0,
-        };
-        assert!(
-            !tiny.should_snapshot(0, 100),
-            "nothing applied, nothing to save"
-        );
     }
 }

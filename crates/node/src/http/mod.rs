@@ -3,7 +3,7 @@
 //!
 //! | path       | answer |
 //! |------------|--------|
-//! | `/metrics` | [`prometheus::render`], text format 0.0.4 |
+//! | `/metrics` | [`crate::metrics::Metrics::render`], the OpenMetrics text format |
 //! | `/status`  | the [`StatusReport`] as JSON, readable from any origin (CORS) so one member's dashboard can poll the others |
 //! | `/health`  | 200 `ok` while a leader is known, else 503 with the reason |
 //! | `/`        | the dashboard: one page, no outside resources |
@@ -13,7 +13,6 @@
 
 pub mod client;
 mod listener;
-pub mod prometheus;
 
 use std::time::Duration;
 
@@ -81,10 +80,10 @@ async fn dashboard() -> Response {
 }
 
 async fn metrics(axum::extract::State(node): axum::extract::State<NodeHandle>) -> Response {
-    let body = prometheus::render(node.metrics(), &node.status());
+    let body = node.metrics().render();
     (
         [
-            (header::CONTENT_TYPE, prometheus::CONTENT_TYPE),
+            (header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE),
             (header::CACHE_CONTROL, "no-store"),
         ],
         body,

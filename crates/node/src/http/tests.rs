@@ -11,7 +11,8 @@ use tokio::sync::{mpsc, watch};
 use super::client::{self, ClientError, Response};
 use super::*;
 use crate::api::{MemberStatus, NodeHandle, Op, StatusReport};
-use crate::metrics::{Metrics, add};
+use crate::metrics::Metrics;
+use host::HostStats;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -21,6 +22,7 @@ struct TestServer {
     runtime: Option<Runtime>,
     addr: String,
     status: watch::Sender<StatusReport>,
+    stats: watch::Sender<HostStats>,
     metrics: Arc<Metrics>,
     _ops: mpsc::Receiver<Op>,
 }
@@ -38,8 +40,9 @@ impl TestServer {
             .unwrap();
         let (ops_tx, ops_rx) = mpsc::channel(8);
         let (status_tx, status_rx) = watch::channel(report);
-        let metrics = Arc::new(Metrics::default());
-        let node = NodeHandle::new(ops_tx, status_rx, metrics.clone());
+        let (stats_tx, stats_rx) = watch::channel(HostStats::default());
+        let metrics = Arc::new(Metrics::new(status_rx.clone(), stats_rx.clone()));
+        let node = NodeHandle::new(ops_tx, status_rx, stats_rx, metrics.clone());
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap().to_string();
@@ -51,6 +54,7 @@ impl TestServer {
             runtime: Some(runtime),
             addr,
             status: status_tx,
+            stats: stats_tx,
             metrics,
             _ops: ops_rx,
         }
@@ -128,10 +132,11 @@ fn leader() -> StatusReport {
 }
 
 // ---------------------------------------------------------------------------
-// A validator for the text exposition format 0.0.4, strict about what this
-// server promises: every sample belongs to a family declared by a TYPE line
-// before it, families are contiguous, counters end in `_total`, histogram
-// buckets rise monotonically to `le="+Inf"`, which equals `_count`.
+// A validator for the OpenMetrics text format, strict about what this server
+// promises: every sample belongs to a family declared by a TYPE line before
+// it, families are contiguous, a counter's samples end in `_total`,
+// histogram buckets rise monotonically to `le="+Inf"`, which equals
+// `_count`, and the text ends with `# EOF`.
 
 type Labels = Vec<(String, String)>;
 
@@ -149,10 +154,13 @@ fn validate(text: &str) -> Result<BTreeMap<String, f64>, String> {
     let mut samples = BTreeMap::new();
     let mut hists: BTreeMap<(String, String), Hist> = BTreeMap::new();
 
-    if !text.ends_with('\n') {
-        return Err("the text does not end with a newline".to_owned());
+    let Some(body) = text.strip_suffix("# EOF\n") else {
+        return Err("the text does not end with # EOF and a newline".to_owned());
+    };
+    if !body.is_empty() && !body.ends_with('\n') {
+        return Err("a line before # EOF does not end with a newline".to_owned());
     }
-    for (n, line) in text.lines().enumerate() {
+    for (n, line) in body.lines().enumerate() {
         let at = |why: String| format!("line {}: {why}: {line:?}", n + 1);
         if let Some(rest) = line.strip_prefix("# HELP ") {
             let name = rest.split(' ').next().unwrap_or_default();
@@ -165,14 +173,23 @@ fn validate(text: &str) -> Result<BTreeMap<String, f64>, String> {
                 .split_once(' ')
                 .ok_or_else(|| at("no type".to_owned()))?;
             check_name(name).map_err(at)?;
-            if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
+            if ![
+                "counter",
+                "gauge",
+                "histogram",
+                "summary",
+                "unknown",
+                "info",
+            ]
+            .contains(&kind)
+            {
                 return Err(at(format!("unknown type {kind}")));
             }
             if types.insert(name.to_owned(), kind.to_owned()).is_some() {
                 return Err(at("second TYPE".to_owned()));
             }
-            if kind == "counter" && !name.ends_with("_total") {
-                return Err(at("counter without _total".to_owned()));
+            if kind == "counter" && name.ends_with("_total") {
+                return Err(at("a counter family named with _total".to_owned()));
             }
             if let Some(previous) = current.replace(name.to_owned()) {
                 finished.insert(previous);
@@ -248,12 +265,19 @@ fn validate(text: &str) -> Result<BTreeMap<String, f64>, String> {
 }
 
 fn family_of(name: &str, types: &HashMap<String, String>) -> Option<String> {
-    if types.contains_key(name) {
-        return Some(name.to_owned());
+    let kind_of = |base: &str| types.get(base).map(String::as_str);
+    if let Some(kind) = kind_of(name) {
+        return (kind != "counter").then(|| name.to_owned());
     }
-    ["_bucket", "_sum", "_count"].iter().find_map(|suffix| {
+    let counter = ["_total", "_created"].iter().find_map(|suffix| {
         let base = name.strip_suffix(suffix)?;
-        (types.get(base).map(String::as_str) == Some("histogram")).then(|| base.to_owned())
+        (kind_of(base) == Some("counter")).then(|| base.to_owned())
+    });
+    counter.or_else(|| {
+        ["_bucket", "_sum", "_count"].iter().find_map(|suffix| {
+            let base = name.strip_suffix(suffix)?;
+            (kind_of(base) == Some("histogram")).then(|| base.to_owned())
+        })
     })
 }
 
@@ -344,21 +368,23 @@ fn parse_sample(line: &str) -> Result<(String, Labels, f64), String> {
 
 #[test]
 fn the_validator_rejects_broken_exposition_text() {
-    let good = "# TYPE a_total counter\na_total 1\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 3\nh_count 2\n";
+    let good = "# TYPE a counter\na_total 1\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 3\nh_count 2\n# EOF\n";
     assert!(validate(good).is_ok(), "{:?}", validate(good));
     let broken = [
         "a_total 1\n",                                     // no TYPE
-        "# TYPE a counter\na 1\n",                         // counter without _total
+        "# TYPE a counter\na 1\n",                         // counter sample without _total
+        "# TYPE a_total counter\na_total 1\n",             // counter family named _total
         "# TYPE a gauge\na{x=\"1} 1\n",                    // unterminated label
         "# TYPE a gauge\na 1\n# TYPE b gauge\nb 1\na 2\n", // a outside its block
         "# TYPE a gauge\na one\n",                         // bad value
         "# TYPE h histogram\nh_bucket{le=\"1\"} 3\nh_bucket{le=\"+Inf\"} 2\nh_sum 3\nh_count 2\n",
         "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_sum 3\nh_count 1\n",
         "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 3\nh_count 3\n",
-        "# TYPE a gauge\na 1", // no final newline
-    ];
+    ]
+    .map(|body| format!("{body}# EOF\n"));
+    assert!(validate("# TYPE a gauge\na 1\n").is_err(), "no # EOF");
     for text in broken {
-        assert!(validate(text).is_err(), "accepted {text:?}");
+        assert!(validate(&text).is_err(), "accepted {text:?}");
     }
 }
 
@@ -371,7 +397,7 @@ fn metrics_are_valid_exposition_text_and_follow_the_node() {
     assert_eq!(response.status, 200);
     assert_eq!(
         response.header("content-type"),
-        Some("text/plain; version=0.0.4; charset=utf-8")
+        Some(crate::metrics::CONTENT_TYPE)
     );
     let text = String::from_utf8(response.body).unwrap();
     let before = validate(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
@@ -393,15 +419,17 @@ fn metrics_are_valid_exposition_text_and_follow_the_node() {
     assert_eq!(before["parliament_fsync_seconds_count"], 0.0);
 
     let m = &server.metrics;
-    add(&m.proposals, 3);
-    add(&m.commits, 2);
-    add(&m.client_connections_total, 5);
-    add(&m.client_connections_open, 4);
-    add(&m.snapshots_installed, 1);
+    m.client_connections_total.inc_by(5);
+    m.client_connections_open.set(4);
     m.fsync_seconds.observe(0.000_3);
     m.fsync_seconds.observe(0.004);
     m.fsync_seconds.observe(9.0);
-    m.batch_commands.observe(3.0);
+    server.stats.send_modify(|s| {
+        s.proposals = 3;
+        s.commits = 2;
+        s.snapshots_installed = 1;
+        s.batch_commands.observe(3.0);
+    });
     server.status.send(leader()).unwrap();
 
     let text = server.body("/metrics");
@@ -418,11 +446,11 @@ fn metrics_are_valid_exposition_text_and_follow_the_node() {
     );
     assert_eq!(after["parliament_fsync_seconds_bucket{le=\"0.0005\"}"], 1.0);
     assert_eq!(after["parliament_fsync_seconds_bucket{le=\"0.005\"}"], 2.0);
-    assert_eq!(after["parliament_fsync_seconds_bucket{le=\"5\"}"], 2.0);
+    assert_eq!(after["parliament_fsync_seconds_bucket{le=\"5.0\"}"], 2.0);
     assert_eq!(after["parliament_fsync_seconds_bucket{le=\"+Inf\"}"], 3.0);
     assert!((after["parliament_fsync_seconds_sum"] - 9.0043).abs() < 1e-6);
-    assert_eq!(after["parliament_batch_commands_bucket{le=\"2\"}"], 0.0);
-    assert_eq!(after["parliament_batch_commands_bucket{le=\"4\"}"], 1.0);
+    assert_eq!(after["parliament_batch_commands_bucket{le=\"2.0\"}"], 0.0);
+    assert_eq!(after["parliament_batch_commands_bucket{le=\"4.0\"}"], 1.0);
     assert_eq!(after["parliament_role{role=\"leader\"}"], 1.0);
     assert_eq!(after["parliament_role{role=\"follower\"}"], 0.0);
     assert_eq!(after["parliament_leader_known"], 1.0);

@@ -19,17 +19,18 @@
 //! that it reached the node it meant to (and that node's client and HTTP
 //! addresses, for status reports).
 //!
-//! A snapshot transfer gets a connection of its own, opened by the node that
-//! needs the snapshot, so that chunks never queue ahead of heartbeats; see
-//! [`snapshot`]. The first frame after the handshake tells the two kinds of
-//! connection apart.
+//! Snapshot transfers get a link of their own (one more connection per
+//! peer and direction, opened on the first frame to send), so that chunks
+//! never queue ahead of heartbeats: a node that serves megabytes of snapshot
+//! keeps its followers' election timers quiet. The frames on it are the
+//! host's (`host::transfer`); the transport only moves them. The first
+//! frame after the handshake tells the two kinds of connection apart.
 
 pub mod frame;
-pub mod snapshot;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,13 +45,19 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::{Instrument, debug, info, warn};
 
+use host::transfer::SnapshotFrame;
+
 use self::frame::{
     FrameError, FrameKind, HANDSHAKE_BYTES_MAX, Handshake, KIND_FRAME_OVERHEAD_BYTES, put_frame,
     put_kind_frame, read_frame, split_kind,
 };
-use self::snapshot::{SnapshotClient, SnapshotSource, SnapshotTransferConfig};
-use crate::metrics::{self, Metrics};
+use crate::config::SnapshotTransferConfig;
+use crate::metrics::Metrics;
 use storage::wire;
+
+/// Snapshot frames queued for one peer before new ones are dropped: a few
+/// windows of chunks (the sender's resend recovers what is dropped).
+const SNAPSHOT_QUEUE_FRAMES: usize = 64;
 
 /// Limits and timings of the transport.
 #[derive(Clone, Debug)]
@@ -76,7 +83,7 @@ pub struct TransportConfig {
     /// each wait is drawn between half and all of the current backoff.
     pub backoff_min_ms: u64,
     pub backoff_max_ms: u64,
-    /// Snapshot transfers, on connections of their own.
+    /// Snapshot transfers, on links of their own.
     pub snapshot: SnapshotTransferConfig,
 }
 
@@ -157,7 +164,8 @@ impl PeerTable {
 /// The replica task's side of the outbound queues.
 #[derive(Clone, Debug)]
 pub struct Outbox {
-    queues: BTreeMap<NodeId, mpsc::Sender<Message>>,
+    messages: BTreeMap<NodeId, mpsc::Sender<Message>>,
+    frames: BTreeMap<NodeId, mpsc::Sender<SnapshotFrame>>,
     table: Arc<PeerTable>,
 }
 
@@ -165,14 +173,54 @@ impl Outbox {
     /// Queues `message` for `to` without waiting. Returns false (and counts
     /// the drop) when the queue is full or `to` is not a peer.
     pub fn send(&self, to: NodeId, message: Message) -> bool {
-        let sent = self
-            .queues
-            .get(&to)
-            .is_some_and(|q| q.try_send(message).is_ok());
+        self.counted(Self::queue(&self.messages, to, message))
+    }
+
+    /// Queues a snapshot frame for `to`'s snapshot link, like [`Outbox::send`].
+    pub fn send_frame(&self, to: NodeId, frame: SnapshotFrame) -> bool {
+        self.counted(Self::queue(&self.frames, to, frame))
+    }
+
+    fn queue<P>(queues: &BTreeMap<NodeId, mpsc::Sender<P>>, to: NodeId, payload: P) -> bool {
+        queues.get(&to).is_some_and(|q| q.try_send(payload).is_ok())
+    }
+
+    fn counted(&self, sent: bool) -> bool {
         if !sent {
             self.table.dropped.fetch_add(1, Ordering::Relaxed);
         }
         sent
+    }
+}
+
+/// What travels on an outbound link.
+trait Payload: Send + 'static {
+    const KIND: FrameKind;
+    /// A link of this kind connects only when it has something to send.
+    const LAZY: bool;
+    fn encode(&self) -> Bytes;
+    fn name(&self) -> &'static str;
+}
+
+impl Payload for Message {
+    const KIND: FrameKind = FrameKind::Message;
+    const LAZY: bool = false;
+    fn encode(&self) -> Bytes {
+        wire::encode_message(self)
+    }
+    fn name(&self) -> &'static str {
+        self.kind()
+    }
+}
+
+impl Payload for SnapshotFrame {
+    const KIND: FrameKind = FrameKind::Snapshot;
+    const LAZY: bool = true;
+    fn encode(&self) -> Bytes {
+        SnapshotFrame::encode(self)
+    }
+    fn name(&self) -> &'static str {
+        "snapshot frame"
     }
 }
 
@@ -182,22 +230,21 @@ pub struct Transport {
     tasks: JoinSet<()>,
     local_addr: SocketAddr,
     table: Arc<PeerTable>,
-    snapshots: SnapshotClient,
 }
 
 impl Transport {
     /// Starts the transport on `listener` (already bound) for `members`
     /// (peer addresses by id; this node's own entry is ignored). Inbound
-    /// messages go to `inbound`; peers that ask for a snapshot are sent
-    /// `snapshots.latest`. Must run inside a tokio runtime.
+    /// messages go to `inbound`, inbound snapshot frames to `frames`. Must
+    /// run inside a tokio runtime.
     pub fn start(
         listener: TcpListener,
         identity: Identity,
         members: &BTreeMap<NodeId, String>,
         inbound: mpsc::Sender<(NodeId, Message)>,
+        frames: mpsc::Sender<(NodeId, SnapshotFrame)>,
         metrics: Arc<Metrics>,
         config: TransportConfig,
-        snapshots: SnapshotSource,
     ) -> std::io::Result<(Transport, Outbox)> {
         let local_addr = listener.local_addr()?;
         let table = Arc::new(PeerTable::default());
@@ -208,39 +255,40 @@ impl Transport {
             metrics,
             table: Arc::clone(&table),
             inbound,
-            snapshots,
-            serving: AtomicUsize::new(0),
+            frames,
         });
         let span = tracing::Span::current();
         let mut tasks = JoinSet::new();
-        let mut queues = BTreeMap::new();
+        let mut messages = BTreeMap::new();
+        let mut frames = BTreeMap::new();
         let mut seed = ctx.identity.id ^ boot_nanos();
         for (&peer, addr) in members {
             if peer == ctx.identity.id {
                 continue;
             }
-            let (tx, rx) = mpsc::channel(ctx.config.outbound_queue_max.max(1));
-            queues.insert(peer, tx);
             table.update(peer, |_| {});
+            let (tx, rx) = mpsc::channel(ctx.config.outbound_queue_max.max(1));
+            messages.insert(peer, tx);
+            seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let task = outbound(Arc::clone(&ctx), peer, addr.clone(), rx, Rng::new(seed));
+            tasks.spawn(task.instrument(span.clone()));
+            let (tx, rx) = mpsc::channel(SNAPSHOT_QUEUE_FRAMES);
+            frames.insert(peer, tx);
             seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
             let task = outbound(Arc::clone(&ctx), peer, addr.clone(), rx, Rng::new(seed));
             tasks.spawn(task.instrument(span.clone()));
         }
         tasks.spawn(accept(Arc::clone(&ctx), listener).instrument(span));
         let outbox = Outbox {
-            queues,
+            messages,
+            frames,
             table: Arc::clone(&table),
-        };
-        let snapshots = SnapshotClient {
-            ctx: Arc::clone(&ctx),
-            addrs: members.clone(),
         };
         Ok((
             Transport {
                 tasks,
                 local_addr,
                 table,
-                snapshots,
             },
             outbox,
         ))
@@ -253,12 +301,6 @@ impl Transport {
 
     pub fn table(&self) -> &Arc<PeerTable> {
         &self.table
-    }
-
-    /// Fetches snapshots from peers, on connections of its own (it works
-    /// until the transport shuts down).
-    pub fn snapshot_client(&self) -> SnapshotClient {
-        self.snapshots.clone()
     }
 
     /// Stops every task and waits until they are gone (their sockets closed).
@@ -275,9 +317,7 @@ struct Ctx {
     metrics: Arc<Metrics>,
     table: Arc<PeerTable>,
     inbound: mpsc::Sender<(NodeId, Message)>,
-    snapshots: SnapshotSource,
-    /// Snapshot transfers being served.
-    serving: AtomicUsize,
+    frames: mpsc::Sender<(NodeId, SnapshotFrame)>,
 }
 
 impl Ctx {
@@ -321,14 +361,8 @@ async fn accept(ctx: Arc<Ctx>, listener: TcpListener) {
                     let ctx = Arc::clone(&ctx);
                     let span = tracing::Span::current();
                     conns.spawn(async move {
-                        match inbound(&ctx, stream).await {
-                            Ok(()) => {}
-                            Err(Inbound::Frame(e)) => {
-                                warn!(%addr, error = %e, "dropping a peer connection");
-                            }
-                            Err(Inbound::Snapshot(e)) => {
-                                info!(%addr, error = %e, "a snapshot transfer to a peer stopped");
-                            }
+                        if let Err(e) = inbound(&ctx, stream).await {
+                            warn!(%addr, error = %e, "dropping a peer connection");
                         }
                     }.instrument(span));
                 }
@@ -343,27 +377,9 @@ async fn accept(ctx: Arc<Ctx>, listener: TcpListener) {
     }
 }
 
-/// Why an inbound connection ended early.
-enum Inbound {
-    Frame(FrameError),
-    Snapshot(snapshot::SnapshotLinkError),
-}
-
-impl From<FrameError> for Inbound {
-    fn from(e: FrameError) -> Inbound {
-        Inbound::Frame(e)
-    }
-}
-
-impl From<std::io::Error> for Inbound {
-    fn from(e: std::io::Error) -> Inbound {
-        Inbound::Frame(e.into())
-    }
-}
-
 /// Serves one inbound connection until it closes or misbehaves: replica
-/// messages, or one snapshot transfer, as its first frame says.
-async fn inbound(ctx: &Ctx, stream: TcpStream) -> Result<(), Inbound> {
+/// messages, or snapshot frames, as its first frame says.
+async fn inbound(ctx: &Ctx, stream: TcpStream) -> Result<(), FrameError> {
     stream.set_nodelay(true)?;
     let (reader, mut writer) = stream.into_split();
     let mut reader = BufReader::with_capacity(64 << 10, reader);
@@ -371,22 +387,21 @@ async fn inbound(ctx: &Ctx, stream: TcpStream) -> Result<(), Inbound> {
     let hello = match timeout(limit, read_frame(&mut reader, HANDSHAKE_BYTES_MAX)).await {
         Ok(Ok(Some(frame))) => Handshake::decode(&frame)?,
         Ok(Ok(None)) => return Ok(()),
-        Ok(Err(e)) => return Err(e.into()),
-        Err(_) => return Err(FrameError::Handshake("no handshake in time").into()),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err(FrameError::Handshake("no handshake in time")),
     };
     let me = ctx.identity.id;
     if hello.to != me {
         return Err(FrameError::Handshake(
             "the peer meant to reach another node id (check --members)",
-        )
-        .into());
+        ));
     }
     if hello.from == me || !ctx.members.contains(&hello.from) {
         warn!(
             from = hello.from,
             "a node that is not a member tried to connect"
         );
-        return Err(FrameError::Handshake("sender is not a member").into());
+        return Err(FrameError::Handshake("sender is not a member"));
     }
     let peer = hello.from;
     let mut reply = BytesMut::new();
@@ -399,18 +414,49 @@ async fn inbound(ctx: &Ctx, stream: TcpStream) -> Result<(), Inbound> {
         return Ok(());
     };
     let (kind, payload) = split_kind(first)?;
-    if kind == FrameKind::Snapshot {
-        return snapshot::serve(ctx, peer, reader, writer, payload)
-            .await
-            .map_err(Inbound::Snapshot);
-    }
     ctx.table.update(peer, |p| p.inbound += 1);
-    debug!(peer, "inbound peer connection up");
-    let result = read_messages(ctx, peer, payload, &mut reader).await;
+    debug!(peer, kind = kind.name(), "inbound peer connection up");
+    let result = match kind {
+        FrameKind::Message => read_messages(ctx, peer, payload, &mut reader).await,
+        FrameKind::Snapshot => read_snapshot_frames(ctx, peer, payload, &mut reader).await,
+    };
     ctx.table
         .update(peer, |p| p.inbound = p.inbound.saturating_sub(1));
-    debug!(peer, "inbound peer connection closed");
-    result.map_err(Inbound::Frame)
+    debug!(peer, kind = kind.name(), "inbound peer connection closed");
+    result
+}
+
+/// Hands `first` and every later snapshot frame to the replica task.
+async fn read_snapshot_frames<R: tokio::io::AsyncRead + Unpin>(
+    ctx: &Ctx,
+    peer: NodeId,
+    first: Bytes,
+    reader: &mut R,
+) -> Result<(), FrameError> {
+    let mut payload = first;
+    loop {
+        let frame = SnapshotFrame::decode(payload)?;
+        if ctx.frames.send((peer, frame)).await.is_err() {
+            break; // the replica task is gone: the node is stopping
+        }
+        let Some(next) = read_frame(reader, ctx.config.frame_bytes_max).await? else {
+            break;
+        };
+        payload = expect_kind(next, FrameKind::Snapshot)?;
+    }
+    Ok(())
+}
+
+/// The payload of `frame`, which must be of `kind`.
+fn expect_kind(frame: Bytes, kind: FrameKind) -> Result<Bytes, FrameError> {
+    let (got, payload) = split_kind(frame)?;
+    if got != kind {
+        return Err(FrameError::WrongKind {
+            expected: kind.name(),
+            got: got.name(),
+        });
+    }
+    Ok(payload)
 }
 
 /// Hands `first` and every later message frame to the replica task.
@@ -423,21 +469,14 @@ async fn read_messages<R: tokio::io::AsyncRead + Unpin>(
     let mut payload = first;
     loop {
         let message = wire::decode_message(payload)?;
-        metrics::add(&ctx.metrics.peer_messages_received, 1);
+        ctx.metrics.peer_messages_received.inc();
         if ctx.inbound.send((peer, message)).await.is_err() {
             break; // the replica task is gone: the node is stopping
         }
         let Some(frame) = read_frame(reader, ctx.config.frame_bytes_max).await? else {
             break;
         };
-        let (kind, next) = split_kind(frame)?;
-        if kind != FrameKind::Message {
-            return Err(FrameError::WrongKind {
-                expected: FrameKind::Message.name(),
-                got: kind.name(),
-            });
-        }
-        payload = next;
+        payload = expect_kind(frame, FrameKind::Message)?;
     }
     Ok(())
 }
@@ -453,12 +492,13 @@ enum PumpEnd {
     Lost(String),
 }
 
-/// Keeps one connection to `peer` up and writes its queue into it.
-async fn outbound(
+/// Keeps one link to `peer` up (from the first payload to send, for a lazy
+/// one) and writes its queue into it.
+async fn outbound<P: Payload>(
     ctx: Arc<Ctx>,
     peer: NodeId,
     addr: String,
-    mut queue: mpsc::Receiver<Message>,
+    mut queue: mpsc::Receiver<P>,
     mut rng: Rng,
 ) {
     let min = ctx.config.backoff_min_ms.max(1);
@@ -466,15 +506,28 @@ async fn outbound(
     let mut backoff = min;
     // Log a failure once per outage, not once per attempt.
     let mut reported = false;
+    let messages = P::KIND == FrameKind::Message;
     loop {
+        let first = if P::LAZY {
+            match queue.recv().await {
+                Some(first) => Some(first),
+                None => return,
+            }
+        } else {
+            None
+        };
         match connect(&ctx, peer, &addr).await {
             Ok((reader, writer)) => {
-                info!(peer, %addr, "connected to peer");
+                info!(peer, %addr, link = P::KIND.name(), "connected to peer");
                 backoff = min;
                 reported = false;
-                ctx.table.update(peer, |p| p.outbound = true);
-                let end = pump(&ctx, &mut queue, reader, writer).await;
-                ctx.table.update(peer, |p| p.outbound = false);
+                if messages {
+                    ctx.table.update(peer, |p| p.outbound = true);
+                }
+                let end = pump(&ctx, &mut queue, first, reader, writer).await;
+                if messages {
+                    ctx.table.update(peer, |p| p.outbound = false);
+                }
                 match end {
                     PumpEnd::Stopped => return,
                     PumpEnd::Lost(why) => info!(peer, %addr, %why, "lost connection to peer"),
@@ -548,11 +601,12 @@ async fn connect(ctx: &Ctx, peer: NodeId, addr: &str) -> Result<Halves, FrameErr
     Ok((reader, writer))
 }
 
-/// Writes queued messages, many frames per write, until the connection
-/// breaks or the queue closes.
-async fn pump(
+/// Writes queued payloads (`first`, then the queue's), many frames per
+/// write, until the connection breaks or the queue closes.
+async fn pump<P: Payload>(
     ctx: &Ctx,
-    queue: &mut mpsc::Receiver<Message>,
+    queue: &mut mpsc::Receiver<P>,
+    mut first: Option<P>,
     mut reader: tokio::net::tcp::OwnedReadHalf,
     mut writer: tokio::net::tcp::OwnedWriteHalf,
 ) -> PumpEnd {
@@ -560,53 +614,64 @@ async fn pump(
     let mut buf = BytesMut::new();
     let mut probe = [0u8; 1];
     loop {
-        tokio::select! {
-            message = queue.recv() => {
-                let Some(mut message) = message else {
-                    return PumpEnd::Stopped;
-                };
-                buf.clear();
-                let mut frames = 0u64;
-                loop {
-                    let payload = wire::encode_message(&message);
-                    let framed = payload.len() + KIND_FRAME_OVERHEAD_BYTES - frame::FRAME_HEADER_BYTES;
-                    if framed > max as usize {
-                        warn!(kind = message.kind(), bytes = payload.len(), limit = max,
-                            "dropping a message larger than the frame limit");
-                        ctx.table.dropped.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        put_kind_frame(&mut buf, FrameKind::Message, &payload);
-                        frames += 1;
-                    }
-                    if frames as usize >= ctx.config.write_batch_frames_max
-                        || buf.len() >= ctx.config.write_batch_bytes_max
-                    {
-                        break;
-                    }
-                    match queue.try_recv() {
-                        Ok(next) => message = next,
-                        Err(_) => break,
-                    }
+        let next = match first.take() {
+            Some(payload) => Some(payload),
+            None => tokio::select! {
+                payload = queue.recv() => payload,
+                // The peer never writes after its handshake: any read
+                // result means the connection closed (or the peer
+                // misbehaves).
+                read = reader.read(&mut probe) => {
+                    return PumpEnd::Lost(match read {
+                        Ok(0) => "closed by the peer".to_owned(),
+                        Ok(_) => "unexpected bytes from the peer".to_owned(),
+                        Err(e) => e.to_string(),
+                    });
                 }
-                if buf.is_empty() {
-                    continue;
-                }
-                let limit = Ctx::ms(ctx.config.write_timeout_ms);
-                match timeout(limit, writer.write_all(&buf)).await {
-                    Ok(Ok(())) => metrics::add(&ctx.metrics.peer_messages_sent, frames),
-                    Ok(Err(e)) => return PumpEnd::Lost(e.to_string()),
-                    Err(_) => return PumpEnd::Lost("a write timed out".to_owned()),
+            },
+        };
+        let Some(mut payload) = next else {
+            return PumpEnd::Stopped;
+        };
+        buf.clear();
+        let mut frames = 0u64;
+        loop {
+            let encoded = payload.encode();
+            let framed = encoded.len() + KIND_FRAME_OVERHEAD_BYTES - frame::FRAME_HEADER_BYTES;
+            if framed > max as usize {
+                warn!(
+                    kind = payload.name(),
+                    bytes = encoded.len(),
+                    limit = max,
+                    "dropping a message larger than the frame limit"
+                );
+                ctx.table.dropped.fetch_add(1, Ordering::Relaxed);
+            } else {
+                put_kind_frame(&mut buf, P::KIND, &encoded);
+                frames += 1;
+            }
+            if frames as usize >= ctx.config.write_batch_frames_max
+                || buf.len() >= ctx.config.write_batch_bytes_max
+            {
+                break;
+            }
+            match queue.try_recv() {
+                Ok(next) => payload = next,
+                Err(_) => break,
+            }
+        }
+        if buf.is_empty() {
+            continue;
+        }
+        let limit = Ctx::ms(ctx.config.write_timeout_ms);
+        match timeout(limit, writer.write_all(&buf)).await {
+            Ok(Ok(())) => {
+                if P::KIND == FrameKind::Message {
+                    ctx.metrics.peer_messages_sent.inc_by(frames);
                 }
             }
-            // The peer never writes after its handshake: any read result
-            // means the connection closed (or the peer misbehaves).
-            read = reader.read(&mut probe) => {
-                return PumpEnd::Lost(match read {
-                    Ok(0) => "closed by the peer".to_owned(),
-                    Ok(_) => "unexpected bytes from the peer".to_owned(),
-                    Err(e) => e.to_string(),
-                });
-            }
+            Ok(Err(e)) => return PumpEnd::Lost(e.to_string()),
+            Err(_) => return PumpEnd::Lost("a write timed out".to_owned()),
         }
     }
 }

@@ -26,7 +26,6 @@ use tokio::sync::oneshot;
 use super::dispatch::{self, ClientState, Ctx, NodeOp, Outcome, Then};
 use super::limits::Config;
 use crate::api::{ConnId, NodeError, NodeHandle, Op};
-use crate::metrics;
 use kv;
 use resp::{self, Decoder, Reply};
 
@@ -289,8 +288,8 @@ impl Connection {
             return Ok(());
         }
         let node_metrics = self.node.metrics();
-        metrics::add(&node_metrics.client_commands, self.answered);
-        metrics::add(&node_metrics.client_errors, self.errors);
+        node_metrics.client_commands.inc_by(self.answered);
+        node_metrics.client_errors.inc_by(self.errors);
         self.answered = 0;
         self.errors = 0;
         self.stream.write_all(&self.output).await?;

@@ -6,7 +6,6 @@
 //! node's view of the parliament.
 
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
@@ -269,7 +268,6 @@ fn info_section(
     status: &StatusReport,
 ) {
     let metrics = ctx.node.metrics();
-    let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
     // Writing to a String cannot fail.
     let _ = match section {
         "server" => write!(
@@ -286,16 +284,16 @@ fn info_section(
         "clients" => write!(
             out,
             "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n",
-            load(&metrics.client_connections_open),
+            metrics.client_connections_open.get(),
             ctx.config.connections_max,
         ),
         "stats" => write!(
             out,
             "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\n\
              total_error_replies:{}\r\n",
-            load(&metrics.client_connections_total),
-            load(&metrics.client_commands),
-            load(&metrics.client_errors),
+            metrics.client_connections_total.get(),
+            metrics.client_commands.get(),
+            metrics.client_errors.get(),
         ),
         "keyspace" => {
             let _ = out.write_str("# Keyspace\r\n");

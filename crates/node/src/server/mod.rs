@@ -57,7 +57,7 @@ use tokio::task::JoinSet;
 pub use limits::Config;
 
 use crate::api::{ConnId, NodeHandle};
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 
 /// What a client over [`Config::connections_max`] is told before the
 /// connection is closed.
@@ -145,8 +145,8 @@ struct OpenConnection {
 impl OpenConnection {
     fn new(open: &Arc<AtomicUsize>, metrics: &Arc<Metrics>) -> Self {
         open.fetch_add(1, Ordering::Relaxed);
-        metrics::add(&metrics.client_connections_total, 1);
-        metrics::add(&metrics.client_connections_open, 1);
+        metrics.client_connections_total.inc();
+        metrics.client_connections_open.inc();
         OpenConnection {
             open: open.clone(),
             metrics: metrics.clone(),
@@ -157,8 +157,6 @@ impl OpenConnection {
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.open.fetch_sub(1, Ordering::Relaxed);
-        self.metrics
-            .client_connections_open
-            .fetch_sub(1, Ordering::Relaxed);
+        self.metrics.client_connections_open.dec();
     }
 }

@@ -62,7 +62,9 @@ impl FakeNode {
         let (status_tx, status) = watch::channel(status_report(id, &Store::new(), 0));
         let (fault, faults) = watch::channel(None);
         let (seen_tx, seen) = watch::channel(Seen::default());
-        let handle = NodeHandle::new(ops_tx, status, Arc::new(Metrics::default()));
+        let (_, stats) = watch::channel(host::HostStats::default());
+        let metrics = Arc::new(Metrics::new(status.clone(), stats.clone()));
+        let handle = NodeHandle::new(ops_tx, status, stats, metrics);
         let task = tokio::spawn(run(id, ops, faults, status_tx, seen_tx));
         FakeNode {
             handle,

@@ -36,10 +36,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
+use host::SnapshotPolicy;
 use node::{Node, NodeConfig};
 use node::{http, server};
 use serde::Deserialize;
-use storage::snapshot::SnapshotPolicy;
 use storage::wal::FsyncPolicy;
 use tokio::net::TcpListener;
 use tracing::{Instrument, error, info, warn};

@@ -269,7 +269,9 @@ mod tests {
         fn serve(&mut self, listener: std::net::TcpListener, report: StatusReport) {
             let (ops, ops_rx) = mpsc::channel(1);
             let (status, status_rx) = watch::channel(report);
-            let node = NodeHandle::new(ops, status_rx, Arc::new(Metrics::default()));
+            let (_, stats_rx) = watch::channel(host::HostStats::default());
+            let metrics = Arc::new(Metrics::new(status_rx.clone(), stats_rx.clone()));
+            let node = NodeHandle::new(ops, status_rx, stats_rx, metrics);
             listener.set_nonblocking(true).unwrap();
             if let Some(runtime) = &self.runtime {
                 runtime.spawn(async move {

@@ -203,6 +203,7 @@ impl Replica {
             next_heartbeat: self.now,
             acked_seq: BTreeMap::new(),
             peer_commit: BTreeMap::new(),
+            catch_up_turn: 0,
             last_heard: BTreeMap::new(),
             lease_until: 0,
             reads: Vec::new(),

@@ -204,10 +204,21 @@ impl Replica {
                     );
                 }
             }
-            // Chosen slots we learned of in phase 1 but hold no value for.
+            // Chosen slots we learned of but hold no value for: ask the
+            // peer whose acks say it knows the most, else each in turn.
             if r.commit < r.known_commit {
+                let ahead = leader
+                    .peer_commit
+                    .iter()
+                    .filter(|&(_, &commit)| commit > r.commit)
+                    .max_by_key(|&(_, &commit)| commit)
+                    .map(|(&peer, _)| peer);
                 let peers: Vec<NodeId> = r.peers().collect();
-                if let Some(&peer) = peers.get((now as usize) % peers.len().max(1)) {
+                let in_turn = peers
+                    .get(leader.catch_up_turn % peers.len().max(1))
+                    .copied();
+                if let Some(peer) = ahead.or(in_turn) {
+                    leader.catch_up_turn += 1;
                     r.maybe_catch_up(peer);
                 }
             }
@@ -228,6 +239,8 @@ impl Replica {
             }
             leader.last_heard.insert(from, now);
             leader.peer_commit.insert(from, commit);
+            // What a peer knows is chosen, is.
+            r.known_commit = r.known_commit.max(commit);
             let acked = leader.acked_seq.entry(from).or_insert(0);
             *acked = (*acked).max(seq);
             // The highest round a quorum (us included) has acknowledged.

@@ -343,6 +343,9 @@ struct Leader {
     acked_seq: BTreeMap<NodeId, u64>,
     /// The commit point each peer last reported.
     peer_commit: BTreeMap<NodeId, Slot>,
+    /// Counts catch-up requests, to ask each peer in turn when none is
+    /// known to be ahead.
+    catch_up_turn: usize,
     /// When each peer last answered in this ballot.
     last_heard: BTreeMap<NodeId, u64>,
     lease_until: u64,

@@ -794,3 +794,42 @@ fn messages_that_report_durable_state_wait_for_it_and_no_others_do() {
         assert!(!c.kinds.contains(&(kind, true)), "{kind} never waits");
     }
 }
+
+/// A leader behind the commit point asks the peer that knows the most, not
+/// whichever peer the clock points at (with heartbeats every other tick, a
+/// choice by tick always picked the same peer, which might know nothing).
+#[test]
+fn a_leader_behind_asks_the_peer_that_knows_more() {
+    for ahead_of_the_two in [0, 1] {
+        let mut c = Cluster::new(5);
+        let leader = c.elect();
+        let status = c.nodes[&leader].replica.status();
+        let peers: Vec<NodeId> = (1..=5).filter(|&id| id != leader).collect();
+        let ahead = peers[ahead_of_the_two];
+        // The peer says it knows five more slots are chosen.
+        c.node(leader).replica.step(
+            ahead,
+            Message::HeartbeatAck {
+                ballot: status.promised,
+                seq: 0,
+                commit: status.commit + 5,
+            },
+        );
+        let mut asked = BTreeSet::new();
+        for _ in 0..20 {
+            c.node(leader).replica.tick();
+            let ready = c.node(leader).replica.take_ready();
+            for (to, m) in ready.messages {
+                if let Message::CatchUp { from_slot } = m {
+                    assert_eq!(from_slot, status.commit + 1);
+                    asked.insert(to);
+                }
+            }
+        }
+        assert_eq!(
+            asked,
+            BTreeSet::from([ahead]),
+            "only the peer that knows more is asked"
+        );
+    }
+}

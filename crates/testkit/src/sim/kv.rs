@@ -1,46 +1,57 @@
-//! A simulated parliament: replicas of `paxos::replica` with key-value state
-//! machines, clients that behave like real ones, and every fault the network,
-//! the disks and the clocks can throw at them. One `u64` seed decides it all.
+//! A simulated parliament: nodes that run the node's own host
+//! (`host::Host`) around `paxos::replica`, clients that behave like real
+//! ones, and every fault the network, the disks and the clocks can throw at
+//! them. One `u64` seed decides it all.
+//!
+//! The simulator stands where the node's tokio shell stands: it carries out
+//! the host's effects (records to its simulated disk, messages and snapshot
+//! frames to its simulated network, snapshot file operations to snapshot
+//! files in memory, through the same `host::files::perform` the node uses)
+//! and feeds the host its inputs. So every seed exercises the code that
+//! decides, in production, when messages leave, what is applied and
+//! answered, and how snapshots are taken, sent and installed.
 //!
 //! # The world
 //!
-//! Time is in microseconds. Each node ticks its replica every 10 ms *by its own
-//! clock*, which runs fast or slow by up to the configured drift. Messages take
-//! 0.1 to 3 ms, sometimes much longer (which reorders them), and are lost or
-//! duplicated at the configured rates; partitions cut links symmetrically, in
-//! one direction only, or between some pairs of nodes.
+//! Time is in microseconds. Each node ticks its host every 10 ms *by its own
+//! clock*, which runs fast or slow by up to the configured drift. Messages
+//! between nodes take 0.1 to 3 ms, sometimes much longer (which reorders
+//! them), and are lost or duplicated at the configured rates; partitions cut
+//! links symmetrically, in one direction only, or between some pairs of
+//! nodes. Snapshot frames travel the same way, on links of their own.
 //!
 //! A node's disk makes records durable a little after they are written, in
 //! order, and now and then stalls for longer than a message's round trip.
-//! The node goes on meanwhile, as the real one does: only the messages that
-//! report what the records say wait for them (see the output contract of
-//! `paxos::replica`); accepts, heartbeats and commit points leave at once,
-//! and chosen entries are applied and answered at once. A crash loses
-//! everything not yet durable and the messages waiting for it, except that
-//! it may tear the write in progress, keeping a prefix of its records (what
-//! the log keeps after cutting a torn tail). Crashes also land exactly on the boundaries:
-//! just after a sync, before anything it released, and just after a snapshot
-//! is saved, before the log records the compaction. A crash may damage the
-//! disk (a flipped bit the checksums catch): the node then comes back empty
-//! and rejoins as a learner (`paxos::replica::Replica::rejoin`).
+//! The node goes on meanwhile, as the real one does. A crash loses
+//! everything not yet durable, except that it may tear the write in
+//! progress, keeping a prefix of its records (what the log keeps after
+//! cutting a torn tail). Crashes also land exactly on the boundaries: just
+//! after a sync, before anything it released, and just after a snapshot is
+//! saved, before the log records the compaction. A crash may damage the disk
+//! (a flipped bit the checksums catch): the node then comes back empty and
+//! rejoins as a learner, as an operator would start it with `--rejoin`.
 //!
 //! Nodes snapshot their state machine every few slots and compact the log
-//! below; a node that needs slots compacted away fetches the snapshot from a
-//! peer in chunks, resuming where it stopped when chunks are lost. A
-//! restarted node loads its snapshot and re-applies the log above it.
+//! below; a node that needs slots compacted away fetches a peer's snapshot
+//! in small chunks, resuming what its partial file kept when a crash or
+//! lost chunks interrupt it. A restarted node loads its newest snapshot and
+//! re-applies the log above it.
 //!
 //! Clients run one operation at a time (read, write, compare-and-swap or
-//! increment on a few keys). They time out, retry the same request (same
-//! session and sequence number) at another node, and after a few attempts
-//! record the operation as indeterminate and carry on as a new process, as
-//! Jepsen's clients do. After the chaos comes a calm phase (network healed,
-//! every node up) in which the cluster must make progress again.
+//! increment on a few keys), each on a connection to one node, as a Redis
+//! client does. An answer that says the operation was not applied
+//! (`CLUSTERDOWN`, `BUSY`, a refused connection) is tried again at another
+//! node; an answer that leaves it open (`UNCERTAIN`, a connection lost to a
+//! crash) makes it indeterminate, and the client carries on as a new
+//! process, as Jepsen's clients do. After the chaos comes a calm phase
+//! (network healed, every node up) in which the cluster must make progress
+//! again.
 //!
 //! # Checks
 //!
 //! - agreement: every replica applies the same value in every slot;
 //! - persist before send: a message leaves only once what it reports is
-//!   durable (checked on every message);
+//!   on the simulated disk (checked on every message);
 //! - linearizability of the whole client history (which also catches lost
 //!   acknowledged writes, stale reads and commands applied twice);
 //! - liveness: operations complete in the calm phase.
@@ -50,14 +61,18 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::fmt::Write as _;
 
 use bytes::Bytes;
+use host::files::{FileDone, FileOp, Performed, perform};
+use host::transfer::SnapshotFrame;
+use host::{Effects, Flaw, Host, HostConfig, NodeError, ReadMode, SnapshotPolicy, TransferConfig};
+use kv::{Command, Reply, SetCondition};
 use paxos::NodeId;
-use paxos::replica::{Config, Durable, Message, Record, RecordNo, Replica, Slot, Value};
+use paxos::replica::{Config, Durable, Message, Record, RecordNo, RoleName, Slot, Value};
 use paxos::rng::Rng;
 
+use super::files::MemSnapshots;
 use super::trace::Trace;
 use crate::bugs::Variant;
 use crate::check::{self, History, Op, OpId, Outcome, Ret};
-use kv::{Command, Reply, Request, SetCondition, Store};
 
 /// Microseconds of simulated time.
 type Micros = u64;
@@ -70,22 +85,25 @@ pub enum KvBug {
     /// A new leader ignores the accepted values reported in promises.
     IgnorePromisedValues,
     /// A leader answers reads from its state machine without a lease or a
-    /// read-index round.
+    /// read-index round (a flaw of the host).
     ReadWithoutConfirmation,
     /// Leases are trusted for their full length, not shortened for drift.
     LeaseWithoutDriftWait,
     /// A follower applies a value as soon as it accepts it, before it is
-    /// chosen.
+    /// chosen (a flaw of the host).
     ApplyBeforeChosen,
-    /// The state machine ignores client sessions, so a retried command is
-    /// applied again.
+    /// The state machine ignores client sessions, so a write proposed again
+    /// is applied again (a flaw of the host).
     RetryAppliedTwice,
     /// A node whose disk was damaged comes back empty and votes at once,
     /// instead of rejoining as a learner.
     RejoinVotesAtOnce,
-    /// The host tells the replica its records are durable as soon as it
-    /// writes them, so a leader counts its own vote before its disk holds it.
+    /// The disk tells the host its records are durable as soon as they are
+    /// written, so a leader counts its own vote before its disk holds it.
     PersistedBeforeSync,
+    /// The host lets messages that report its records leave before the disk
+    /// has made them durable.
+    HostSendsBeforeDurable,
 }
 
 impl Variant for KvBug {
@@ -97,6 +115,7 @@ impl Variant for KvBug {
         KvBug::RetryAppliedTwice,
         KvBug::RejoinVotesAtOnce,
         KvBug::PersistedBeforeSync,
+        KvBug::HostSendsBeforeDurable,
     ];
 
     fn name(self) -> &'static str {
@@ -108,6 +127,7 @@ impl Variant for KvBug {
             KvBug::RetryAppliedTwice => "retry-applied-twice",
             KvBug::RejoinVotesAtOnce => "rejoin-votes-at-once",
             KvBug::PersistedBeforeSync => "persisted-before-sync",
+            KvBug::HostSendsBeforeDurable => "host-sends-before-durable",
         }
     }
 
@@ -121,11 +141,30 @@ impl Variant for KvBug {
             }
             KvBug::LeaseWithoutDriftWait => "a lease without the drift wait",
             KvBug::ApplyBeforeChosen => "a follower that applies a slot before it is chosen",
-            KvBug::RetryAppliedTwice => "a client retry that is applied twice",
+            KvBug::RetryAppliedTwice => "a write proposed again that is applied twice",
             KvBug::RejoinVotesAtOnce => "a node that lost its disk and votes again at once",
             KvBug::PersistedBeforeSync => {
-                "a host that reports records durable as soon as it writes them"
+                "a disk that reports records durable as soon as they are written"
             }
+            KvBug::HostSendsBeforeDurable => {
+                "a host that sends promises and acceptances before they are durable"
+            }
+        }
+    }
+}
+
+impl KvBug {
+    /// The host's flaw this variant is, if it is one.
+    fn flaw(self) -> Option<Flaw> {
+        match self {
+            KvBug::ReadWithoutConfirmation => Some(Flaw::ReadWithoutConfirmation),
+            KvBug::ApplyBeforeChosen => Some(Flaw::ApplyBeforeChosen),
+            KvBug::RetryAppliedTwice => Some(Flaw::RetryAppliedTwice),
+            KvBug::HostSendsBeforeDurable => Some(Flaw::SendsBeforeDurable),
+            KvBug::IgnorePromisedValues
+            | KvBug::LeaseWithoutDriftWait
+            | KvBug::RejoinVotesAtOnce
+            | KvBug::PersistedBeforeSync => None,
         }
     }
 }
@@ -227,35 +266,32 @@ impl DiskEvents {
     }
 }
 
-/// Where a message goes: between replicas, or between a client and a node.
+/// What travels between endpoints.
 #[derive(Clone, Debug)]
 enum Packet {
     Peer(Message),
+    /// A snapshot transfer frame, as encoded for the wire.
+    Frame(Bytes),
+    /// A client's request on its connection `conn` to the node.
     Request {
         client: usize,
-        seq: u64,
+        conn: u64,
+        token: Token,
     },
+    /// The node's answer.
     Reply {
-        client: usize,
-        seq: u64,
-        reply: Reply,
-    },
-    /// "Send me your snapshot at `slot` (0: your latest) from `offset`."
-    SnapshotRequest {
-        slot: Slot,
-        offset: usize,
-    },
-    /// A piece of a snapshot.
-    SnapshotChunk {
-        slot: Slot,
-        offset: usize,
-        total: usize,
-        data: Bytes,
+        token: Token,
+        result: Result<Reply, NodeError>,
     },
 }
 
-/// Bytes of snapshot per chunk: small, so that transfers take many chunks.
-const CHUNK_BYTES: usize = 64;
+/// Which attempt of which client operation an answer belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Token {
+    client: usize,
+    seq: u64,
+    attempt: u32,
+}
 
 /// Where a crash may be armed to land.
 #[derive(Clone, Copy, Debug)]
@@ -264,17 +300,8 @@ enum CrashPoint {
     AfterSync,
     /// During the next sync: a prefix of its records lands, the rest is torn.
     DuringSync,
-    /// Right after the next snapshot is saved, before the compaction record.
+    /// Right after the next snapshot is saved, before the host hears of it.
     AfterSnapshot,
-}
-
-/// A snapshot being received.
-#[derive(Clone, Debug)]
-struct Incoming {
-    from: usize,
-    slot: Slot,
-    data: Vec<u8>,
-    last_progress: Micros,
 }
 
 #[derive(Clone, Debug)]
@@ -296,53 +323,49 @@ enum Event {
     Fault,
     Calm,
     ClientStart(usize),
-    ClientTimeout {
-        client: usize,
-        seq: u64,
-        attempt: u32,
+    /// The connection of an attempt broke (its node crashed) or never came
+    /// up; `refused` when the request surely never reached the node.
+    ConnectionLost {
+        token: Token,
+        refused: bool,
     },
+    /// A client gave up waiting.
+    ClientTimeout(Token),
+    /// A client tries again after a definite refusal.
+    ClientRetry(Token),
 }
 
 /// Client endpoints are numbered from here, nodes from 0.
 const CLIENT: usize = 1 << 20;
 
-/// What a node's Ready asked for that waits for its records to be durable.
+/// Records written to a node's disk and not yet synced.
 struct Batch {
     id: u64,
     records: Vec<Record>,
-    /// The number of the batch's last record, reported to the replica once
-    /// the batch is durable.
-    records_end: RecordNo,
-    /// Messages that report what the records say.
-    messages: Vec<(NodeId, Message)>,
+    /// The number of the batch's last record, reported to the host once the
+    /// batch is durable.
+    end: RecordNo,
 }
 
 struct Node {
     up: bool,
     /// Increments on every crash, so that stale disk completions are ignored.
     epoch: u64,
-    config: Config,
-    replica: Replica,
+    paxos: Config,
+    host_config: HostConfig,
+    /// `None` while the node is down.
+    host: Option<Host<Token>>,
+    /// What the disk holds for sure.
     disk: Durable,
     unsynced: VecDeque<Batch>,
     next_batch: u64,
     /// When the disk will have synced everything written so far.
     disk_busy_until: Micros,
-    store: Store,
-    /// The last slot applied to `store`.
-    applied: Slot,
-    /// Writes waiting to be applied here: (client, seq) -> client index.
-    waiting_writes: BTreeMap<(u64, u64), usize>,
-    /// Reads waiting for their read index: ctx -> (client index, seq, key).
-    waiting_reads: BTreeMap<u64, (usize, u64, Bytes)>,
-    next_ctx: u64,
+    files: MemSnapshots,
+    /// The last epoch of client ids handed out (kept in the data directory).
+    client_epoch: u64,
     /// This node's clock rate, in parts per million away from real time.
     drift: i64,
-    /// The durable snapshot: the slot it holds everything up to, and its bytes.
-    snapshot: Option<(Slot, Bytes)>,
-    /// Snapshot every this many applied slots (0: never).
-    snapshot_every: u64,
-    incoming: Option<Incoming>,
     crash_at: Option<CrashPoint>,
     /// The disk was damaged in the last crash.
     damaged: bool,
@@ -354,24 +377,28 @@ struct Pending {
     key: String,
     seq: u64,
     attempt: u32,
+    /// The node the current attempt went to.
+    node: usize,
 }
 
 struct Client {
     /// The process id in the history; a new one after an indeterminate op.
     process: u64,
-    /// The session id the state machine deduplicates by.
-    session: u64,
     seq: u64,
     node: usize,
+    /// The open connection: its node and id.
+    conn: Option<(usize, u64)>,
     pending: Option<Pending>,
     done: usize,
     /// The last value this client saw per key (for plausible CAS).
     seen: BTreeMap<String, String>,
 }
 
-const ATTEMPTS_MAX: u32 = 6;
-/// A client waits between these for an answer before it tries elsewhere.
-const CLIENT_TIMEOUT: (Micros, Micros) = (40_000, 200_000);
+/// Attempts of one operation refused before the client gives up on it.
+const ATTEMPTS_MAX: u32 = 8;
+/// A client gives up waiting after this long (the host answers every write
+/// and read well before).
+const CLIENT_PATIENCE: Micros = 8_000_000;
 
 struct Sim<'a> {
     config: &'a KvSimConfig,
@@ -383,6 +410,7 @@ struct Sim<'a> {
     next_event: usize,
     nodes: Vec<Node>,
     clients: Vec<Client>,
+    next_conn: u64,
     /// Directed links that drop everything.
     cut: BTreeSet<(usize, usize)>,
     calm: bool,
@@ -398,6 +426,38 @@ struct Sim<'a> {
     undecided: Vec<String>,
     trace: Trace,
     disk: DiskEvents,
+}
+
+/// The host's settings in the simulator: the node's, in its 10 ms ticks,
+/// with snapshots every few slots sent in small chunks.
+fn host_config(config: &KvSimConfig, rng: &mut Rng) -> HostConfig {
+    HostConfig {
+        leader_grace_ticks: 40,
+        reforward_ticks: 20,
+        write_timeout_ticks: 300,
+        read_timeout_ticks: 100,
+        sweep_ticks: 2,
+        snapshot: SnapshotPolicy {
+            entries_max: if config.snapshots {
+                rng.between(4, 40)
+            } else {
+                u64::MAX
+            },
+            bytes_max: u64::MAX,
+        },
+        transfer: TransferConfig {
+            chunk_bytes_max: rng.between(32, 512) as usize,
+            window_chunks: rng.between(1, 4) as usize,
+            resend_ticks: 5,
+            idle_ticks: 20,
+            send_bytes_per_tick: 0,
+            serving_max: 2,
+            fetch_retry_ticks: rng.between(1, 5),
+        },
+        report_applied: true,
+        flaw: config.bug.and_then(KvBug::flaw),
+        ..HostConfig::default()
+    }
 }
 
 /// Runs seed `seed` of `config`.
@@ -426,29 +486,22 @@ pub fn run(config: &KvSimConfig, seed: u64, keep_trace: bool) -> KvRun {
             1 => -span,
             _ => rng.between(0, 2 * span as u64) as i64 - span,
         };
-        let replica = Replica::new(c.clone()).expect("the simulator's config is valid");
+        let host_config = host_config(config, &mut rng);
+        let host = Host::restore(host_config.clone(), c.clone(), Durable::default(), None, 1)
+            .expect("the simulator's config is valid");
         nodes.push(Node {
             up: true,
             epoch: 0,
-            config: c,
-            replica,
+            paxos: c,
+            host_config,
+            host: Some(host),
             disk: Durable::default(),
             unsynced: VecDeque::new(),
             next_batch: 0,
             disk_busy_until: 0,
-            store: Store::new(),
-            applied: Slot::ZERO,
-            waiting_writes: BTreeMap::new(),
-            waiting_reads: BTreeMap::new(),
-            next_ctx: 1,
+            files: MemSnapshots::default(),
+            client_epoch: 1,
             drift,
-            snapshot: None,
-            snapshot_every: if config.snapshots {
-                rng.between(4, 40)
-            } else {
-                0
-            },
-            incoming: None,
             crash_at: None,
             damaged: false,
         });
@@ -456,9 +509,9 @@ pub fn run(config: &KvSimConfig, seed: u64, keep_trace: bool) -> KvRun {
     let clients = (0..config.clients)
         .map(|i| Client {
             process: i as u64,
-            session: i as u64 + 1,
             seq: 0,
             node: i % config.nodes,
+            conn: None,
             pending: None,
             done: 0,
             seen: BTreeMap::new(),
@@ -474,6 +527,7 @@ pub fn run(config: &KvSimConfig, seed: u64, keep_trace: bool) -> KvRun {
         next_event: 0,
         nodes,
         clients,
+        next_conn: 1,
         cut: BTreeSet::new(),
         calm: false,
         calm_since: 0,
@@ -545,6 +599,8 @@ impl Sim<'_> {
         for n in 0..self.nodes.len() {
             let first = self.rng.between(1, TICK);
             self.at(first, Event::Tick(n));
+            // The first turn of a new host.
+            self.carry_out(n);
         }
         for c in 0..self.clients.len() {
             let first = self.rng.between(100_000, 600_000);
@@ -570,170 +626,66 @@ impl Sim<'_> {
             Event::Fault => self.fault(),
             Event::Calm => self.start_calm(),
             Event::ClientStart(c) => self.client_next(c),
-            Event::ClientTimeout {
-                client,
-                seq,
-                attempt,
-            } => self.client_timeout(client, seq, attempt),
+            Event::ConnectionLost { token, refused } => self.connection_lost(token, refused),
+            Event::ClientTimeout(token) => self.client_timeout(token),
+            Event::ClientRetry(token) => self.client_retry(token),
         }
     }
 
     // ----- nodes ---------------------------------------------------------
 
+    fn host(&mut self, n: usize) -> Option<&mut Host<Token>> {
+        self.nodes[n].host.as_mut()
+    }
+
     fn tick(&mut self, n: usize) {
         let node = &mut self.nodes[n];
         // The node's own clock: a fast clock ticks more often.
         let period = (TICK as i64 * 1_000_000 / (1_000_000 + node.drift)) as Micros;
-        if node.up {
-            node.replica.tick();
-            self.collect(n);
-            self.retry_snapshot(n);
+        if let Some(host) = node.host.as_mut() {
+            host.tick();
+            self.carry_out(n);
         }
         self.at(period, Event::Tick(n));
     }
 
-    /// Takes the node's Ready and writes its records. Messages that report
-    /// them wait until they are durable; everything else happens at once:
-    /// accepts, heartbeats and commit points leave, chosen entries are
-    /// applied and reads answered.
-    fn collect(&mut self, n: usize) {
-        let node = &mut self.nodes[n];
-        let ready = node.replica.take_ready();
-        if ready.is_empty() {
-            return;
-        }
-        if let Some((peer, _)) = ready.snapshot_needed {
-            self.start_snapshot_fetch(n, peer as usize - 1);
-        }
-        if ready.records.contains(&Record::Resume) {
-            self.disk.rejoined += 1;
-            self.log(|| format!("node {} finished rejoining and votes again", n + 1));
-        }
-        let (waiting, now) = (ready.persisted_messages, ready.messages);
-        let node = &mut self.nodes[n];
-        if self.config.bug == Some(KvBug::PersistedBeforeSync) {
-            // The leader now counts its own votes on records a crash may
-            // still take back.
-            node.replica.persisted(ready.records_end);
-        }
-        if !ready.records.is_empty() || !waiting.is_empty() {
-            let id = node.next_batch;
-            node.next_batch += 1;
-            let has_records = !ready.records.is_empty();
-            node.unsynced.push_back(Batch {
-                id,
-                records: ready.records,
-                records_end: ready.records_end,
-                messages: waiting,
-            });
-            let epoch = node.epoch;
-            // Group commit: one sync covers every batch written before it
-            // starts. Now and then the disk stalls, for longer than a
-            // message takes to go and come back.
-            let latency = if !has_records {
-                0
-            } else if self.rng.chance(0.15) {
-                self.rng.between(2_000, 30_000)
-            } else {
-                self.rng.between(50, 600)
+    /// Carries out the host's effects, as the node's replica task does, until
+    /// it has nothing more to say.
+    fn carry_out(&mut self, n: usize) {
+        loop {
+            let Some(host) = self.host(n) else {
+                return;
             };
-            let done = node.disk_busy_until.max(self.now) + latency;
-            node.disk_busy_until = done;
-            self.at(done - self.now, Event::Synced { node: n, epoch, id });
-        }
-        for (to, message) in now {
-            self.send(n, to as usize - 1, Packet::Peer(message));
-        }
-        for (slot, value) in ready.committed {
-            if slot > self.nodes[n].applied {
-                self.apply(n, slot, &value);
+            let effects = host.effects();
+            if effects.is_empty() {
+                return;
             }
+            self.carry_out_once(n, effects);
             if self.violation.is_some() {
                 return;
             }
         }
-        self.maybe_snapshot(n);
-        if !self.nodes[n].up {
-            return; // crashed right after saving the snapshot
-        }
-        for read in ready.reads {
-            if let Some((client, seq, key)) = self.nodes[n].waiting_reads.remove(&read.ctx) {
-                let reply = self.nodes[n].store.read(&Command::Get(key));
-                self.send(n, CLIENT + client, Packet::Reply { client, seq, reply });
-            }
-        }
-        for ctx in ready.failed_reads {
-            if let Some((client, seq, _)) = self.nodes[n].waiting_reads.remove(&ctx) {
-                let reply = Reply::error("ERR read could not be confirmed");
-                self.send(n, CLIENT + client, Packet::Reply { client, seq, reply });
-            }
-        }
     }
 
-    fn synced(&mut self, n: usize, epoch: u64, id: u64) {
-        if self.nodes[n].epoch != epoch || !self.nodes[n].up {
-            return; // the writes died with a crash
+    fn carry_out_once(&mut self, n: usize, effects: Effects<Token>) {
+        let Effects {
+            records,
+            records_end,
+            send,
+            replies,
+            frames,
+            files,
+            applied,
+            need_client_epoch,
+        } = effects;
+        if records.contains(&Record::Resume) {
+            self.disk.rejoined += 1;
+            self.log(|| format!("node {} finished rejoining and votes again", n + 1));
         }
-        while self.nodes[n].unsynced.front().is_some_and(|b| b.id <= id) {
-            let Some(batch) = self.nodes[n].unsynced.pop_front() else {
-                break;
-            };
-            if let Some(point) = self.nodes[n].crash_at {
-                // The sync completed, or tore part-way; either way the node
-                // dies before acting on it.
-                let kept = match point {
-                    CrashPoint::DuringSync => {
-                        self.rng.below(batch.records.len().max(1) as u64) as usize
-                    }
-                    _ => batch.records.len(),
-                };
-                if !matches!(point, CrashPoint::AfterSnapshot) {
-                    for record in &batch.records[..kept] {
-                        self.nodes[n].disk.apply(record);
-                    }
-                    let total = batch.records.len();
-                    self.disk.boundary_crashes += 1;
-                    if kept < total {
-                        self.disk.torn_writes += 1;
-                    }
-                    // The log is a prefix: what was written after this
-                    // batch cannot have landed when part of it did not.
-                    self.nodes[n].unsynced.clear();
-                    self.log(|| {
-                        format!(
-                            "node {} crashes {point:?}, {kept} of {total} records kept",
-                            n + 1
-                        )
-                    });
-                    self.crash_and_restart_later(n);
-                    return;
-                }
-            }
-            self.release(n, batch);
-            if self.violation.is_some() || !self.nodes[n].up {
-                return;
-            }
+        if !records.is_empty() {
+            self.write(n, records, records_end);
         }
-        // Records made durable may have chosen slots (the leader's own
-        // votes count only now).
-        self.collect(n);
-    }
-
-    /// The batch's records are durable: the replica hears so, and the
-    /// messages that report them may leave.
-    fn release(&mut self, n: usize, batch: Batch) {
-        for record in &batch.records {
-            self.nodes[n].disk.apply(record);
-            if self.config.bug == Some(KvBug::ApplyBeforeChosen)
-                && let Record::Accept { slot, value, .. } = record
-                && *slot == self.nodes[n].applied + 1
-            {
-                let (slot, value) = (*slot, value.clone());
-                self.apply(n, slot, &value);
-            }
-        }
-        self.nodes[n].replica.persisted(batch.records_end);
-        for (to, message) in batch.messages {
+        for (to, message) in send {
             if let Some(why) = uncovered(&self.nodes[n].disk, &message) {
                 self.fail(format!(
                     "node {} sent {message} before it was durable: {why}",
@@ -743,38 +695,171 @@ impl Sim<'_> {
             }
             self.send(n, to as usize - 1, Packet::Peer(message));
         }
+        for (slot, value) in applied {
+            self.check_agreement(n, slot, &value);
+            if self.violation.is_some() {
+                return;
+            }
+        }
+        for (token, result) in replies {
+            self.send(n, CLIENT + token.client, Packet::Reply { token, result });
+        }
+        for (to, frame) in frames {
+            self.send(n, to as usize - 1, Packet::Frame(frame.encode()));
+        }
+        for op in files {
+            self.perform(n, op);
+            if !self.nodes[n].up {
+                return; // crashed right after saving a snapshot
+            }
+        }
+        if need_client_epoch {
+            let node = &mut self.nodes[n];
+            node.client_epoch += 1;
+            let epoch = node.client_epoch;
+            if let Some(host) = node.host.as_mut() {
+                host.client_epoch(epoch);
+            }
+        }
     }
 
-    fn apply(&mut self, n: usize, slot: Slot, value: &Value) {
+    /// Writes records to the disk, which syncs them a little later (or now
+    /// and then much later), all in one group commit per sync.
+    fn write(&mut self, n: usize, records: Vec<Record>, end: RecordNo) {
+        let node = &mut self.nodes[n];
+        let id = node.next_batch;
+        node.next_batch += 1;
+        node.unsynced.push_back(Batch { id, records, end });
+        let epoch = node.epoch;
+        let latency = if self.rng.chance(0.15) {
+            self.rng.between(2_000, 30_000)
+        } else {
+            self.rng.between(50, 600)
+        };
+        let node = &mut self.nodes[n];
+        let done = node.disk_busy_until.max(self.now) + latency;
+        node.disk_busy_until = done;
+        self.at(done - self.now, Event::Synced { node: n, epoch, id });
+        if self.config.bug == Some(KvBug::PersistedBeforeSync)
+            && let Some(host) = self.host(n)
+        {
+            // The disk claims what it has not done yet.
+            host.persisted(end);
+        }
+    }
+
+    /// Carries out one snapshot file operation, as the node's file threads
+    /// do, and hands what it came to back to the host.
+    fn perform(&mut self, n: usize, op: FileOp) {
+        let saving = matches!(op, FileOp::Save { .. });
+        let installing = matches!(op, FileOp::Install { .. });
+        match perform(&mut self.nodes[n].files, op) {
+            Performed::Done(done) => {
+                match &done {
+                    FileDone::Saved {
+                        slot,
+                        result: Ok(_),
+                    } => {
+                        self.disk.snapshots += 1;
+                        if let Some(CrashPoint::AfterSnapshot) = self.nodes[n].crash_at {
+                            self.disk.boundary_crashes += 1;
+                            let slot = *slot;
+                            self.log(|| {
+                                format!("node {} crashes right after a snapshot at {slot}", n + 1)
+                            });
+                            self.crash_and_restart_later(n);
+                            return;
+                        }
+                    }
+                    FileDone::Installed { id, result: Ok(_) } => {
+                        self.disk.installs += 1;
+                        let slot = id.slot;
+                        self.log(|| format!("node {} installs the snapshot at slot {slot}", n + 1));
+                    }
+                    FileDone::Installed { result: Err(e), .. } => {
+                        let e = e.clone();
+                        self.log(|| format!("node {} cannot install a snapshot: {e}", n + 1));
+                    }
+                    _ => {}
+                }
+                debug_assert!(!saving || matches!(done, FileDone::Saved { .. }));
+                debug_assert!(!installing || matches!(done, FileDone::Installed { .. }));
+                if let Some(host) = self.host(n) {
+                    host.file_done(done);
+                }
+            }
+            Performed::Send(to, frame) => {
+                self.send(n, to as usize - 1, Packet::Frame(frame.encode()));
+            }
+            Performed::Nothing => {}
+        }
+    }
+
+    fn check_agreement(&mut self, n: usize, slot: Slot, value: &Value) {
         let description = describe(value);
         match self.applied_values.get(&slot) {
             Some(other) if *other != description => {
+                let other = other.clone();
                 self.fail(format!(
                     "slot {slot}: node {} applies {description}, another node applied {other}",
                     n + 1
                 ));
-                return;
             }
             Some(_) => {}
             None => {
                 self.applied_values.insert(slot, description);
             }
         }
-        self.nodes[n].applied = slot;
-        for (i, command) in value.commands().iter().enumerate() {
-            let Ok(mut request) = Request::decode(command) else {
-                continue;
+    }
+
+    fn synced(&mut self, n: usize, epoch: u64, id: u64) {
+        if self.nodes[n].epoch != epoch || !self.nodes[n].up {
+            return; // the writes died with a crash
+        }
+        let mut end = None;
+        while self.nodes[n].unsynced.front().is_some_and(|b| b.id <= id) {
+            let Some(batch) = self.nodes[n].unsynced.pop_front() else {
+                break;
             };
-            let key = (request.client, request.seq);
-            if self.config.bug == Some(KvBug::RetryAppliedTwice) {
-                request.client = 0;
+            if let Some(point) = self.nodes[n].crash_at
+                && !matches!(point, CrashPoint::AfterSnapshot)
+            {
+                // The sync completed, or tore part-way; either way the node
+                // dies before acting on it.
+                let total = batch.records.len();
+                let kept = match point {
+                    CrashPoint::DuringSync => self.rng.below(total.max(1) as u64) as usize,
+                    _ => total,
+                };
+                for record in &batch.records[..kept] {
+                    self.nodes[n].disk.apply(record);
+                }
+                self.disk.boundary_crashes += 1;
+                if kept < total {
+                    self.disk.torn_writes += 1;
+                }
+                // The log is a prefix: what was written after this batch
+                // cannot have landed when part of it did not.
+                self.nodes[n].unsynced.clear();
+                self.log(|| {
+                    format!(
+                        "node {} crashes {point:?}, {kept} of {total} records kept",
+                        n + 1
+                    )
+                });
+                self.crash_and_restart_later(n);
+                return;
             }
-            let node = &mut self.nodes[n];
-            let reply = node.store.apply((slot.0 << 16) | i as u64, &request);
-            if let Some(client) = node.waiting_writes.remove(&key) {
-                let seq = key.1;
-                self.send(n, CLIENT + client, Packet::Reply { client, seq, reply });
+            for record in &batch.records {
+                self.nodes[n].disk.apply(record);
             }
+            end = Some(batch.end);
+        }
+        if let Some(end) = end
+            && let Some(host) = self.host(n)
+        {
+            host.persisted(end);
+            self.carry_out(n);
         }
     }
 
@@ -817,14 +902,37 @@ impl Sim<'_> {
             self.disk.damaged += 1;
             self.log(|| format!("node {} has a damaged disk", n + 1));
         }
-        let node = &mut self.nodes[n];
+        let Sim { nodes, rng, .. } = self;
+        let node = &mut nodes[n];
+        node.files.crash(rng);
         node.up = false;
+        node.host = None;
         node.epoch += 1;
         node.unsynced.clear();
-        node.waiting_writes.clear();
-        node.waiting_reads.clear();
-        node.incoming = None;
         node.crash_at = None;
+        // Every connection to it breaks.
+        for c in 0..self.clients.len() {
+            if self.clients[c].conn.is_some_and(|(at, _)| at == n) {
+                self.clients[c].conn = None;
+                if let Some(p) = &self.clients[c].pending
+                    && p.node == n
+                {
+                    let token = Token {
+                        client: c,
+                        seq: p.seq,
+                        attempt: p.attempt,
+                    };
+                    let delay = self.rng.between(100, 3_000);
+                    self.at(
+                        delay,
+                        Event::ConnectionLost {
+                            token,
+                            refused: false,
+                        },
+                    );
+                }
+            }
+        }
     }
 
     fn crash_and_restart_later(&mut self, n: usize) {
@@ -839,204 +947,48 @@ impl Sim<'_> {
         }
         let bug = self.config.bug;
         let node = &mut self.nodes[n];
-        let config = node.config.clone();
-        if node.damaged {
+        let snapshot = if node.damaged {
             // Recovery finds a bad checksum and stops; the operator moves
             // the damaged data aside and starts the node rejoining, which
             // writes its rejoin mark before anything else.
             node.damaged = false;
-            node.snapshot = None;
-            node.store = Store::new();
-            node.applied = Slot::ZERO;
-            if bug == Some(KvBug::RejoinVotesAtOnce) {
-                node.disk = Durable::default();
-                node.replica = Replica::new(config).expect("the simulator's config is valid");
-            } else {
-                node.disk = Durable {
-                    rejoining: true,
-                    ..Durable::default()
-                };
-                node.replica = Replica::rejoin(config).expect("the simulator's config is valid");
-            }
-            self.log(|| format!("node {} restarts empty and rejoins", n + 1));
-        } else {
-            let (applied, store) = match &node.snapshot {
-                Some((slot, bytes)) => match Store::restore_from(&mut &bytes[..]) {
-                    Ok(store) => (*slot, store),
-                    Err(e) => panic!("node {}: own snapshot unreadable: {e}", n + 1),
-                },
-                None => (Slot::ZERO, Store::new()),
+            node.files.wipe();
+            node.disk = Durable {
+                rejoining: bug != Some(KvBug::RejoinVotesAtOnce),
+                ..Durable::default()
             };
-            node.replica = Replica::restore(config, node.disk.clone(), applied)
-                .expect("the simulator's config is valid");
-            node.store = store;
-            node.applied = applied;
-            self.log(|| format!("node {} restarts from snapshot at slot {applied}", n + 1));
-        }
+            self.log(|| format!("node {} restarts empty and rejoins", n + 1));
+            None
+        } else {
+            let snapshot = node.files.latest();
+            let slot = snapshot.as_ref().map_or(Slot::ZERO, |(id, _)| id.slot);
+            self.log(|| format!("node {} restarts from snapshot at slot {slot}", n + 1));
+            snapshot
+        };
         let node = &mut self.nodes[n];
+        // Each start takes the next epoch of client ids, durably.
+        node.client_epoch += 1;
+        let host = Host::restore(
+            node.host_config.clone(),
+            node.paxos.clone(),
+            node.disk.clone(),
+            snapshot,
+            node.client_epoch,
+        )
+        .expect("the simulator's config is valid");
+        node.host = Some(host);
         node.up = true;
         node.disk_busy_until = self.now;
-    }
-
-    // ----- snapshots -----------------------------------------------------
-
-    /// Saves a snapshot every few slots and lets the replica compact.
-    fn maybe_snapshot(&mut self, n: usize) {
-        let node = &mut self.nodes[n];
-        let last = node.snapshot.as_ref().map_or(Slot::ZERO, |(slot, _)| *slot);
-        if node.snapshot_every == 0 || node.applied < last + node.snapshot_every {
-            return;
-        }
-        let mut bytes = Vec::new();
-        if node.store.snapshot_to(&mut bytes).is_err() {
-            return;
-        }
-        // Saved atomically (temp file, sync, rename): durable at once.
-        let slot = node.applied;
-        node.snapshot = Some((slot, Bytes::from(bytes)));
-        self.disk.snapshots += 1;
-        if let Some(CrashPoint::AfterSnapshot) = node.crash_at {
-            self.disk.boundary_crashes += 1;
-            self.log(|| format!("node {} crashes right after a snapshot at {slot}", n + 1));
-            self.crash_and_restart_later(n);
-            return;
-        }
-        node.replica.compact(slot);
-        self.collect(n);
-    }
-
-    /// The replica needs slots a peer compacted: fetch the peer's snapshot,
-    /// unless a fetch is already making progress.
-    fn start_snapshot_fetch(&mut self, n: usize, peer: usize) {
-        let node = &mut self.nodes[n];
-        if node
-            .incoming
-            .as_ref()
-            .is_some_and(|i| self.now < i.last_progress + 200_000)
-        {
-            return;
-        }
-        node.incoming = Some(Incoming {
-            from: peer,
-            slot: Slot::ZERO,
-            data: Vec::new(),
-            last_progress: self.now,
-        });
-        self.send(
-            n,
-            peer,
-            Packet::SnapshotRequest {
-                slot: Slot::ZERO,
-                offset: 0,
-            },
-        );
-    }
-
-    /// Asks again for the next chunk when the last one seems lost.
-    fn retry_snapshot(&mut self, n: usize) {
-        let Some(incoming) = &self.nodes[n].incoming else {
-            return;
-        };
-        if self.now < incoming.last_progress + 50_000 {
-            return;
-        }
-        let (from, slot, offset) = (incoming.from, incoming.slot, incoming.data.len());
-        if let Some(i) = &mut self.nodes[n].incoming {
-            i.last_progress = self.now;
-        }
-        self.send(n, from, Packet::SnapshotRequest { slot, offset });
-    }
-
-    /// A peer asks for a chunk of our snapshot.
-    fn serve_snapshot(&mut self, n: usize, to: usize, slot: Slot, offset: usize) {
-        let Some((have, bytes)) = &self.nodes[n].snapshot else {
-            return;
-        };
-        // A newer snapshot replaces the one asked for: start it over.
-        let offset = if slot == *have { offset } else { 0 };
-        let end = (offset + CHUNK_BYTES).min(bytes.len());
-        if offset > end {
-            return;
-        }
-        let chunk = Packet::SnapshotChunk {
-            slot: *have,
-            offset,
-            total: bytes.len(),
-            data: bytes.slice(offset..end),
-        };
-        self.send(n, to, chunk);
-    }
-
-    /// A chunk arrives: keep it if it is the next one, install when whole.
-    fn on_snapshot_chunk(
-        &mut self,
-        n: usize,
-        from: usize,
-        slot: Slot,
-        offset: usize,
-        total: usize,
-        data: Bytes,
-    ) {
-        let now = self.now;
-        let Some(incoming) = &mut self.nodes[n].incoming else {
-            return;
-        };
-        if incoming.slot != slot {
-            if offset != 0 {
-                return;
-            }
-            incoming.slot = slot;
-            incoming.data.clear();
-        }
-        if offset != incoming.data.len() {
-            return; // a duplicate or out of order: the retry asks again
-        }
-        incoming.from = from;
-        incoming.data.extend_from_slice(&data);
-        incoming.last_progress = now;
-        if incoming.data.len() < total {
-            let next = incoming.data.len();
-            self.send(n, from, Packet::SnapshotRequest { slot, offset: next });
-            return;
-        }
-        let Some(incoming) = self.nodes[n].incoming.take() else {
-            return;
-        };
-        let bytes = Bytes::from(incoming.data);
-        let store = match Store::restore_from(&mut &bytes[..]) {
-            Ok(store) => store,
-            Err(e) => {
-                self.fail(format!(
-                    "node {}: a transferred snapshot is unreadable: {e}",
-                    n + 1
-                ));
-                return;
-            }
-        };
-        let node = &mut self.nodes[n];
-        if slot <= node.replica.status().commit {
-            return; // caught up meanwhile
-        }
-        self.log(|| {
-            format!(
-                "node {} installs the snapshot at slot {slot} from node {}",
-                n + 1,
-                from + 1
-            )
-        });
-        self.disk.installs += 1;
-        let node = &mut self.nodes[n];
-        node.store = store;
-        node.snapshot = Some((slot, bytes));
-        node.applied = slot;
-        node.replica.install_snapshot(slot);
-        self.collect(n);
+        self.carry_out(n);
     }
 
     // ----- network -------------------------------------------------------
 
+    /// Sends between nodes through the faulty network; between a client and
+    /// a node over its connection, which loses nothing while it stands.
     fn send(&mut self, from: usize, to: usize, packet: Packet) {
-        let lossy = !self.calm;
+        let client_link = from >= CLIENT || to >= CLIENT;
+        let lossy = !self.calm && !client_link;
         if lossy && self.rng.chance(self.config.loss) {
             return;
         }
@@ -1046,7 +998,7 @@ impl Sim<'_> {
             1
         };
         for _ in 0..copies {
-            let delay = if self.rng.chance(0.05) {
+            let delay = if !client_link && self.rng.chance(0.05) {
                 self.rng.between(3_000, 40_000)
             } else {
                 self.rng.between(100, 3_000)
@@ -1070,12 +1022,23 @@ impl Sim<'_> {
             return;
         }
         if to >= CLIENT {
-            if let Packet::Reply { client, seq, reply } = packet {
-                self.client_reply(client, seq, reply);
+            if let Packet::Reply { token, result } = packet {
+                self.client_reply(token, result);
             }
             return;
         }
         if !self.nodes[to].up {
+            if let Packet::Request { token, .. } = packet {
+                // Nobody listens: the connection is refused.
+                let delay = self.rng.between(100, 1_000);
+                self.at(
+                    delay,
+                    Event::ConnectionLost {
+                        token,
+                        refused: true,
+                    },
+                );
+            }
             return;
         }
         match packet {
@@ -1086,30 +1049,42 @@ impl Sim<'_> {
                     entries.retain(|e| e.chosen);
                 }
                 self.log(|| format!("{} -> {} {message}", from + 1, to + 1));
-                self.nodes[to].replica.step(from as NodeId + 1, message);
-                self.collect(to);
+                if let Some(host) = self.host(to) {
+                    host.step(from as NodeId + 1, message);
+                }
             }
-            Packet::Request { client, seq } => self.node_request(to, client, seq),
+            Packet::Frame(bytes) => match SnapshotFrame::decode(bytes) {
+                Ok(frame) => {
+                    self.log(|| {
+                        format!("{} -> {} snapshot {}", from + 1, to + 1, frame_name(&frame))
+                    });
+                    if let Some(host) = self.host(to) {
+                        host.snapshot_frame(from as NodeId + 1, frame);
+                    }
+                }
+                Err(e) => {
+                    self.fail(format!("a snapshot frame does not decode: {e}"));
+                    return;
+                }
+            },
+            Packet::Request {
+                client,
+                conn,
+                token,
+            } => self.node_request(to, client, conn, token),
             Packet::Reply { .. } => {}
-            Packet::SnapshotRequest { slot, offset } => self.serve_snapshot(to, from, slot, offset),
-            Packet::SnapshotChunk {
-                slot,
-                offset,
-                total,
-                data,
-            } => self.on_snapshot_chunk(to, from, slot, offset, total, data),
         }
+        self.carry_out(to);
     }
 
-    /// A client's request reaches node `n`.
-    fn node_request(&mut self, n: usize, client: usize, seq: u64) {
+    /// A client's request reaches node `n` on connection `conn`.
+    fn node_request(&mut self, n: usize, client: usize, conn: u64, token: Token) {
         let Some(pending) = &self.clients[client].pending else {
             return;
         };
-        if pending.seq != seq {
+        if pending.seq != token.seq || pending.attempt != token.attempt {
             return;
         }
-        let session = self.clients[client].session;
         let key = Bytes::from(pending.key.clone());
         let command = match &pending.op {
             Op::Read => None,
@@ -1129,44 +1104,24 @@ impl Sim<'_> {
                 delta: *delta,
             }),
         };
-        let node = &mut self.nodes[n];
-        let result = match command {
-            None => {
-                if self.config.bug == Some(KvBug::ReadWithoutConfirmation)
-                    && node.replica.status().role == paxos::replica::RoleName::Leader
-                {
-                    let reply = node.store.read(&Command::Get(key));
-                    self.send(n, CLIENT + client, Packet::Reply { client, seq, reply });
-                    return;
-                }
-                let ctx = node.next_ctx;
-                node.next_ctx += 1;
-                node.waiting_reads.insert(ctx, (client, seq, key));
-                node.replica.read_index(ctx)
-            }
-            Some(command) => {
-                let request = Request {
-                    client: session,
-                    seq,
-                    ack_below: seq,
-                    command,
-                };
-                node.waiting_writes.insert((session, seq), client);
-                node.replica.propose(request.encode())
-            }
+        let Some(host) = self.host(n) else {
+            return;
         };
-        if let Err(e) = result {
-            let node = &mut self.nodes[n];
-            node.waiting_writes.remove(&(session, seq));
-            node.waiting_reads
-                .retain(|_, (c, s, _)| !(*c == client && *s == seq));
-            let reply = Reply::Error(format!("CLUSTERDOWN {e}"));
-            self.send(n, CLIENT + client, Packet::Reply { client, seq, reply });
+        match command {
+            None => host.read(Command::Get(key), ReadMode::Linearizable, token),
+            Some(command) => host.write(conn, command, token),
         }
-        self.collect(n);
     }
 
     // ----- faults --------------------------------------------------------
+
+    /// Node `i` is up and leads.
+    fn leads(&self, i: usize) -> bool {
+        self.nodes[i]
+            .host
+            .as_ref()
+            .is_some_and(|h| h.status().role == RoleName::Leader)
+    }
 
     fn fault(&mut self) {
         if self.calm {
@@ -1181,8 +1136,7 @@ impl Sim<'_> {
                 // lease the leader trusts for too long shows.
                 let span = self.config.drift_ppm as i64;
                 for i in 0..n {
-                    let leads = self.nodes[i].up
-                        && self.nodes[i].replica.status().role == paxos::replica::RoleName::Leader;
+                    let leads = self.leads(i);
                     self.nodes[i].drift = if leads { -span } else { span };
                 }
                 self.log(|| "clocks skewed: leaders slow, others fast".to_owned());
@@ -1190,10 +1144,7 @@ impl Sim<'_> {
             5 | 8 if self.config.partitions => {
                 // Cut whoever leads from everyone else: the deposed leader
                 // is where stale reads and lost writes come from.
-                let leader = (0..n).find(|&i| {
-                    self.nodes[i].up
-                        && self.nodes[i].replica.status().role == paxos::replica::RoleName::Leader
-                });
+                let leader = (0..n).find(|&i| self.leads(i));
                 self.cut.clear();
                 if let Some(l) = leader {
                     for other in (0..n).filter(|&o| o != l) {
@@ -1207,10 +1158,7 @@ impl Sim<'_> {
                 // Half the time the leader: its crash, with its own records
                 // still on their way to a slow disk, is where a vote counted
                 // too early would show.
-                let leader = (0..n).find(|&i| {
-                    self.nodes[i].up
-                        && self.nodes[i].replica.status().role == paxos::replica::RoleName::Leader
-                });
+                let leader = (0..n).find(|&i| self.leads(i));
                 let victim = match leader {
                     Some(l) if self.rng.chance(0.5) => l,
                     _ => self.rng.below(n as u64) as usize,
@@ -1316,7 +1264,8 @@ impl Sim<'_> {
         };
         // Like clients behind a load balancer, some operations go to any node.
         if self.rng.chance(0.5) {
-            self.clients[c].node = self.rng.below(self.nodes.len() as u64) as usize;
+            let node = self.rng.below(self.nodes.len() as u64) as usize;
+            self.switch_node(c, node);
         }
         let client = &mut self.clients[c];
         client.seq += 1;
@@ -1330,44 +1279,97 @@ impl Sim<'_> {
             key,
             seq,
             attempt: 0,
+            node: client.node,
         });
         self.client_send(c);
     }
 
-    fn client_send(&mut self, c: usize) {
-        let client = &self.clients[c];
-        let Some(p) = &client.pending else {
-            return;
-        };
-        let (seq, attempt, node) = (p.seq, p.attempt, client.node);
-        self.send(CLIENT + c, node, Packet::Request { client: c, seq });
-        let timeout = self.rng.between(CLIENT_TIMEOUT.0, CLIENT_TIMEOUT.1);
-        self.at(
-            timeout,
-            Event::ClientTimeout {
-                client: c,
-                seq,
-                attempt,
-            },
-        );
-    }
-
-    /// Tries the same request again at the next node, or gives up on it.
-    fn client_retry(&mut self, c: usize) {
-        let nodes = self.nodes.len();
-        let client = &mut self.clients[c];
-        client.node = (client.node + 1) % nodes;
-        let Some(p) = &mut client.pending else {
-            return;
-        };
-        p.attempt += 1;
-        if p.attempt < ATTEMPTS_MAX {
-            self.client_send(c);
+    /// Moves the client to `node`, closing its connection to another.
+    fn switch_node(&mut self, c: usize, node: usize) {
+        if self.clients[c].node == node {
             return;
         }
-        // Indeterminate: it may still take effect. The process is done; the
-        // client carries on as a new one.
-        let Some(p) = client.pending.take() else {
+        self.clients[c].node = node;
+        if let Some((at, conn)) = self.clients[c].conn.take()
+            && let Some(host) = self.host(at)
+        {
+            host.closed(conn);
+            self.carry_out(at);
+        }
+    }
+
+    fn client_send(&mut self, c: usize) {
+        let node = self.clients[c].node;
+        let conn = match self.clients[c].conn {
+            Some((_, conn)) => conn,
+            None => {
+                let conn = self.next_conn;
+                self.next_conn += 1;
+                self.clients[c].conn = Some((node, conn));
+                conn
+            }
+        };
+        let Some(p) = &mut self.clients[c].pending else {
+            return;
+        };
+        p.node = node;
+        let token = Token {
+            client: c,
+            seq: p.seq,
+            attempt: p.attempt,
+        };
+        self.send(
+            CLIENT + c,
+            node,
+            Packet::Request {
+                client: c,
+                conn,
+                token,
+            },
+        );
+        self.at(CLIENT_PATIENCE, Event::ClientTimeout(token));
+    }
+
+    /// The pending operation, if `token` is its current attempt.
+    fn current(&self, token: Token) -> bool {
+        self.clients[token.client]
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.seq == token.seq && p.attempt == token.attempt)
+    }
+
+    /// The operation was surely not applied: try it again at the next node,
+    /// after a pause, or give up on it.
+    fn refused(&mut self, token: Token) {
+        let c = token.client;
+        let nodes = self.nodes.len();
+        let next = (self.clients[c].node + 1) % nodes;
+        self.switch_node(c, next);
+        if token.attempt + 1 >= ATTEMPTS_MAX {
+            self.complete(c, Outcome::Fail);
+            return;
+        }
+        if let Some(p) = &mut self.clients[c].pending {
+            p.attempt += 1;
+            let retry = Token {
+                attempt: p.attempt,
+                ..token
+            };
+            let backoff = self.rng.between(20_000, 100_000);
+            self.at(backoff, Event::ClientRetry(retry));
+        }
+    }
+
+    fn client_retry(&mut self, token: Token) {
+        if self.current(token) {
+            self.client_send(token.client);
+        }
+    }
+
+    /// The outcome of the operation may never be known: it may still take
+    /// effect. The process is done; the client carries on as a new one.
+    fn indeterminate(&mut self, c: usize) {
+        let Some(p) = &self.clients[c].pending else {
             return;
         };
         let outcome = if p.op == Op::Read {
@@ -1375,49 +1377,59 @@ impl Sim<'_> {
         } else {
             Outcome::Info
         };
-        let _ = self.history.complete(p.id, outcome, self.now * 1000);
+        self.complete(c, outcome);
+        let client = &mut self.clients[c];
         client.process = self.next_process;
         self.next_process += 1;
-        client.done += 1;
-        let think = self.rng.between(1_000, 50_000);
-        self.at(think, Event::ClientStart(c));
     }
 
-    fn client_timeout(&mut self, c: usize, seq: u64, attempt: u32) {
-        let current = self.clients[c]
-            .pending
-            .as_ref()
-            .is_some_and(|p| p.seq == seq && p.attempt == attempt);
-        if current {
-            self.client_retry(c);
+    fn connection_lost(&mut self, token: Token, refused: bool) {
+        if !self.current(token) {
+            return;
+        }
+        self.clients[token.client].conn = None;
+        if refused {
+            self.refused(token);
+        } else {
+            self.indeterminate(token.client);
         }
     }
 
-    fn client_reply(&mut self, c: usize, seq: u64, reply: Reply) {
+    fn client_timeout(&mut self, token: Token) {
+        if !self.current(token) {
+            return;
+        }
+        let c = token.client;
+        // Gives up on the connection too, as a client library would.
+        if let Some((at, conn)) = self.clients[c].conn.take()
+            && let Some(host) = self.host(at)
+        {
+            host.closed(conn);
+            self.carry_out(at);
+        }
+        self.indeterminate(c);
+    }
+
+    fn client_reply(&mut self, token: Token, result: Result<Reply, NodeError>) {
+        if !self.current(token) {
+            return; // a late answer to an attempt given up on
+        }
+        let c = token.client;
+        let reply = match result {
+            Ok(reply) => reply,
+            Err(NodeError::ClusterDown | NodeError::Busy(_)) => {
+                // Not taken: safe to try again.
+                self.refused(token);
+                return;
+            }
+            Err(NodeError::Uncertain) => {
+                self.indeterminate(c);
+                return;
+            }
+        };
         let Some(p) = &self.clients[c].pending else {
             return;
         };
-        if p.seq != seq {
-            return; // a late answer to an operation already finished
-        }
-        if let Reply::Error(text) = &reply
-            && (text.starts_with("CLUSTERDOWN") || text.starts_with("ERR read"))
-        {
-            // Not taken here; the request may have been taken by an earlier
-            // attempt elsewhere, so retrying with the same seq is the only
-            // safe move.
-            let attempt = p.attempt;
-            let backoff = self.rng.between(20_000, 100_000);
-            self.at(
-                backoff,
-                Event::ClientTimeout {
-                    client: c,
-                    seq,
-                    attempt,
-                },
-            );
-            return;
-        }
         let outcome = match (&p.op, &reply) {
             (Op::Read, Reply::Bulk(v)) => {
                 Outcome::Ok(Ret::Read(Some(String::from_utf8_lossy(v).into_owned())))
@@ -1434,15 +1446,14 @@ impl Sim<'_> {
                 return;
             }
         };
-        let Some(p) = self.clients[c].pending.take() else {
-            return;
-        };
         match (&p.op, &outcome) {
             (Op::Read, Outcome::Ok(Ret::Read(Some(v)))) | (Op::Write(v), Outcome::Ok(_)) => {
-                self.clients[c].seen.insert(p.key.clone(), v.clone());
+                let (key, v) = (p.key.clone(), v.clone());
+                self.clients[c].seen.insert(key, v);
             }
             (Op::Cas { new, .. }, Outcome::Ok(_)) => {
-                self.clients[c].seen.insert(p.key.clone(), new.clone());
+                let (key, new) = (p.key.clone(), new.clone());
+                self.clients[c].seen.insert(key, new);
             }
             _ => {}
         }
@@ -1452,6 +1463,14 @@ impl Sim<'_> {
                 self.acked_in_calm += 1;
             }
         }
+        self.complete(c, outcome);
+    }
+
+    /// Records the end of the client's operation and schedules its next.
+    fn complete(&mut self, c: usize, outcome: Outcome) {
+        let Some(p) = self.clients[c].pending.take() else {
+            return;
+        };
         let _ = self.history.complete(p.id, outcome, self.now * 1000);
         self.clients[c].done += 1;
         let think = self.rng.between(1_000, 50_000);
@@ -1516,12 +1535,28 @@ fn describe(value: &Value) -> String {
     }
 }
 
+/// A snapshot frame, for the trace.
+fn frame_name(frame: &SnapshotFrame) -> String {
+    match frame {
+        SnapshotFrame::Request { min_slot } => format!("request from slot {min_slot}"),
+        SnapshotFrame::Offer(id) => format!("offer of slot {} ({} bytes)", id.slot, id.bytes),
+        SnapshotFrame::Decline(why) => format!("decline ({why:?})"),
+        SnapshotFrame::Chunk(c) => format!("chunk at {} of {}", c.offset, c.data.len()),
+        SnapshotFrame::Ack(a) => format!("ack to {} ({:?})", a.next_offset, a.status),
+    }
+}
+
 /// Why `message` reports something `durable` does not hold, if it does.
 fn uncovered(durable: &Durable, message: &Message) -> Option<String> {
     match message {
-        Message::Promise { ballot, .. } | Message::HeartbeatAck { ballot, .. }
+        Message::Promise { ballot, .. }
+        | Message::HeartbeatAck { ballot, .. }
+        | Message::Prepare { ballot, .. }
             if durable.promised < *ballot =>
         {
+            Some(format!("promised {} on disk", durable.promised))
+        }
+        Message::Nack { promised, .. } if durable.promised < *promised => {
             Some(format!("promised {} on disk", durable.promised))
         }
         Message::Accepted { ballot, slots } => slots

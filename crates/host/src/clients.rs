@@ -1,6 +1,6 @@
-//! What the replica task remembers of its clients: one session per
-//! connection, the writes and reads still waiting for an answer, and the
-//! timers that decide when to hand a write on again or give up.
+//! What the host remembers of its clients: one session per connection, the
+//! writes and reads still waiting for an answer, and the timers that decide
+//! when to hand a write on again or give up. Times are in ticks.
 //!
 //! # A write's life
 //!
@@ -8,9 +8,9 @@
 //!  arrives ──propose ok──▶ handed on ──applied here──▶ answered with the store's reply
 //!     │                      │   ▲
 //!     │ no leader for        │   └── leader changed, or not applied after
-//!     │ leader_grace         │       reforward_ms: proposed again, same (client, seq)
+//!     │ leader_grace         │       reforward_ticks: proposed again, same (client, seq)
 //!     ▼                      ▼
-//!  ClusterDown           write_timeout_ms passed: Uncertain
+//!  ClusterDown           write_timeout_ticks passed: Uncertain
 //! ```
 //!
 //! A write that was never handed on cannot have taken effect, so refusing it
@@ -36,23 +36,70 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
-use tokio::time::Instant;
+use kv::Command;
+use paxos::NodeId;
+use paxos::replica::Slot;
 
-use super::api::{ConnId, NodeError};
-use kv::{Command, Reply};
+/// Identifies a client connection within one node. The node keys the
+/// exactly-once session of the connection's writes by it.
+pub type ConnId = u64;
 
-pub type Answer = oneshot::Sender<Result<Reply, NodeError>>;
+/// Bits of a client id: node id (16) | epoch (20) | counter (28). The node id
+/// makes ids of different nodes differ; the epoch, made durable by the
+/// shell before it is used, makes ids of one node differ across restarts.
+pub const CLIENT_COUNTER_BITS: u32 = 28;
+pub const CLIENT_EPOCH_BITS: u32 = 20;
+/// The largest epoch a client id can carry.
+pub const CLIENT_EPOCH_MAX: u64 = (1 << CLIENT_EPOCH_BITS) - 1;
 
-/// Sends an answer to a client that may have gone away meanwhile.
-pub fn answer(to: Answer, result: Result<Reply, NodeError>) {
-    // A closed connection no longer wants its answer: nothing to do.
-    let _ = to.send(result);
+/// Hands out client session ids, never the same twice for one node as long
+/// as every epoch is used once.
+#[derive(Clone, Debug)]
+pub struct ClientIds {
+    node: NodeId,
+    epoch: Option<u64>,
+    next: u64,
+}
+
+impl ClientIds {
+    /// Ids of `node` in `epoch` (`None` until the shell has one).
+    pub fn new(node: NodeId, epoch: Option<u64>) -> ClientIds {
+        ClientIds {
+            node,
+            epoch,
+            next: 0,
+        }
+    }
+
+    /// The next unused id, or `None` when this epoch is used up (the shell
+    /// is then asked for a new one).
+    pub fn take(&mut self) -> Option<u64> {
+        let epoch = self.epoch?;
+        if self.next >> CLIENT_COUNTER_BITS != 0 {
+            self.epoch = None;
+            return None;
+        }
+        let id = (self.node << (CLIENT_COUNTER_BITS + CLIENT_EPOCH_BITS))
+            | (epoch << CLIENT_COUNTER_BITS)
+            | self.next;
+        self.next += 1;
+        Some(id)
+    }
+
+    /// A fresh epoch from the shell.
+    pub fn renew(&mut self, epoch: u64) {
+        self.epoch = Some(epoch);
+        self.next = 0;
+    }
+
+    pub fn waiting_for_epoch(&self) -> bool {
+        self.epoch.is_none()
+    }
 }
 
 /// The exactly-once session of one connection.
 #[derive(Debug)]
-pub struct Session {
+pub(crate) struct Session {
     pub client: u64,
     pub next_seq: u64,
     /// Seqs whose answer is still owed; the lowest is the `ack_below` of
@@ -75,14 +122,14 @@ impl Session {
 
 /// A write waiting for its outcome.
 #[derive(Debug)]
-pub struct PendingWrite {
+pub(crate) struct PendingWrite<T> {
     pub conn: ConnId,
-    pub answer: Answer,
+    pub answer: T,
     /// The encoded `Request`, proposed as is every time.
     pub request: Bytes,
-    pub arrived: Instant,
+    pub arrived: u64,
     /// When it was last handed to the protocol; `None` while never.
-    pub proposed: Option<Instant>,
+    pub proposed: Option<u64>,
     /// Propose again at the next sweep (the leader changed).
     pub again: bool,
     /// Order of arrival at this node, for the read barrier.
@@ -92,42 +139,55 @@ pub struct PendingWrite {
 /// A linearizable read waiting for its read index, then for the log to be
 /// applied up to it.
 #[derive(Debug)]
-pub struct PendingRead {
+pub(crate) struct PendingRead<T> {
     pub command: Command,
-    pub answer: Answer,
-    pub arrived: Instant,
+    pub answer: T,
+    pub arrived: u64,
     /// When the read index was last asked for; `None` while never.
-    pub asked: Option<Instant>,
+    pub asked: Option<u64>,
     pub again: bool,
     /// The read may be answered once the log is applied up to here.
-    pub index: Option<u64>,
+    pub index: Option<Slot>,
     /// Writes that arrived before this number are answered before the read
     /// index is asked for.
     pub after: u64,
 }
 
-/// Sessions and everything waiting, keyed for the replica task.
-#[derive(Debug, Default)]
-pub struct Clients {
+/// Sessions and everything waiting.
+#[derive(Debug)]
+pub(crate) struct Clients<T> {
     pub sessions: HashMap<ConnId, Session>,
     /// By (client, seq), the key the log carries.
-    pub writes: BTreeMap<(u64, u64), PendingWrite>,
+    pub writes: BTreeMap<(u64, u64), PendingWrite<T>>,
     /// By read context.
-    pub reads: BTreeMap<u64, PendingRead>,
+    pub reads: BTreeMap<u64, PendingRead<T>>,
     pub next_ctx: u64,
     /// Arrival numbers of the writes in `writes`.
     arrivals: BTreeSet<u64>,
     next_arrival: u64,
 }
 
-impl Clients {
+impl<T> Default for Clients<T> {
+    fn default() -> Self {
+        Clients {
+            sessions: HashMap::new(),
+            writes: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            next_ctx: 0,
+            arrivals: BTreeSet::new(),
+            next_arrival: 0,
+        }
+    }
+}
+
+impl<T> Clients<T> {
     /// The arrival number of the next write.
     pub fn next_arrival(&self) -> u64 {
         self.next_arrival
     }
 
     /// Starts waiting for the write `key`.
-    pub fn add_write(&mut self, key: (u64, u64), mut write: PendingWrite) {
+    pub fn add_write(&mut self, key: (u64, u64), mut write: PendingWrite<T>) {
         write.arrival = self.next_arrival;
         self.next_arrival += 1;
         self.arrivals.insert(write.arrival);
@@ -144,7 +204,7 @@ impl Clients {
 
     /// Takes the write `(client, seq)` out of the waiting set, and retires
     /// its session if the connection closed and nothing else is owed.
-    pub fn finish_write(&mut self, key: (u64, u64)) -> Option<PendingWrite> {
+    pub fn finish_write(&mut self, key: (u64, u64)) -> Option<PendingWrite<T>> {
         let write = self.writes.remove(&key)?;
         self.arrivals.remove(&write.arrival);
         self.forget(write.conn, key.1);
@@ -184,13 +244,12 @@ impl Clients {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // a test fails loudly, which is its job
 mod tests {
     use super::*;
 
     #[test]
     fn a_closed_session_is_retired_once_nothing_is_owed() {
-        let mut c = Clients::default();
+        let mut c: Clients<()> = Clients::default();
         let mut s = Session::new(7);
         s.outstanding.insert(1);
         s.outstanding.insert(2);
@@ -208,12 +267,12 @@ mod tests {
 
     #[test]
     fn a_read_waits_for_the_writes_that_arrived_before_it() {
-        let mut c = Clients::default();
+        let mut c: Clients<()> = Clients::default();
         let write = |conn| PendingWrite {
             conn,
-            answer: oneshot::channel().0,
+            answer: (),
             request: Bytes::new(),
-            arrived: Instant::now(),
+            arrived: 0,
             proposed: None,
             again: false,
             arrival: 0,
@@ -228,5 +287,23 @@ mod tests {
         assert!(!c.writes_done_before(c.next_arrival()));
         assert!(c.finish_write((5, 2)).is_some());
         assert!(c.writes_done_before(c.next_arrival()));
+    }
+
+    #[test]
+    fn client_ids_never_repeat_and_an_epoch_runs_out() {
+        let mut ids = ClientIds::new(3, Some(5));
+        let a = ids.take().expect("an id");
+        let b = ids.take().expect("an id");
+        assert_ne!(a, b);
+        assert_eq!(a >> (CLIENT_COUNTER_BITS + CLIENT_EPOCH_BITS), 3);
+        assert_eq!((a >> CLIENT_COUNTER_BITS) & CLIENT_EPOCH_MAX, 5);
+        ids.next = 1 << CLIENT_COUNTER_BITS;
+        assert_eq!(ids.take(), None, "the epoch is used up");
+        assert!(ids.waiting_for_epoch());
+        ids.renew(6);
+        let c = ids.take().expect("an id");
+        assert_eq!((c >> CLIENT_COUNTER_BITS) & CLIENT_EPOCH_MAX, 6);
+        assert!(![a, b].contains(&c));
+        assert_eq!(ClientIds::new(1, None).take(), None);
     }
 }
