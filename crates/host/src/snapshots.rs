@@ -80,7 +80,8 @@ pub(crate) struct Snapshots {
     fetch_not_before: u64,
     fetch_backoff: u64,
     serving: BTreeMap<NodeId, Serving>,
-    /// Body bytes that may still be sent; refilled every tick.
+    /// Body bytes that may still be sent when a rate is set; refilled
+    /// every tick.
     send_budget: i64,
 }
 
@@ -155,13 +156,10 @@ impl<T> Host<T> {
                 self.fetch_failed(&format!("nothing came from node {peer} in time"));
             }
         }
-        let rate = t.send_bytes_per_tick;
-        self.snapshots.send_budget = if rate == 0 {
-            i64::MAX
-        } else {
-            let rate = i64::try_from(rate).unwrap_or(i64::MAX);
-            self.snapshots.send_budget.saturating_add(rate).min(rate)
-        };
+        // The budget may go below zero by most of one chunk; it refills by
+        // one tick's worth, up to one tick's worth.
+        let rate = i64::try_from(t.send_bytes_per_tick).unwrap_or(i64::MAX);
+        self.snapshots.send_budget = self.snapshots.send_budget.saturating_add(rate).min(rate);
         let mut idle = Vec::new();
         for (&peer, serving) in &mut self.snapshots.serving {
             if now >= serving.heard + t.idle_ticks {
@@ -530,13 +528,15 @@ impl<T> Host<T> {
         if !serving.started {
             return;
         }
-        while s.send_budget > 0 {
+        let limited = s.transfer.send_bytes_per_tick > 0;
+        while !limited || s.send_budget > 0 {
             let Some(chunk) = serving.sender.next_chunk() else {
                 break;
             };
-            s.send_budget = s
-                .send_budget
-                .saturating_sub(i64::try_from(chunk.len).unwrap_or(i64::MAX));
+            if limited {
+                let len = i64::try_from(chunk.len).unwrap_or(i64::MAX);
+                s.send_budget = s.send_budget.saturating_sub(len);
+            }
             self.stats.transfer_bytes_sent += chunk.len as u64;
             self.out.files.push(FileOp::SendChunk {
                 to: peer,

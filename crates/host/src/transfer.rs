@@ -594,3 +594,371 @@ impl Receiver {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use paxos::rng::Rng;
+
+    use super::*;
+
+    fn body(seed: u64, len: usize) -> Vec<u8> {
+        let mut rng = Rng::new(seed);
+        (0..len).map(|_| rng.next_u64() as u8).collect()
+    }
+
+    fn id_of(slot: u64, body: &[u8]) -> SnapshotId {
+        SnapshotId {
+            slot: Slot(slot),
+            bytes: body.len() as u64,
+            crc: codec::crc32c(body),
+        }
+    }
+
+    /// The chunk a sender's spec names, cut from `body`.
+    fn cut(id: SnapshotId, body: &[u8], spec: ChunkSpec) -> Chunk {
+        let start = spec.offset as usize;
+        Chunk::new(
+            id,
+            spec.offset,
+            Bytes::copy_from_slice(&body[start..start + spec.len]),
+        )
+    }
+
+    /// A link that loses, duplicates and reorders frames, from a seed; every
+    /// frame crosses it encoded.
+    struct Link {
+        rng: Rng,
+        queue: Vec<Bytes>,
+        loss: f64,
+        duplication: f64,
+    }
+
+    impl Link {
+        fn new(rng: Rng, loss: f64, duplication: f64) -> Link {
+            Link {
+                rng,
+                queue: Vec::new(),
+                loss,
+                duplication,
+            }
+        }
+
+        fn send(&mut self, frame: &SnapshotFrame) {
+            let bytes = frame.encode();
+            if self.rng.chance(self.loss) {
+                return;
+            }
+            if self.rng.chance(self.duplication) {
+                self.queue.push(bytes.clone());
+            }
+            self.queue.push(bytes);
+        }
+
+        /// Any queued frame, not necessarily the oldest.
+        fn receive(&mut self) -> Option<SnapshotFrame> {
+            if self.queue.is_empty() {
+                return None;
+            }
+            let at = self.rng.below(self.queue.len() as u64) as usize;
+            let bytes = self.queue.swap_remove(at);
+            Some(SnapshotFrame::decode(bytes).expect("the link does not damage bytes"))
+        }
+    }
+
+    /// Runs a transfer to its end over lossy links; the receiver's file is a
+    /// vector it appends to. Returns what it received.
+    fn transfer(seed: u64, body: &[u8], chunk_bytes_max: usize, window: usize) -> Vec<u8> {
+        let id = id_of(9, body);
+        let mut rng = Rng::new(seed);
+        let mut sender = Sender::new(id, chunk_bytes_max, window);
+        let mut receiver = Receiver::new(id, 0);
+        let mut file = Vec::new();
+        let mut to_receiver = Link::new(rng.fork(), 0.15, 0.1);
+        let mut to_sender = Link::new(rng.fork(), 0.15, 0.1);
+        to_sender.send(&SnapshotFrame::Ack(receiver.ack()));
+        for _ in 0..1_000_000 {
+            if sender.is_complete() {
+                return file;
+            }
+            while let Some(spec) = sender.next_chunk() {
+                to_receiver.send(&SnapshotFrame::Chunk(cut(id, body, spec)));
+            }
+            if to_receiver.queue.is_empty() && to_sender.queue.is_empty() {
+                // Everything in flight was lost: the sender's timeout.
+                sender.resend();
+                continue;
+            }
+            if rng.chance(0.5) {
+                if let Some(SnapshotFrame::Chunk(chunk)) = to_receiver.receive() {
+                    let (outcome, ack) = receiver.on_chunk(&chunk);
+                    if let ChunkOutcome::Append(data) = outcome {
+                        file.extend_from_slice(&data);
+                    }
+                    assert_eq!(file.len() as u64, receiver.next_offset());
+                    if receiver.is_whole() {
+                        assert_eq!(codec::crc32c(&file), id.crc, "checked before installing");
+                        receiver.installed();
+                        to_sender.send(&SnapshotFrame::Ack(receiver.ack()));
+                    } else {
+                        to_sender.send(&SnapshotFrame::Ack(ack));
+                    }
+                }
+            } else if let Some(SnapshotFrame::Ack(ack)) = to_sender.receive() {
+                sender.on_ack(&ack).expect("a good ack");
+            }
+        }
+        panic!("the transfer did not end");
+    }
+
+    #[test]
+    fn a_body_crosses_a_lossy_reordering_link_intact() {
+        for seed in 0..20 {
+            let data = body(seed, 20_000 + seed as usize * 997);
+            let got = transfer(
+                seed,
+                &data,
+                1_000 + seed as usize * 37,
+                1 + seed as usize % 4,
+            );
+            assert_eq!(got, data, "seed {seed}");
+        }
+        assert!(transfer(1, b"", 100, 2).is_empty(), "an empty body too");
+    }
+
+    #[test]
+    fn a_receiver_that_resumes_is_sent_only_what_it_lacks() {
+        let data = body(7, 100_000);
+        let id = id_of(3, &data);
+        // The partial file holds 40,000 bytes from before.
+        let mut receiver = Receiver::new(id, 40_000);
+        assert_eq!(receiver.resumed_from(), 40_000);
+        let mut sender = Sender::new(id, 8_000, 4);
+        let first = receiver.ack();
+        assert_eq!(
+            (first.next_offset, first.status),
+            (40_000, AckStatus::Resend)
+        );
+        sender.on_ack(&first).expect("ack");
+        let mut file = data[..40_000].to_vec();
+        while !receiver.is_whole() {
+            let spec = sender.next_chunk().expect("the window has room");
+            let (outcome, ack) = receiver.on_chunk(&cut(id, &data, spec));
+            if let ChunkOutcome::Append(bytes) = outcome {
+                file.extend_from_slice(&bytes);
+            }
+            sender.on_ack(&ack).expect("ack");
+        }
+        assert_eq!(file, data);
+        assert_eq!(sender.bytes_sent(), 60_000, "nothing sent twice");
+    }
+
+    #[test]
+    fn a_new_sender_learns_where_the_receiver_stands_from_its_duplicates() {
+        let data = body(8, 50_000);
+        let id = id_of(4, &data);
+        let mut receiver = Receiver::new(id, 30_000);
+        // A sender that missed the first ack starts at zero; the receiver
+        // answers its first chunk with how far it is.
+        let mut sender = Sender::new(id, 5_000, 2);
+        let spec = sender.next_chunk().expect("a chunk");
+        let (outcome, ack) = receiver.on_chunk(&cut(id, &data, spec));
+        assert_eq!(outcome, ChunkOutcome::Duplicate);
+        sender.on_ack(&ack).expect("ack");
+        assert_eq!(sender.acked(), 30_000);
+        assert_eq!(sender.next_chunk().map(|s| s.offset), Some(30_000));
+    }
+
+    #[test]
+    fn a_damaged_chunk_is_rejected_and_sent_again() {
+        let data = body(9, 60_000);
+        let id = id_of(5, &data);
+        let mut sender = Sender::new(id, 10_000, 4);
+        let mut receiver = Receiver::new(id, 0);
+        let first = cut(id, &data, sender.next_chunk().expect("chunk"));
+        let second = cut(id, &data, sender.next_chunk().expect("chunk"));
+        let third = cut(id, &data, sender.next_chunk().expect("chunk"));
+        let (outcome, ack) = receiver.on_chunk(&first);
+        assert!(matches!(outcome, ChunkOutcome::Append(_)));
+        sender.on_ack(&ack).expect("ack");
+
+        let mut bytes = second.data.to_vec();
+        bytes[1234] ^= 0x40;
+        let damaged = Chunk {
+            data: Bytes::from(bytes),
+            ..second.clone()
+        };
+        let (outcome, ack) = receiver.on_chunk(&damaged);
+        assert_eq!(outcome, ChunkOutcome::Rejected);
+        assert_eq!(
+            (ack.next_offset, ack.status),
+            (first.end(), AckStatus::Resend)
+        );
+        assert_eq!(receiver.next_offset(), first.end(), "nothing was kept");
+        // The chunk after it is past a gap now.
+        let (gap, gap_ack) = receiver.on_chunk(&third);
+        assert_eq!(gap, ChunkOutcome::Gap);
+
+        sender.on_ack(&ack).expect("resend request");
+        sender.on_ack(&gap_ack).expect("its echo changes nothing");
+        let again = cut(id, &data, sender.next_chunk().expect("chunk"));
+        assert_eq!(again, second, "the damaged chunk is sent again");
+        let (outcome, _) = receiver.on_chunk(&again);
+        assert!(matches!(outcome, ChunkOutcome::Append(_)));
+    }
+
+    #[test]
+    fn chunks_of_another_snapshot_are_foreign() {
+        let data = body(10, 1_000);
+        let id = id_of(6, &data);
+        let mut receiver = Receiver::new(id, 0);
+        let other = SnapshotId {
+            crc: id.crc ^ 7,
+            ..id
+        };
+        let chunk = Chunk::new(other, 0, Bytes::copy_from_slice(&data[..100]));
+        assert_eq!(receiver.on_chunk(&chunk).0, ChunkOutcome::Foreign);
+        assert_eq!(receiver.next_offset(), 0);
+    }
+
+    #[test]
+    fn the_window_bounds_chunks_in_flight_and_acks_are_checked() {
+        let id = SnapshotId {
+            slot: Slot(3),
+            bytes: 1_000_000,
+            crc: 0,
+        };
+        let mut sender = Sender::new(id, 30_000, 3);
+        let specs: Vec<ChunkSpec> = std::iter::from_fn(|| sender.next_chunk()).collect();
+        assert_eq!(specs.len(), 3);
+        assert!(specs.iter().all(|s| s.len == 30_000));
+        assert_eq!(specs[2].offset, 60_000);
+        let progress = |next_offset| ChunkAck {
+            slot: Slot(3),
+            next_offset,
+            status: AckStatus::Progress,
+        };
+        sender.on_ack(&progress(30_000)).expect("ack");
+        assert_eq!(sender.in_flight(), 2);
+        assert_eq!(sender.next_chunk().map(|s| s.offset), Some(90_000));
+        assert!(sender.next_chunk().is_none());
+        assert!(matches!(
+            sender.on_ack(&progress(id.bytes + 1)),
+            Err(AckError::BadAck { .. })
+        ));
+        let early_install = ChunkAck {
+            status: AckStatus::Installed,
+            ..progress(5)
+        };
+        assert!(matches!(
+            sender.on_ack(&early_install),
+            Err(AckError::BadAck { .. })
+        ));
+        let other = ChunkAck {
+            slot: Slot(4),
+            ..progress(0)
+        };
+        assert!(matches!(
+            sender.on_ack(&other),
+            Err(AckError::WrongSnapshot { .. })
+        ));
+    }
+
+    fn frames() -> Vec<SnapshotFrame> {
+        let id = SnapshotId {
+            slot: Slot(7),
+            bytes: 10,
+            crc: 42,
+        };
+        vec![
+            SnapshotFrame::Request { min_slot: Slot(0) },
+            SnapshotFrame::Request {
+                min_slot: Slot(u64::MAX),
+            },
+            SnapshotFrame::Offer(SnapshotId {
+                slot: Slot(300),
+                bytes: 1 << 40,
+                crc: 0xdead_beef,
+            }),
+            SnapshotFrame::Decline(Decline::NoSnapshot),
+            SnapshotFrame::Decline(Decline::Busy),
+            SnapshotFrame::Ack(ChunkAck {
+                slot: Slot(7),
+                next_offset: 4096,
+                status: AckStatus::Progress,
+            }),
+            SnapshotFrame::Ack(ChunkAck {
+                slot: Slot(7),
+                next_offset: 10,
+                status: AckStatus::Installed,
+            }),
+            SnapshotFrame::Chunk(Chunk::new(id, 2, Bytes::from_static(b"abcd"))),
+        ]
+    }
+
+    #[test]
+    fn frames_round_trip_and_every_cut_or_extension_is_an_error() {
+        for frame in frames() {
+            let bytes = frame.encode();
+            assert_eq!(SnapshotFrame::decode(bytes.clone()), Ok(frame.clone()));
+            for len in 0..bytes.len() {
+                assert!(
+                    SnapshotFrame::decode(bytes.slice(..len)).is_err(),
+                    "{frame:?} cut to {len} bytes"
+                );
+            }
+            let mut longer = bytes.to_vec();
+            longer.push(0);
+            assert!(SnapshotFrame::decode(Bytes::from(longer)).is_err());
+        }
+        let mut other = frames()[0].encode().to_vec();
+        other[0] = TRANSFER_FORMAT + 1;
+        assert_eq!(
+            SnapshotFrame::decode(Bytes::from(other)),
+            Err(DecodeError::UnknownFormat {
+                what: "snapshot frame",
+                found: TRANSFER_FORMAT + 1,
+                expected: TRANSFER_FORMAT
+            })
+        );
+    }
+
+    #[test]
+    fn forged_chunks_are_refused_before_anything_is_taken() {
+        let id = SnapshotId {
+            slot: Slot(1),
+            bytes: 1 << 40,
+            crc: 0,
+        };
+        // A chunk that claims 32 MiB, above the limit, with no data.
+        let mut huge = BytesMut::new();
+        huge.put_u8(TRANSFER_FORMAT);
+        huge.put_u8(TAG_CHUNK);
+        put_id(&mut huge, &id);
+        put_varint(&mut huge, 0);
+        put_varint(&mut huge, 32 << 20);
+        assert!(matches!(
+            SnapshotFrame::decode(huge.freeze()),
+            Err(DecodeError::TooLarge { .. })
+        ));
+        // A chunk that runs past the end of its snapshot.
+        let small = SnapshotId { bytes: 4, ..id };
+        let beyond = SnapshotFrame::Chunk(Chunk::new(small, 2, Bytes::from_static(b"abc")));
+        assert!(matches!(
+            SnapshotFrame::decode(beyond.encode()),
+            Err(DecodeError::Invalid {
+                what: "a chunk",
+                ..
+            })
+        ));
+        // Garbage never panics.
+        let mut rng = Rng::new(3);
+        for _ in 0..20_000 {
+            let len = rng.below(40) as usize;
+            let mut bytes: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+            if !bytes.is_empty() {
+                bytes[0] = TRANSFER_FORMAT;
+            }
+            let _ = SnapshotFrame::decode(Bytes::from(bytes));
+        }
+    }
+}
