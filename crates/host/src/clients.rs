@@ -36,7 +36,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bytes::Bytes;
-use kv::Command;
+use kv::{ClientId, Command, Seq};
 use paxos::NodeId;
 use paxos::replica::Slot;
 
@@ -73,7 +73,7 @@ impl ClientIds {
 
     /// The next unused id, or `None` when this epoch is used up (the shell
     /// is then asked for a new one).
-    pub fn take(&mut self) -> Option<u64> {
+    pub fn take(&mut self) -> Option<ClientId> {
         let epoch = self.epoch?;
         if self.next >> CLIENT_COUNTER_BITS != 0 {
             self.epoch = None;
@@ -83,7 +83,7 @@ impl ClientIds {
             | (epoch << CLIENT_COUNTER_BITS)
             | self.next;
         self.next += 1;
-        Some(id)
+        Some(ClientId(id))
     }
 
     /// A fresh epoch from the shell.
@@ -100,20 +100,20 @@ impl ClientIds {
 /// The exactly-once session of one connection.
 #[derive(Debug)]
 pub(crate) struct Session {
-    pub client: u64,
-    pub next_seq: u64,
+    pub client: ClientId,
+    pub next_seq: Seq,
     /// Seqs whose answer is still owed; the lowest is the `ack_below` of
     /// every new request.
-    pub outstanding: BTreeSet<u64>,
+    pub outstanding: BTreeSet<Seq>,
     /// The connection closed: retire the session once nothing is owed.
     pub closed: bool,
 }
 
 impl Session {
-    pub fn new(client: u64) -> Session {
+    pub fn new(client: ClientId) -> Session {
         Session {
             client,
-            next_seq: 1,
+            next_seq: Seq(1),
             outstanding: BTreeSet::new(),
             closed: false,
         }
@@ -158,7 +158,7 @@ pub(crate) struct PendingRead<T> {
 pub(crate) struct Clients<T> {
     pub sessions: HashMap<ConnId, Session>,
     /// By (client, seq), the key the log carries.
-    pub writes: BTreeMap<(u64, u64), PendingWrite<T>>,
+    pub writes: BTreeMap<(ClientId, Seq), PendingWrite<T>>,
     /// By read context.
     pub reads: BTreeMap<u64, PendingRead<T>>,
     pub next_ctx: u64,
@@ -187,7 +187,7 @@ impl<T> Clients<T> {
     }
 
     /// Starts waiting for the write `key`.
-    pub fn add_write(&mut self, key: (u64, u64), mut write: PendingWrite<T>) {
+    pub fn add_write(&mut self, key: (ClientId, Seq), mut write: PendingWrite<T>) {
         write.arrival = self.next_arrival;
         self.next_arrival += 1;
         self.arrivals.insert(write.arrival);
@@ -204,7 +204,7 @@ impl<T> Clients<T> {
 
     /// Takes the write `(client, seq)` out of the waiting set, and retires
     /// its session if the connection closed and nothing else is owed.
-    pub fn finish_write(&mut self, key: (u64, u64)) -> Option<PendingWrite<T>> {
+    pub fn finish_write(&mut self, key: (ClientId, Seq)) -> Option<PendingWrite<T>> {
         let write = self.writes.remove(&key)?;
         self.arrivals.remove(&write.arrival);
         self.forget(write.conn, key.1);
@@ -212,7 +212,7 @@ impl<T> Clients<T> {
     }
 
     /// The answer for seq `seq` of `conn` is no longer owed.
-    pub fn forget(&mut self, conn: ConnId, seq: u64) {
+    pub fn forget(&mut self, conn: ConnId, seq: Seq) {
         if let Some(session) = self.sessions.get_mut(&conn) {
             session.outstanding.remove(&seq);
             if session.closed && session.outstanding.is_empty() {
@@ -250,17 +250,17 @@ mod tests {
     #[test]
     fn a_closed_session_is_retired_once_nothing_is_owed() {
         let mut c: Clients<()> = Clients::default();
-        let mut s = Session::new(7);
-        s.outstanding.insert(1);
-        s.outstanding.insert(2);
+        let mut s = Session::new(ClientId(7));
+        s.outstanding.insert(Seq(1));
+        s.outstanding.insert(Seq(2));
         c.sessions.insert(1, s);
         c.close(1);
         assert!(c.sessions.contains_key(&1), "answers are still owed");
-        c.forget(1, 1);
+        c.forget(1, Seq(1));
         assert!(c.sessions.contains_key(&1));
-        c.forget(1, 2);
+        c.forget(1, Seq(2));
         assert!(!c.sessions.contains_key(&1));
-        c.sessions.insert(2, Session::new(8));
+        c.sessions.insert(2, Session::new(ClientId(8)));
         c.close(2);
         assert!(!c.sessions.contains_key(&2));
     }
@@ -277,15 +277,15 @@ mod tests {
             again: false,
             arrival: 0,
         };
-        c.add_write((5, 1), write(1));
+        c.add_write((ClientId(5), Seq(1)), write(1));
         let read_after = c.next_arrival();
-        c.add_write((5, 2), write(1));
+        c.add_write((ClientId(5), Seq(2)), write(1));
         assert!(!c.writes_done_before(read_after));
         // A later write does not hold the read back.
-        assert!(c.finish_write((5, 1)).is_some());
+        assert!(c.finish_write((ClientId(5), Seq(1))).is_some());
         assert!(c.writes_done_before(read_after));
         assert!(!c.writes_done_before(c.next_arrival()));
-        assert!(c.finish_write((5, 2)).is_some());
+        assert!(c.finish_write((ClientId(5), Seq(2))).is_some());
         assert!(c.writes_done_before(c.next_arrival()));
     }
 
@@ -295,14 +295,14 @@ mod tests {
         let a = ids.take().expect("an id");
         let b = ids.take().expect("an id");
         assert_ne!(a, b);
-        assert_eq!(a >> (CLIENT_COUNTER_BITS + CLIENT_EPOCH_BITS), 3);
-        assert_eq!((a >> CLIENT_COUNTER_BITS) & CLIENT_EPOCH_MAX, 5);
+        assert_eq!(a.0 >> (CLIENT_COUNTER_BITS + CLIENT_EPOCH_BITS), 3);
+        assert_eq!((a.0 >> CLIENT_COUNTER_BITS) & CLIENT_EPOCH_MAX, 5);
         ids.next = 1 << CLIENT_COUNTER_BITS;
         assert_eq!(ids.take(), None, "the epoch is used up");
         assert!(ids.waiting_for_epoch());
         ids.renew(6);
         let c = ids.take().expect("an id");
-        assert_eq!((c >> CLIENT_COUNTER_BITS) & CLIENT_EPOCH_MAX, 6);
+        assert_eq!((c.0 >> CLIENT_COUNTER_BITS) & CLIENT_EPOCH_MAX, 6);
         assert!(![a, b].contains(&c));
         assert_eq!(ClientIds::new(1, None).take(), None);
     }

@@ -53,7 +53,7 @@ mod tests;
 use std::collections::VecDeque;
 
 use bytes::Bytes;
-use kv::{Command, Reply, Request, Store};
+use kv::{ClientId, Command, Reply, Request, Seq, Store};
 use paxos::NodeId;
 use paxos::replica::{
     Config as PaxosConfig, ConfigError, Durable, Message, ProposeError, Ready, Record, RecordNo,
@@ -364,7 +364,7 @@ impl<T> Host<T> {
             return;
         };
         let seq = session.next_seq;
-        session.next_seq += 1;
+        session.next_seq = seq.next();
         session.outstanding.insert(seq);
         let ack_below = session.outstanding.first().copied().unwrap_or(seq);
         let client = session.client;
@@ -487,7 +487,7 @@ impl<T> Host<T> {
     // ----- writes and reads ---------------------------------------------------
 
     /// Hands the write `key` to the protocol, if a leader is known.
-    fn propose(&mut self, key: (u64, u64)) {
+    fn propose(&mut self, key: (ClientId, Seq)) {
         let now = self.now;
         let Some(write) = self.clients.writes.get_mut(&key) else {
             return;
@@ -592,8 +592,8 @@ impl<T> Host<T> {
         for key in uncertain {
             if let Some(w) = self.clients.finish_write(key) {
                 debug!(
-                    client = key.0,
-                    seq = key.1,
+                    client = key.0.0,
+                    seq = key.1.0,
                     "no outcome known for a write in time"
                 );
                 self.out.replies.push((w.answer, Err(NodeError::Uncertain)));
@@ -772,10 +772,10 @@ impl<T> Host<T> {
         };
         let key = (request.client, request.seq);
         if self.config.flaw == Some(Flaw::RetryAppliedTwice) {
-            request.client = 0;
+            request.client = ClientId::NONE;
         }
         let reply = self.store.apply(index, &request);
-        if key.0 == 0 {
+        if key.0 == ClientId::NONE {
             return;
         }
         if let Some(write) = self.clients.finish_write(key) {

@@ -12,7 +12,7 @@
 use bytes::{BufMut, Bytes};
 use codec::{DecodeError, Reader, put_bytes, put_count, put_varint};
 
-use super::command::{Command, Reply, Request, SetCondition};
+use super::command::{ClientId, Command, Reply, Request, Seq, SetCondition};
 
 /// Version byte at the start of every encoded request.
 pub const REQUEST_FORMAT: u8 = 1;
@@ -215,9 +215,9 @@ impl Request {
     pub fn encode(&self) -> Bytes {
         let mut out = Vec::with_capacity(32);
         out.push(REQUEST_FORMAT);
-        put_varint(&mut out, self.client);
-        put_varint(&mut out, self.seq);
-        put_varint(&mut out, self.ack_below);
+        put_varint(&mut out, self.client.0);
+        put_varint(&mut out, self.seq.0);
+        put_varint(&mut out, self.ack_below.0);
         put_command(&mut out, &self.command);
         Bytes::from(out)
     }
@@ -226,9 +226,9 @@ impl Request {
     /// store never keeps a larger buffer alive for their sake.
     pub fn decode(input: &[u8]) -> Result<Request, DecodeError> {
         let mut r = Reader::with_format(input, "request", REQUEST_FORMAT)?;
-        let client = r.varint("a client id")?;
-        let seq = r.varint("a sequence number")?;
-        let ack_below = r.varint("an acknowledged sequence number")?;
+        let client = ClientId(r.varint("a client id")?);
+        let seq = Seq(r.varint("a sequence number")?);
+        let ack_below = Seq(r.varint("an acknowledged sequence number")?);
         let command = command(&mut r, 0)?;
         r.finish()?;
         Ok(Request {

@@ -118,18 +118,36 @@ impl Command {
     }
 }
 
+/// A client session, which the store applies each request of at most once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClientId(pub u64);
+
+impl ClientId {
+    /// No session: the command is applied every time it appears in the log.
+    pub const NONE: ClientId = ClientId(0);
+}
+
+/// The number of a request within its client's session, from 1.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Seq(pub u64);
+
+impl Seq {
+    /// The one after.
+    pub fn next(self) -> Seq {
+        Seq(self.0 + 1)
+    }
+}
+
 /// A command as it travels through the log, tagged for exactly-once
 /// execution.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Request {
-    /// Client session id; 0 means "no session": the command is applied every
-    /// time it appears in the log.
-    pub client: u64,
-    /// Per-client sequence number of this request.
-    pub seq: u64,
+    pub client: ClientId,
+    /// This request's number in the session.
+    pub seq: Seq,
     /// The client has received the replies to every seq below this one, so
     /// the store may forget them.
-    pub ack_below: u64,
+    pub ack_below: Seq,
     pub command: Command,
 }
 
@@ -137,9 +155,9 @@ impl Request {
     /// A request outside any session.
     pub fn anonymous(command: Command) -> Request {
         Request {
-            client: 0,
-            seq: 0,
-            ack_below: 0,
+            client: ClientId::NONE,
+            seq: Seq(0),
+            ack_below: Seq(0),
             command,
         }
     }

@@ -35,7 +35,7 @@ mod tests;
 
 pub use self::codec::{MAX_NESTING, REQUEST_FORMAT, decode_reply, encode_reply};
 pub use ::codec::DecodeError;
-pub use command::{Command, Reply, Request, SetCondition, errors};
+pub use command::{ClientId, Command, Reply, Request, Seq, SetCondition, errors};
 pub use glob::{Glob, glob_match};
 pub use session::SessionLimits;
 pub use snapshot::{SNAPSHOT_FORMAT, SNAPSHOT_MAGIC, SnapshotError};

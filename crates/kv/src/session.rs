@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::command::Reply;
+use super::command::{ClientId, Reply, Seq};
 
 /// Bounds on session memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,11 +42,11 @@ impl Default for SessionLimits {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Session {
     /// Every seq below this has been acknowledged (or dropped) and applied.
-    pub(crate) pruned_below: u64,
+    pub(crate) pruned_below: Seq,
     /// Log index of the last request of this client.
     pub(crate) last_used: u64,
     /// Replies of applied seqs at or above `pruned_below`.
-    pub(crate) replies: BTreeMap<u64, Reply>,
+    pub(crate) replies: BTreeMap<Seq, Reply>,
 }
 
 /// What to do with an incoming session request.
@@ -62,9 +62,9 @@ pub(crate) enum Admission {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Sessions {
     pub(crate) limits: SessionLimits,
-    pub(crate) by_client: BTreeMap<u64, Session>,
+    pub(crate) by_client: BTreeMap<ClientId, Session>,
     /// (last_used, client), to find the least recently used session.
-    pub(crate) lru: BTreeSet<(u64, u64)>,
+    pub(crate) lru: BTreeSet<(u64, ClientId)>,
 }
 
 impl Sessions {
@@ -81,7 +81,13 @@ impl Sessions {
 
     /// Registers the request at log position `index`, prunes what the
     /// client acknowledged, and says whether to apply it.
-    pub(crate) fn admit(&mut self, index: u64, client: u64, seq: u64, ack_below: u64) -> Admission {
+    pub(crate) fn admit(
+        &mut self,
+        index: u64,
+        client: ClientId,
+        seq: Seq,
+        ack_below: Seq,
+    ) -> Admission {
         if !self.by_client.contains_key(&client) {
             while self.by_client.len() >= self.limits.max_sessions {
                 let Some((_, victim)) = self.lru.pop_first() else {
@@ -109,13 +115,13 @@ impl Sessions {
     }
 
     /// Remembers the reply of a freshly applied request.
-    pub(crate) fn record(&mut self, client: u64, seq: u64, reply: Reply) {
+    pub(crate) fn record(&mut self, client: ClientId, seq: Seq, reply: Reply) {
         let max = self.limits.max_replies;
         if let Some(session) = self.by_client.get_mut(&client) {
             session.replies.insert(seq, reply);
             while session.replies.len() > max {
                 if let Some((dropped, _)) = session.replies.pop_first() {
-                    session.pruned_below = session.pruned_below.max(dropped.saturating_add(1));
+                    session.pruned_below = session.pruned_below.max(dropped.next());
                 }
             }
         }

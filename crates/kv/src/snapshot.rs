@@ -17,6 +17,7 @@ use thiserror::Error;
 use codec::{Crc32c, DecodeError, StreamError, StreamReader, put_bytes, put_varint};
 
 use super::codec::{decode_reply, put_reply};
+use super::command::{ClientId, Seq};
 use super::session::{Session, SessionLimits, Sessions};
 use super::store::{Entry, Slot, Store};
 
@@ -151,12 +152,12 @@ impl Store {
         let mut reply = Vec::new();
         for (client, session) in &self.sessions.by_client {
             buf.clear();
-            put_varint(&mut buf, *client);
-            put_varint(&mut buf, session.pruned_below);
+            put_varint(&mut buf, client.0);
+            put_varint(&mut buf, session.pruned_below.0);
             put_varint(&mut buf, session.last_used);
             put_varint(&mut buf, session.replies.len() as u64);
             for (seq, r) in &session.replies {
-                put_varint(&mut buf, *seq);
+                put_varint(&mut buf, seq.0);
                 reply.clear();
                 put_reply(&mut reply, r);
                 put_bytes(&mut buf, &reply);
@@ -225,13 +226,13 @@ impl Store {
         let mut sessions = Sessions::new(limits);
         let count = input.count("the session count")?;
         for _ in 0..count {
-            let client = input.varint("a client id")?;
-            let pruned_below = input.varint("a pruned sequence number")?;
+            let client = ClientId(input.varint("a client id")?);
+            let pruned_below = Seq(input.varint("a pruned sequence number")?);
             let last_used = input.varint("a last use")?;
             let n = input.count("the reply count")?;
             let mut replies = BTreeMap::new();
             for _ in 0..n {
-                let seq = input.varint("a sequence number")?;
+                let seq = Seq(input.varint("a sequence number")?);
                 let reply = decode_reply(&input.bytes("a reply", MAX_BLOB)?)?;
                 if replies.insert(seq, reply).is_some() {
                     return Err(SnapshotError::Corrupt("duplicate cached seq".into()));

@@ -5,7 +5,7 @@ use std::ops::Bound;
 
 use bytes::Bytes;
 
-use super::command::{Command, Reply, Request, SetCondition, errors};
+use super::command::{ClientId, Command, Reply, Request, SetCondition, errors};
 use super::glob::Glob;
 use super::session::{Admission, SessionLimits, Sessions};
 
@@ -201,7 +201,7 @@ impl Store {
             );
         }
         self.last_applied = Some(index);
-        if request.client == 0 {
+        if request.client == ClientId::NONE {
             return self.execute(&request.command);
         }
         match self

@@ -72,9 +72,9 @@ impl Node {
 
     fn session(&mut self, client: u64, seq: u64, ack_below: u64, command: Command) -> Reply {
         self.request(&Request {
-            client,
-            seq,
-            ack_below,
+            client: ClientId(client),
+            seq: Seq(seq),
+            ack_below: Seq(ack_below),
             command,
         })
     }
@@ -484,7 +484,7 @@ fn ack_below_prunes_cached_replies() {
     // Acknowledging below 3 drops seqs 1 and 2.
     assert_eq!(n.session(1, 4, 3, set("k", "4")), Reply::ok());
     let sessions = &n.store.sessions.by_client;
-    let cached: Vec<u64> = sessions[&1].replies.keys().copied().collect();
+    let cached: Vec<u64> = sessions[&ClientId(1)].replies.keys().map(|s| s.0).collect();
     assert_eq!(cached, vec![3, 4]);
     // A late duplicate of an acknowledged seq is refused and changes nothing.
     assert_eq!(n.session(1, 2, 3, set("k", "late")), err(errors::DUPLICATE));
@@ -503,9 +503,9 @@ fn per_client_reply_cache_is_bounded() {
     for seq in 1..=10 {
         n.session(1, seq, 0, set("k", &seq.to_string()));
     }
-    let session = &n.store.sessions.by_client[&1];
+    let session = &n.store.sessions.by_client[&ClientId(1)];
     assert_eq!(session.replies.len(), 4);
-    assert_eq!(session.pruned_below, 7);
+    assert_eq!(session.pruned_below, Seq(7));
     // Dropped replies count as acknowledged: a retry is refused, not re-applied.
     assert_eq!(
         n.session(1, 3, 0, set("k", "retry")),
@@ -530,7 +530,7 @@ fn session_count_is_bounded_with_lru_eviction() {
     assert_eq!(n.session(1, 1, 0, incr()), Reply::Integer(1));
     n.session(3, 1, 0, incr());
     assert_eq!(n.store.session_count(), 2);
-    let clients: Vec<u64> = n.store.sessions.by_client.keys().copied().collect();
+    let clients: Vec<u64> = n.store.sessions.by_client.keys().map(|c| c.0).collect();
     assert_eq!(clients, vec![1, 3]);
     assert_eq!(n.store.sessions.lru.len(), 2);
     // Client 1's retry is still deduplicated.
@@ -667,9 +667,9 @@ impl Gen {
 
     fn request(&mut self) -> Request {
         Request {
-            client: self.below(4),
-            seq: self.below(30),
-            ack_below: self.below(10),
+            client: ClientId(self.below(4)),
+            seq: Seq(self.below(30)),
+            ack_below: Seq(self.below(10)),
             command: self.command(0),
         }
     }
@@ -692,9 +692,9 @@ fn requests_round_trip() {
     assert_eq!(tags, (1..=19).map(Some).collect::<BTreeSet<_>>());
     // Extremes of the fixed fields.
     let r = Request {
-        client: u64::MAX,
-        seq: u64::MAX,
-        ack_below: 0,
+        client: ClientId(u64::MAX),
+        seq: Seq(u64::MAX),
+        ack_below: Seq(0),
         command: Command::Scan {
             cursor: u64::MAX,
             pattern: Some(Bytes::new()),

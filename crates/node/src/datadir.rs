@@ -235,7 +235,7 @@ mod tests {
                 let dir = DataDir::open(&s.0.join(node.to_string()), node).unwrap();
                 let mut ids = ClientIds::new(node, Some(dir.next_epoch().unwrap()));
                 for _ in 0..100 {
-                    let id = ids.take().unwrap();
+                    let id = ids.take().unwrap().0;
                     assert_ne!(id, 0);
                     assert!(seen.insert(id), "id {id:#x} repeated");
                 }

@@ -139,9 +139,9 @@ async fn run(
                 // Answers go back in order, so every earlier seq has been
                 // answered: acknowledge them all.
                 let request = Request {
-                    client: conn,
-                    seq: *seq,
-                    ack_below: *seq,
+                    client: kv::ClientId(conn),
+                    seq: kv::Seq(*seq),
+                    ack_below: kv::Seq(*seq),
                     command,
                 };
                 let answer = store.apply(index, &request);
