@@ -114,11 +114,11 @@ async fn redis() -> Option<Server> {
     };
     let deadline = Instant::now() + STARTUP_TIMEOUT;
     loop {
-        if let Ok(mut conn) = RespConn::connect(&server.addr).await {
-            if let Ok(Reply::Simple(pong)) = conn.call(&[b"PING"], CALL_TIMEOUT).await {
-                assert_eq!(pong, "PONG");
-                return Some(server);
-            }
+        if let Ok(mut conn) = RespConn::connect(&server.addr).await
+            && let Ok(Reply::Simple(pong)) = conn.call(&[b"PING"], CALL_TIMEOUT).await
+        {
+            assert_eq!(pong, "PONG");
+            return Some(server);
         }
         assert!(Instant::now() < deadline, "redis-server did not start");
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -179,11 +179,11 @@ impl Decoder {
         if let Err(error) = &result {
             self.failed = Some(error.clone());
         }
-        if let Ok(Some(request)) = &result {
-            if is_http(request) {
-                self.failed = Some(ProtocolError::Http);
-                return Err(ProtocolError::Http);
-            }
+        if let Ok(Some(request)) = &result
+            && is_http(request)
+        {
+            self.failed = Some(ProtocolError::Http);
+            return Err(ProtocolError::Http);
         }
         result
     }

@@ -99,10 +99,10 @@ pub(crate) fn hello(mut argv: Argv, state: &mut ClientState, ctx: Ctx<'_>) -> Re
     if !state.authenticated {
         return Reply::error(HELLO_NOAUTH);
     }
-    if let Some(name) = name {
-        if let Err(error) = set_name(state, name) {
-            return error;
-        }
+    if let Some(name) = name
+        && let Err(error) = set_name(state, name)
+    {
+        return error;
     }
     let status = ctx.node.status();
     Reply::Array(vec![

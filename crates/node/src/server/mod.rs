@@ -118,10 +118,10 @@ pub async fn serve_clients(
                 }
             },
             Some(ended) = connections.join_next(), if !connections.is_empty() => {
-                if let Err(error) = ended {
-                    if error.is_panic() {
-                        tracing::error!(%error, "a client connection task panicked");
-                    }
+                if let Err(error) = ended
+                    && error.is_panic()
+                {
+                    tracing::error!(%error, "a client connection task panicked");
                 }
             }
         }

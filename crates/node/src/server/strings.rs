@@ -78,7 +78,7 @@ fn set(mut argv: Argv, config: &Config) -> Result<Command, Reply> {
 
 /// `MSET key value [key value ...]`: an odd count is wrong arity, as in Redis.
 fn mset(argv: Argv, config: &Config) -> Result<Command, Reply> {
-    if argv.remaining() % 2 != 0 {
+    if !argv.remaining().is_multiple_of(2) {
         return Err(argv.wrong_arity().into());
     }
     let mut pairs = Vec::with_capacity(argv.remaining() / 2);

@@ -304,13 +304,13 @@ impl History {
         if operation.completion.is_some() {
             return Err(HistoryError::AlreadyCompleted(id));
         }
-        if let Outcome::Ok(ret) = &outcome {
-            if ret.kind() != operation.op.kind() {
-                return Err(HistoryError::WrongResult {
-                    op: operation.op.kind(),
-                    ret: ret.kind(),
-                });
-            }
+        if let Outcome::Ok(ret) = &outcome
+            && ret.kind() != operation.op.kind()
+        {
+            return Err(HistoryError::WrongResult {
+                op: operation.op.kind(),
+                ret: ret.kind(),
+            });
         }
         operation.completion = Some(Completion { outcome, time, seq });
         self.next_seq += 1;

@@ -191,10 +191,10 @@ impl<'h> KeySearch<'h> {
         let has_incr = ops.iter().any(|o| matches!(o.step, Step::Incr { .. }));
         let mut observed = vec![false; interner.values.len() + 1];
         for o in &ops {
-            if let Step::Read(v) | Step::Cas(v, _) = o.step {
-                if let Some(seen) = observed.get_mut(v as usize) {
-                    *seen = true;
-                }
+            if let Step::Read(v) | Step::Cas(v, _) = o.step
+                && let Some(seen) = observed.get_mut(v as usize)
+            {
+                *seen = true;
             }
         }
         let observable = |v: State| {
