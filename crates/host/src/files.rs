@@ -16,7 +16,7 @@ use crate::transfer::{Chunk, SnapshotFrame, SnapshotId};
 
 /// A snapshot file operation the host asks for. Those of one transfer must
 /// be carried out in the order given.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum FileOp {
     /// Write the snapshot of `store` (the store as of `slot`) durably, and
     /// answer [`FileDone::Saved`].
@@ -33,7 +33,10 @@ pub enum FileOp {
     /// and answer [`FileDone::Opened`].
     OpenPartial { id: SnapshotId },
     /// Append `data` to the partial file of `id`, whose body it continues
-    /// at `offset`; answer only if that fails ([`FileDone::Failed`]).
+    /// at `offset`, and answer [`FileDone::Appended`] (or
+    /// [`FileDone::Failed`]). The host acknowledges the bytes to the sender
+    /// only then, so a slow disk holds back the sender instead of filling
+    /// memory with chunks.
     Append {
         id: SnapshotId,
         offset: u64,
@@ -76,6 +79,8 @@ pub enum FileDone {
         id: SnapshotId,
         result: Result<Box<Store>, FileError>,
     },
+    /// The partial file of `id` now holds the body bytes below `end`.
+    Appended { id: SnapshotId, end: u64 },
     /// An append to the partial file of `id` failed.
     Failed { id: SnapshotId, error: FileError },
     /// A chunk of `id` for `to` could not be read (the snapshot may have
@@ -149,7 +154,10 @@ pub fn perform(files: &mut impl SnapshotFiles, op: FileOp) -> Performed {
             result: files.open_partial(&id),
         }),
         FileOp::Append { id, offset, data } => match files.append_partial(&id, offset, &data) {
-            Ok(()) => Performed::Nothing,
+            Ok(()) => Performed::Done(FileDone::Appended {
+                id,
+                end: offset + data.len() as u64,
+            }),
             Err(error) => Performed::Done(FileDone::Failed { id, error }),
         },
         FileOp::Install { id } => Performed::Done(FileDone::Installed {

@@ -466,7 +466,6 @@ impl<T> Host<T> {
         if !self.failed {
             self.watch_leader();
             if self.sweep_now || self.now >= self.next_sweep {
-                self.turn_bytes = 0;
                 self.sweep();
                 self.sweep_now = false;
                 self.next_sweep = self.now + self.config.sweep_ticks.max(1);

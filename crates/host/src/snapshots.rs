@@ -35,6 +35,9 @@ struct Fetch {
     min_slot: Slot,
     /// When it last moved forward.
     progress: u64,
+    /// When the receiver last said where it stands (a request or an ack):
+    /// said again after `resend_ticks` of silence, in case it was lost.
+    spoke: u64,
     phase: Phase,
 }
 
@@ -148,12 +151,32 @@ impl<T> Host<T> {
     pub(crate) fn snapshots_tick(&mut self) {
         let now = self.now;
         let t = self.snapshots.transfer;
-        if let Some(fetch) = &self.snapshots.fetch {
-            // Local file work always answers; only the peer can go quiet.
+        if let Some(fetch) = &mut self.snapshots.fetch {
+            let peer = fetch.peer;
+            // Local file work always answers, so its phases wait far longer
+            // before they are given up (a lost answer must not wedge the
+            // fetch for good).
             let waits_for_peer = matches!(fetch.phase, Phase::Asked | Phase::Receiving(_));
-            if waits_for_peer && now >= fetch.progress + t.idle_ticks {
-                let peer = fetch.peer;
-                self.fetch_failed(&format!("nothing came from node {peer} in time"));
+            let patience = if waits_for_peer {
+                t.idle_ticks
+            } else {
+                t.idle_ticks.saturating_mul(10)
+            };
+            if now >= fetch.progress + patience {
+                self.fetch_failed(&format!("nothing came of it for {patience} ticks"));
+            } else if now >= fetch.spoke + t.resend_ticks {
+                // Our request or ack may have been lost: say it again.
+                let again = match &fetch.phase {
+                    Phase::Asked => Some(SnapshotFrame::Request {
+                        min_slot: fetch.min_slot,
+                    }),
+                    Phase::Receiving(receiver) => Some(SnapshotFrame::Ack(receiver.ack())),
+                    Phase::Opening(_) | Phase::Installing(_) => None,
+                };
+                if let Some(frame) = again {
+                    fetch.spoke = now;
+                    self.out.frames.push((peer, frame));
+                }
             }
         }
         // The budget may go below zero by most of one chunk; it refills by
@@ -200,6 +223,7 @@ impl<T> Host<T> {
             peer,
             min_slot,
             progress: self.now,
+            spoke: self.now,
             phase: Phase::Asked,
         });
         self.out
@@ -231,12 +255,10 @@ impl<T> Host<T> {
             SnapshotFrame::Ack(ack) => self.on_ack(from, &ack),
             SnapshotFrame::Offer(id) => self.on_offer(from, id),
             SnapshotFrame::Decline(reason) => {
-                let asked = self
-                    .snapshots
-                    .fetch
-                    .as_ref()
-                    .is_some_and(|f| f.peer == from && matches!(f.phase, Phase::Asked));
-                if asked {
+                let waiting = self.snapshots.fetch.as_ref().is_some_and(|f| {
+                    f.peer == from && matches!(f.phase, Phase::Asked | Phase::Receiving(_))
+                });
+                if waiting {
                     self.fetch_failed(match reason {
                         Decline::NoSnapshot => "the peer has no snapshot that recent",
                         Decline::Busy => "the peer serves as many transfers as it may",
@@ -284,10 +306,14 @@ impl<T> Host<T> {
         self.stats.transfer_bytes_received += chunk.data.len() as u64;
         fetch.progress = now;
         let id = *receiver.id();
-        if let ChunkOutcome::Append(data) = outcome {
-            self.out.files.push(FileOp::Append { id, offset, data });
+        match outcome {
+            // Acknowledged once the bytes are in the file (FileDone::Appended).
+            ChunkOutcome::Append(data) => self.out.files.push(FileOp::Append { id, offset, data }),
+            _ => {
+                fetch.spoke = now;
+                self.out.frames.push((from, SnapshotFrame::Ack(ack)));
+            }
         }
-        self.out.frames.push((from, SnapshotFrame::Ack(ack)));
         if receiver.is_whole()
             && let Phase::Receiving(receiver) = std::mem::replace(&mut fetch.phase, Phase::Asked)
         {
@@ -305,6 +331,7 @@ impl<T> Host<T> {
             FileDone::Saved { slot, result } => self.on_saved(slot, result),
             FileDone::Opened { id, result } => self.on_opened(id, result),
             FileDone::Installed { id, result } => self.on_installed(id, result),
+            FileDone::Appended { id, end } => self.on_appended(id, end),
             FileDone::Failed { id, error } => {
                 if self.fetching(&id) {
                     self.fetch_failed(&format!("cannot write the partial file: {error}"));
@@ -365,6 +392,25 @@ impl<T> Host<T> {
         }
     }
 
+    /// Bytes are in the partial file: the sender may send more.
+    fn on_appended(&mut self, id: SnapshotId, end: u64) {
+        let now = self.now;
+        let Some(fetch) = &mut self.snapshots.fetch else {
+            return;
+        };
+        if !matches!(&fetch.phase, Phase::Receiving(r) | Phase::Installing(r) if *r.id() == id) {
+            return;
+        }
+        fetch.progress = now;
+        fetch.spoke = now;
+        let ack = ChunkAck {
+            slot: id.slot,
+            next_offset: end,
+            status: AckStatus::Progress,
+        };
+        self.out.frames.push((fetch.peer, SnapshotFrame::Ack(ack)));
+    }
+
     fn on_opened(&mut self, id: SnapshotId, result: Result<u64, FileError>) {
         let now = self.now;
         let Some(fetch) = &mut self.snapshots.fetch else {
@@ -400,6 +446,7 @@ impl<T> Host<T> {
             self.out.files.push(FileOp::Install { id });
         } else {
             let ack = receiver.ack();
+            fetch.spoke = now;
             self.out.frames.push((fetch.peer, SnapshotFrame::Ack(ack)));
             fetch.phase = Phase::Receiving(receiver);
         }

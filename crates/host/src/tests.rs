@@ -345,6 +345,22 @@ fn a_fetch_goes_from_request_to_install_and_swaps_the_store() {
         e.files.as_slice(),
         [FileOp::Append { offset: 2, .. }, FileOp::Install { .. }]
     ));
+    assert!(
+        e.frames.is_empty(),
+        "no ack before the bytes are in the file"
+    );
+    h.file_done(FileDone::Appended { id, end: 6 });
+    assert_eq!(
+        h.effects().frames,
+        vec![(
+            1,
+            SnapshotFrame::Ack(ChunkAck {
+                slot: Slot(40),
+                next_offset: 6,
+                status: AckStatus::Progress
+            })
+        )]
+    );
     h.file_done(FileDone::Installed {
         id,
         result: Ok(Box::new(source)),
@@ -383,4 +399,29 @@ fn a_fetch_that_fails_waits_before_the_next() {
     h.effects();
     h.start_fetch(1, Slot(40));
     assert_eq!(h.effects().frames.len(), 1, "asks again after the wait");
+}
+
+#[test]
+fn a_lost_request_is_repeated_until_the_peer_answers() {
+    let config = HostConfig {
+        transfer: TransferConfig {
+            resend_ticks: 3,
+            idle_ticks: 100,
+            ..TransferConfig::default()
+        },
+        ..HostConfig::default()
+    };
+    let mut h = host(2, 3, config);
+    h.start_fetch(1, Slot(40));
+    let mut requests = h.effects().frames.len();
+    for _ in 0..10 {
+        h.tick();
+        requests += h
+            .effects()
+            .frames
+            .iter()
+            .filter(|(to, f)| *to == 1 && matches!(f, SnapshotFrame::Request { .. }))
+            .count();
+    }
+    assert_eq!(requests, 4, "asked at 0, 3, 6 and 9 ticks");
 }

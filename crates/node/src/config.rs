@@ -328,7 +328,9 @@ impl NodeConfig {
                 window_chunks: snapshot.window_chunks,
                 resend_ticks: self.ticks(snapshot.resend_ms),
                 idle_ticks: self.ticks(snapshot.idle_timeout_ms),
-                send_bytes_per_tick: snapshot.send_bytes_per_sec.saturating_mul(tick_ms) / 1000,
+                // A rate set stays a limit, however small.
+                send_bytes_per_tick: (snapshot.send_bytes_per_sec.saturating_mul(tick_ms) / 1000)
+                    .max(u64::from(snapshot.send_bytes_per_sec > 0)),
                 serving_max: snapshot.serving_max,
                 fetch_retry_ticks: self.ticks(self.snapshot_fetch_retry_ms),
             },

@@ -175,7 +175,7 @@ impl Node {
 
         let (ops_tx, ops_rx) = mpsc::channel(config.ops_queue_max);
         let (inbound_tx, inbound_rx) = mpsc::channel(config.inbound_queue_max);
-        let (frames_tx, frames_rx) = mpsc::channel(config.inbound_queue_max);
+        let (frames_tx, frames_rx) = mpsc::channel(net::SNAPSHOT_INBOUND_FRAMES);
         let (files_tx, files_rx) = mpsc::unbounded_channel();
         let (status_tx, status_rx) = watch::channel(api::StatusReport::default());
         let (stats_tx, stats_rx) = watch::channel(HostStats::default());

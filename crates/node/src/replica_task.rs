@@ -161,6 +161,16 @@ impl ReplicaTask {
                     }
                 },
                 () = sleep_until(next_tick) => Event::Tick,
+                // Snapshot traffic before client and peer traffic, which is
+                // drained in bulk below and would otherwise starve it.
+                done = channels.files.recv(), if files_open => match done {
+                    Some(done) => Event::File(done),
+                    None => { files_open = false; Event::Tick }
+                },
+                frame = channels.frames.recv(), if frames_open => match frame {
+                    Some((from, frame)) => Event::Frame(from, frame),
+                    None => { frames_open = false; Event::Tick }
+                },
                 op = channels.ops.recv(), if ops_open => match op {
                     Some(op) => Event::Op(op),
                     None => { ops_open = false; Event::Tick }
@@ -168,14 +178,6 @@ impl ReplicaTask {
                 message = channels.inbound.recv(), if inbound_open => match message {
                     Some((from, message)) => Event::Peer(from, message),
                     None => { inbound_open = false; Event::Tick }
-                },
-                frame = channels.frames.recv(), if frames_open => match frame {
-                    Some((from, frame)) => Event::Frame(from, frame),
-                    None => { frames_open = false; Event::Tick }
-                },
-                done = channels.files.recv(), if files_open => match done {
-                    Some(done) => Event::File(done),
-                    None => { files_open = false; Event::Tick }
                 },
             };
             if let Event::Stop = event {
@@ -202,6 +204,15 @@ impl ReplicaTask {
             for _ in 1..self.config.turn_items_max {
                 match channels.inbound.try_recv() {
                     Ok((from, message)) => self.host.step(from, message),
+                    Err(_) => break,
+                }
+            }
+            while let Ok(done) = channels.files.try_recv() {
+                self.host.file_done(done);
+            }
+            for _ in 1..self.config.turn_items_max {
+                match channels.frames.try_recv() {
+                    Ok((from, frame)) => self.host.snapshot_frame(from, frame),
                     Err(_) => break,
                 }
             }
@@ -264,6 +275,12 @@ impl ReplicaTask {
             applied: _,
             need_client_epoch,
         } = self.host.effects();
+        // Answers first: they report applied entries, chosen whatever
+        // becomes of this node's disk.
+        for (answer, result) in replies {
+            // A closed connection no longer wants its answer.
+            let _ = answer.send(result);
+        }
         if !records.is_empty() && self.disk.write(records, records_end.0).is_err() {
             self.fail_clients();
             return Err(StorageError::Stopped);
@@ -271,17 +288,11 @@ impl ReplicaTask {
         for (to, message) in send {
             self.outbox.send(to, message);
         }
-        for (answer, result) in replies {
-            // A closed connection no longer wants its answer.
-            let _ = answer.send(result);
-        }
         for (to, frame) in frames {
             self.outbox.send_frame(to, frame);
         }
         for op in files {
-            if let Err(e) = self.files.perform(op) {
-                error!(error = %e, "cannot start a thread to write a snapshot");
-            }
+            self.files.perform(op);
         }
         if need_client_epoch {
             match self.data_dir.next_epoch() {

@@ -40,9 +40,9 @@ use host::transfer::SnapshotId;
 use kv::Store;
 use paxos::replica::Slot;
 use storage::partial::{Partial, PartialError};
-use storage::snapshot::{OpenReport, SnapshotError, SnapshotMeta, SnapshotStore};
+use storage::snapshot::{OpenReport, SnapshotBody, SnapshotError, SnapshotMeta, SnapshotStore};
 use tokio::sync::mpsc::UnboundedSender;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::net::Outbox;
 
@@ -76,12 +76,19 @@ fn failed(e: impl std::fmt::Display) -> FileError {
     FileError::Failed(e.to_string())
 }
 
+/// Snapshot bodies kept open for peers (one per transfer served, and a
+/// spare): an open body stays readable after retention deletes its file,
+/// so a transfer outlives newer snapshots taken meanwhile.
+const OPEN_BODIES_MAX: usize = 8;
+
 /// The snapshot directory of a node. Cheap to clone: the clones share the
-/// store and the partial file.
+/// store, the partial file and the open bodies.
 #[derive(Clone, Debug)]
 pub struct DiskSnapshots {
     store: Arc<Mutex<SnapshotStore>>,
     partial: Arc<Mutex<Option<Partial>>>,
+    /// Most recently read last.
+    open: Arc<Mutex<Vec<(SnapshotId, SnapshotBody)>>>,
     dir: PathBuf,
 }
 
@@ -98,6 +105,7 @@ impl DiskSnapshots {
         let snapshots = DiskSnapshots {
             store: Arc::new(Mutex::new(store)),
             partial: Arc::new(Mutex::new(None)),
+            open: Arc::new(Mutex::new(Vec::new())),
             dir,
         };
         Ok((snapshots, report))
@@ -176,15 +184,20 @@ impl DiskSnapshots {
 impl SnapshotFiles for DiskSnapshots {
     fn save(&mut self, slot: Slot, store: &Store) -> Result<SnapshotId, FileError> {
         let started = std::time::Instant::now();
-        let meta = lock(&self.store)
-            .write(slot.0, |mut w| store.snapshot_to(&mut w))
-            .map_err(|e| match e {
-                SnapshotError::Stale { slot, latest } => FileError::Stale {
-                    slot: Slot(slot),
-                    newest: Slot(latest),
-                },
-                other => failed(other),
-            })?;
+        let stale = |e| match e {
+            SnapshotError::Stale { slot, latest } => FileError::Stale {
+                slot: Slot(slot),
+                newest: Slot(latest),
+            },
+            other => failed(other),
+        };
+        // The body is written without holding the store, which peers' chunks
+        // and an install may need meanwhile.
+        let temp = lock(&self.store).begin_write(slot.0).map_err(stale)?;
+        let written = temp
+            .write(|mut w| store.snapshot_to(&mut w))
+            .map_err(stale)?;
+        let meta = lock(&self.store).finish_write(written).map_err(stale)?;
         info!(
             %slot,
             bytes = meta.bytes,
@@ -195,10 +208,26 @@ impl SnapshotFiles for DiskSnapshots {
     }
 
     fn read(&mut self, id: &SnapshotId, offset: u64, len: usize) -> Result<Bytes, FileError> {
-        let meta = self.find(id)?;
-        let data = lock(&self.store)
-            .read_at(&meta, offset, len)
-            .map_err(failed)?;
+        let mut open = lock(&self.open);
+        let at = match open.iter().position(|(of, _)| of == id) {
+            Some(at) => at,
+            None => {
+                let meta = self.find(id)?;
+                let body = lock(&self.store).open_body(&meta).map_err(failed)?;
+                if open.len() >= OPEN_BODIES_MAX {
+                    open.remove(0);
+                }
+                open.push((*id, body));
+                open.len() - 1
+            }
+        };
+        // Most recently read last.
+        let entry = open.remove(at);
+        open.push(entry);
+        let Some((_, body)) = open.last_mut() else {
+            return Err(FileError::Failed("no open snapshot body".to_owned()));
+        };
+        let data = body.read_at(offset, len).map_err(failed)?;
         Ok(Bytes::from(data))
     }
 
@@ -309,17 +338,24 @@ impl FileThreads {
         })
     }
 
-    /// Hands over one operation.
-    pub fn perform(&mut self, op: FileOp) -> io::Result<()> {
+    /// Hands over one operation. Every operation the host must hear about
+    /// is answered, also when it cannot be carried out.
+    pub fn perform(&mut self, op: FileOp) {
         match op {
-            FileOp::Save { .. } => self.save(op),
-            op => {
-                // Fails only if the thread is gone, which the node notices
-                // as a transfer that never completes; nothing else to do.
-                if let Some(ops) = &self.ops {
-                    let _ = ops.send(op);
+            FileOp::Save { slot, .. } => {
+                if let Err(e) = self.save(op) {
+                    error!(error = %e, "cannot start a thread to write a snapshot");
+                    let result = Err(FileError::Failed(e.to_string()));
+                    let _ = self.done.send(FileDone::Saved { slot, result });
                 }
-                Ok(())
+            }
+            op => {
+                let sent = self.ops.as_ref().map(|ops| ops.send(op));
+                if let Some(Err(lost)) = sent {
+                    // The file thread is gone (a bug: see the log above).
+                    let error = FileError::Failed("the snapshot file thread stopped".to_owned());
+                    let _ = self.done.send(failure(lost.0, error));
+                }
             }
         }
     }
@@ -356,6 +392,26 @@ impl Drop for FileThreads {
         {
             let _ = thread.join();
         }
+    }
+}
+
+/// What the host hears of an operation that could not be carried out.
+fn failure(op: FileOp, error: FileError) -> FileDone {
+    match op {
+        FileOp::Save { slot, .. } => FileDone::Saved {
+            slot,
+            result: Err(error),
+        },
+        FileOp::SendChunk { to, id, .. } => FileDone::Unreadable { to, id, error },
+        FileOp::OpenPartial { id } => FileDone::Opened {
+            id,
+            result: Err(error),
+        },
+        FileOp::Append { id, .. } => FileDone::Failed { id, error },
+        FileOp::Install { id } => FileDone::Installed {
+            id,
+            result: Err(error),
+        },
     }
 }
 

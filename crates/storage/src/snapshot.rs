@@ -456,14 +456,35 @@ impl SnapshotStore {
     where
         F: FnOnce(&mut dyn Write) -> io::Result<()>,
     {
+        let written = self.begin_write(slot)?.write(body)?;
+        self.finish_write(written)
+    }
+
+    /// The first half of [`SnapshotStore::write`]: a temporary file for the
+    /// snapshot of `slot`, whose slow writing needs no access to the store,
+    /// so a caller that shares the store need not hold it meanwhile.
+    pub fn begin_write(&self, slot: u64) -> Result<TempWrite, SnapshotError> {
         self.check_not_stale(slot)?;
-        let temp = self.dir.join(temp_file_name(slot));
-        let result = self.write_temp(slot, &temp, body);
-        let result = match result {
-            Ok(header) => self.install_synced(&temp, header),
+        Ok(TempWrite {
+            slot,
+            temp: self.dir.join(temp_file_name(slot)),
+            steps: self.steps(),
+        })
+    }
+
+    /// The second half of [`SnapshotStore::write`]: the synced temporary file
+    /// is renamed into place (unless a newer snapshot arrived meanwhile).
+    pub fn finish_write(&mut self, written: Written) -> Result<SnapshotMeta, SnapshotError> {
+        let Written {
+            temp,
+            header,
+            steps,
+        } = written;
+        let result = match self.check_not_stale(header.slot) {
+            Ok(()) => self.install_synced(&temp, header),
             Err(e) => Err(e),
         };
-        if result.is_err() && !self.crash_simulated() {
+        if result.is_err() && !steps.crash_simulated() {
             // Best effort: a leftover temp file is removed by the next open.
             let _ = fs::remove_file(&temp);
         }
@@ -518,33 +539,15 @@ impl SnapshotStore {
         })
     }
 
-    /// Reads `len` bytes of the body from `offset` (a chunk for a peer).
-    /// The header must still be the one listed; the body's checksum is the
-    /// receiver's to check, over the whole.
-    pub fn read_at(
-        &self,
-        meta: &SnapshotMeta,
-        offset: u64,
-        len: usize,
-    ) -> Result<Vec<u8>, SnapshotError> {
-        let in_body = offset
-            .checked_add(len as u64)
-            .is_some_and(|end| end <= meta.bytes);
-        if !in_body {
-            return Err(corrupt(
-                &meta.path,
-                format!(
-                    "no {len} bytes at offset {offset} of a {}-byte body",
-                    meta.bytes
-                ),
-            ));
-        }
-        let (mut file, _) = self.open_matching(meta)?;
-        let mut data = vec![0u8; len];
-        file.seek(SeekFrom::Start(HEADER_BYTES as u64 + offset))
-            .and_then(|_| file.read_exact(&mut data))
-            .map_err(io_err("read", &meta.path))?;
-        Ok(data)
+    /// Opens the body of a snapshot for reading pieces of it (chunks for a
+    /// peer). The header must still be the one listed. The file stays
+    /// readable after retention deletes it, for as long as it is open.
+    pub fn open_body(&self, meta: &SnapshotMeta) -> Result<SnapshotBody, SnapshotError> {
+        let (file, _) = self.open_matching(meta)?;
+        Ok(SnapshotBody {
+            meta: meta.clone(),
+            file,
+        })
     }
 
     fn open_matching(&self, meta: &SnapshotMeta) -> Result<(File, Header), SnapshotError> {
@@ -573,52 +576,6 @@ impl SnapshotStore {
         }
     }
 
-    /// Streams the body into a fresh temporary file behind a zeroed header,
-    /// writes the header and syncs the file.
-    fn write_temp<F>(&self, slot: u64, temp: &Path, body: F) -> Result<Header, SnapshotError>
-    where
-        F: FnOnce(&mut dyn Write) -> io::Result<()>,
-    {
-        // A leftover of an earlier failed attempt in this process.
-        match fs::remove_file(temp) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                return Err(io_err("remove", temp)(e));
-            }
-            _ => {}
-        }
-        let mut file = File::create_new(temp).map_err(io_err("create", temp))?;
-        file.write_all(&[0u8; HEADER_BYTES])
-            .map_err(io_err("write", temp))?;
-        self.reached(WriteStep::CreatedTemp)?;
-        let (body_bytes, body_crc) = {
-            let mut out = BufWriter::with_capacity(
-                IO_BUFFER_BYTES,
-                Counting {
-                    inner: &mut file,
-                    crc: Crc32c::new(),
-                    bytes: 0,
-                },
-            );
-            body(&mut out).map_err(|source| SnapshotError::Body { slot, source })?;
-            out.flush().map_err(io_err("write", temp))?;
-            let counted = out.get_ref();
-            (counted.bytes, counted.crc.finish())
-        };
-        self.reached(WriteStep::WroteBody)?;
-        let header = Header {
-            slot,
-            body_bytes,
-            body_crc,
-        };
-        file.seek(SeekFrom::Start(0))
-            .and_then(|_| file.write_all(&header.encode()))
-            .map_err(io_err("write header of", temp))?;
-        self.reached(WriteStep::WroteHeader)?;
-        file.sync_all().map_err(io_err("sync", temp))?;
-        self.reached(WriteStep::SyncedFile)?;
-        Ok(header)
-    }
-
     /// Renames a synced snapshot file to its final name, syncs the
     /// directory and applies retention.
     fn install_synced(
@@ -637,9 +594,9 @@ impl SnapshotStore {
         self.snapshots.retain(|s| s.slot != meta.slot);
         self.snapshots.push(meta.clone());
         self.snapshots.sort_by_key(|s| s.slot);
-        self.reached(WriteStep::Renamed)?;
+        self.steps().reached(WriteStep::Renamed)?;
         sync_dir(&self.dir)?;
-        self.reached(WriteStep::SyncedDir)?;
+        self.steps().reached(WriteStep::SyncedDir)?;
         self.retain()?;
         Ok(meta)
     }
@@ -670,6 +627,152 @@ impl SnapshotStore {
         self.crash_after = Some(step);
     }
 
+    fn steps(&self) -> Steps {
+        Steps {
+            #[cfg(test)]
+            crash_after: self.crash_after,
+            #[cfg(test)]
+            dir: self.dir.clone(),
+        }
+    }
+}
+
+/// Creates `dir` and any missing parents, syncing each new name into its
+/// The body of a snapshot, open for reading pieces of it.
+#[derive(Debug)]
+pub struct SnapshotBody {
+    meta: SnapshotMeta,
+    file: File,
+}
+
+impl SnapshotBody {
+    pub fn meta(&self) -> &SnapshotMeta {
+        &self.meta
+    }
+
+    /// Reads `len` bytes of the body from `offset`. The body's checksum is
+    /// the reader's to check, over the whole.
+    pub fn read_at(&mut self, offset: u64, len: usize) -> Result<Vec<u8>, SnapshotError> {
+        let path = &self.meta.path;
+        let in_body = offset
+            .checked_add(len as u64)
+            .is_some_and(|end| end <= self.meta.bytes);
+        if !in_body {
+            return Err(corrupt(
+                path,
+                format!(
+                    "no {len} bytes at offset {offset} of a {}-byte body",
+                    self.meta.bytes
+                ),
+            ));
+        }
+        let mut data = vec![0u8; len];
+        self.file
+            .seek(SeekFrom::Start(HEADER_BYTES as u64 + offset))
+            .and_then(|_| self.file.read_exact(&mut data))
+            .map_err(io_err("read", path))?;
+        Ok(data)
+    }
+}
+
+/// A snapshot being written to its temporary file; see
+/// [`SnapshotStore::begin_write`].
+#[derive(Debug)]
+pub struct TempWrite {
+    slot: u64,
+    temp: PathBuf,
+    steps: Steps,
+}
+
+/// A snapshot written and synced under its temporary name, for
+/// [`SnapshotStore::finish_write`].
+#[derive(Debug)]
+pub struct Written {
+    temp: PathBuf,
+    header: Header,
+    steps: Steps,
+}
+
+impl TempWrite {
+    /// Streams the body into a fresh temporary file behind a zeroed header,
+    /// writes the header and syncs the file.
+    pub fn write<F>(self, body: F) -> Result<Written, SnapshotError>
+    where
+        F: FnOnce(&mut dyn Write) -> io::Result<()>,
+    {
+        let TempWrite { slot, temp, steps } = self;
+        let result = write_temp(slot, &temp, &steps, body);
+        match result {
+            Ok(header) => Ok(Written {
+                temp,
+                header,
+                steps,
+            }),
+            Err(e) => {
+                if !steps.crash_simulated() {
+                    // Best effort: a leftover is removed by the next open.
+                    let _ = fs::remove_file(&temp);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+fn write_temp<F>(slot: u64, temp: &Path, steps: &Steps, body: F) -> Result<Header, SnapshotError>
+where
+    F: FnOnce(&mut dyn Write) -> io::Result<()>,
+{
+    // A leftover of an earlier failed attempt in this process.
+    match fs::remove_file(temp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            return Err(io_err("remove", temp)(e));
+        }
+        _ => {}
+    }
+    let mut file = File::create_new(temp).map_err(io_err("create", temp))?;
+    file.write_all(&[0u8; HEADER_BYTES])
+        .map_err(io_err("write", temp))?;
+    steps.reached(WriteStep::CreatedTemp)?;
+    let (body_bytes, body_crc) = {
+        let mut out = BufWriter::with_capacity(
+            IO_BUFFER_BYTES,
+            Counting {
+                inner: &mut file,
+                crc: Crc32c::new(),
+                bytes: 0,
+            },
+        );
+        body(&mut out).map_err(|source| SnapshotError::Body { slot, source })?;
+        out.flush().map_err(io_err("write", temp))?;
+        let counted = out.get_ref();
+        (counted.bytes, counted.crc.finish())
+    };
+    steps.reached(WriteStep::WroteBody)?;
+    let header = Header {
+        slot,
+        body_bytes,
+        body_crc,
+    };
+    file.seek(SeekFrom::Start(0))
+        .and_then(|_| file.write_all(&header.encode()))
+        .map_err(io_err("write header of", temp))?;
+    steps.reached(WriteStep::WroteHeader)?;
+    file.sync_all().map_err(io_err("sync", temp))?;
+    steps.reached(WriteStep::SyncedFile)?;
+    Ok(header)
+}
+
+/// Where a test asked a write to stop, as if the process crashed there.
+#[derive(Clone, Debug)]
+struct Steps {
+    #[cfg(test)]
+    crash_after: Option<WriteStep>,
+    #[cfg(test)]
+    dir: PathBuf,
+}
+
+impl Steps {
     #[cfg(test)]
     fn crash_simulated(&self) -> bool {
         self.crash_after.is_some()
@@ -700,7 +803,6 @@ impl SnapshotStore {
     }
 }
 
-/// Creates `dir` and any missing parents, syncing each new name into its
 /// parent so a crash cannot lose the directory.
 pub(crate) fn create_dir_synced(dir: &Path) -> Result<(), SnapshotError> {
     if dir.is_dir() {

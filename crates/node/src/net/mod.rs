@@ -58,6 +58,14 @@ use storage::wire;
 /// Snapshot frames queued for one peer before new ones are dropped: a few
 /// windows of chunks (the sender's resend recovers what is dropped).
 const SNAPSHOT_QUEUE_FRAMES: usize = 64;
+/// Snapshot frames read from peers and not yet taken by the replica task,
+/// over every peer: a slow task slows the senders down instead.
+pub const SNAPSHOT_INBOUND_FRAMES: usize = 8;
+/// The largest snapshot frame accepted: a chunk of the largest size any
+/// sender may cut, with its fields.
+const SNAPSHOT_FRAME_BYTES_MAX: u32 = (host::transfer::CHUNK_BYTES_LIMIT
+    + host::transfer::CHUNK_FRAME_OVERHEAD_BYTES
+    + KIND_FRAME_OVERHEAD_BYTES) as u32;
 
 /// Limits and timings of the transport.
 #[derive(Clone, Debug)]
@@ -433,13 +441,15 @@ async fn read_snapshot_frames<R: tokio::io::AsyncRead + Unpin>(
     first: Bytes,
     reader: &mut R,
 ) -> Result<(), FrameError> {
+    // One chunk of the largest size any sender may cut, with its fields.
+    let max = ctx.config.frame_bytes_max.min(SNAPSHOT_FRAME_BYTES_MAX);
     let mut payload = first;
     loop {
         let frame = SnapshotFrame::decode(payload)?;
         if ctx.frames.send((peer, frame)).await.is_err() {
             break; // the replica task is gone: the node is stopping
         }
-        let Some(next) = read_frame(reader, ctx.config.frame_bytes_max).await? else {
+        let Some(next) = read_frame(reader, max).await? else {
             break;
         };
         payload = expect_kind(next, FrameKind::Snapshot)?;

@@ -333,6 +333,13 @@ enum Event {
     ClientTimeout(Token),
     /// A client tries again after a definite refusal.
     ClientRetry(Token),
+    /// A snapshot file operation of `node`, asked for before `epoch`'s
+    /// crash, is carried out now.
+    File {
+        node: usize,
+        epoch: u64,
+        op: Box<FileOp>,
+    },
 }
 
 /// Client endpoints are numbered from here, nodes from 0.
@@ -362,6 +369,10 @@ struct Node {
     /// When the disk will have synced everything written so far.
     disk_busy_until: Micros,
     files: MemSnapshots,
+    /// When the file thread, and the snapshot writer, will be done with
+    /// what they were given (each works through its own in order).
+    file_busy_until: Micros,
+    writer_busy_until: Micros,
     /// The last epoch of client ids handed out (kept in the data directory).
     client_epoch: u64,
     /// This node's clock rate, in parts per million away from real time.
@@ -454,6 +465,12 @@ fn host_config(config: &KvSimConfig, rng: &mut Rng) -> HostConfig {
             serving_max: 2,
             fetch_retry_ticks: rng.between(1, 5),
         },
+        // Small turns now and then, so that proposals wait for the next.
+        turn_proposal_bytes_max: if rng.chance(0.5) {
+            rng.between(40, 400) as usize
+        } else {
+            64 << 20
+        },
         report_applied: true,
         flaw: config.bug.and_then(KvBug::flaw),
         ..HostConfig::default()
@@ -500,6 +517,8 @@ pub fn run(config: &KvSimConfig, seed: u64, keep_trace: bool) -> KvRun {
             next_batch: 0,
             disk_busy_until: 0,
             files: MemSnapshots::default(),
+            file_busy_until: 0,
+            writer_busy_until: 0,
             client_epoch: 1,
             drift,
             crash_at: None,
@@ -629,6 +648,12 @@ impl Sim<'_> {
             Event::ConnectionLost { token, refused } => self.connection_lost(token, refused),
             Event::ClientTimeout(token) => self.client_timeout(token),
             Event::ClientRetry(token) => self.client_retry(token),
+            Event::File { node, epoch, op } => {
+                if self.nodes[node].epoch == epoch && self.nodes[node].up {
+                    self.perform(node, *op);
+                    self.carry_out(node);
+                }
+            }
         }
     }
 
@@ -708,10 +733,7 @@ impl Sim<'_> {
             self.send(n, to as usize - 1, Packet::Frame(frame.encode()));
         }
         for op in files {
-            self.perform(n, op);
-            if !self.nodes[n].up {
-                return; // crashed right after saving a snapshot
-            }
+            self.queue_file_op(n, op);
         }
         if need_client_epoch {
             let node = &mut self.nodes[n];
@@ -746,6 +768,37 @@ impl Sim<'_> {
             // The disk claims what it has not done yet.
             host.persisted(end);
         }
+    }
+
+    /// Hands a snapshot file operation to the node's file thread (or, for
+    /// a save, to its writer), which gets to it a little later, in order; a
+    /// crash loses what was not done.
+    fn queue_file_op(&mut self, n: usize, op: FileOp) {
+        let saving = matches!(op, FileOp::Save { .. });
+        let latency = if saving {
+            self.rng.between(1_000, 10_000)
+        } else if self.rng.chance(0.05) {
+            self.rng.between(2_000, 20_000)
+        } else {
+            self.rng.between(50, 500)
+        };
+        let node = &mut self.nodes[n];
+        let lane = if saving {
+            &mut node.writer_busy_until
+        } else {
+            &mut node.file_busy_until
+        };
+        let done = (*lane).max(self.now) + latency;
+        *lane = done;
+        let epoch = node.epoch;
+        self.at(
+            done - self.now,
+            Event::File {
+                node: n,
+                epoch,
+                op: Box::new(op),
+            },
+        );
     }
 
     /// Carries out one snapshot file operation, as the node's file threads
@@ -979,6 +1032,8 @@ impl Sim<'_> {
         node.host = Some(host);
         node.up = true;
         node.disk_busy_until = self.now;
+        node.file_busy_until = self.now;
+        node.writer_busy_until = self.now;
         self.carry_out(n);
     }
 
