@@ -500,6 +500,27 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_being_served_stays_readable_after_newer_ones_retire_it() {
+        let s = scratch("retired");
+        let (mut files, _) = DiskSnapshots::open(s.0.clone()).unwrap();
+        let store = store_with(500);
+        let first = files.save(Slot(1), &store).unwrap();
+        let head = files.read(&first, 0, 100).unwrap();
+        // Two newer snapshots: retention (two kept) deletes the first.
+        files.save(Slot(2), &store_with(10)).unwrap();
+        files.save(Slot(3), &store_with(20)).unwrap();
+        assert!(!s.0.join(storage::snapshot::snapshot_file_name(1)).exists());
+        let mut body = head.to_vec();
+        let mut offset = 100;
+        while offset < first.bytes {
+            let len = (first.bytes - offset).min(1_000) as usize;
+            body.extend_from_slice(&files.read(&first, offset, len).unwrap());
+            offset += len as u64;
+        }
+        assert_eq!(codec::crc32c(&body), first.crc, "the whole body, intact");
+    }
+
+    #[test]
     fn a_damaged_snapshot_is_an_error_that_names_the_file_and_says_rejoin() {
         let s = scratch("damaged");
         let (mut files, _) = DiskSnapshots::open(s.0.clone()).unwrap();
