@@ -9,6 +9,5 @@
 
 pub mod bugs;
 pub mod check;
-mod fasthash;
 pub mod model;
 pub mod sim;

@@ -13,7 +13,7 @@
 //! operation that completed ok is linearized, whatever remains of them.
 
 use super::history::{History, Op, Outcome, Ret};
-use crate::fasthash::FastMap;
+use foldhash::quality::FixedState;
 use std::collections::HashMap;
 
 /// Register value: 0 is "absent", `n` is the interned value `n - 1`.
@@ -369,7 +369,7 @@ impl<'h> KeySearch<'h> {
         let mut key = vec![0u64; def_words + 1];
         let mut used = vec![0u64; info_words];
         let mut live_used = vec![0u64; info_words];
-        let mut seen: FastMap<Box<[u64]>, Vec<Box<[u64]>>> = FastMap::default();
+        let mut seen: HashMap<Box<[u64]>, Vec<Box<[u64]>>, FixedState> = HashMap::default();
         // (call entry, state before it) for each operation linearized so far.
         let mut stack: Vec<(usize, State)> = Vec::new();
         let mut best: Vec<usize> = Vec::new();

@@ -10,9 +10,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::{self, Debug};
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 
-use crate::fasthash::FastHasher;
 use std::time::{Duration, Instant};
 
 /// A system to explore: its initial states, the actions enabled in a state
@@ -136,10 +135,10 @@ impl Default for Options {
     }
 }
 
+/// A 64-bit fingerprint of a state: foldhash's quality hasher with a fixed
+/// seed, so the same state has the same fingerprint in every run.
 fn fingerprint<S: Hash>(state: &S) -> u64 {
-    let mut h = FastHasher::default();
-    state.hash(&mut h);
-    h.finish()
+    foldhash::quality::FixedState::default().hash_one(state)
 }
 
 /// Keys of the visited map are fingerprints, already uniformly mixed.
