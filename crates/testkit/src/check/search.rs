@@ -14,6 +14,10 @@
 
 use super::history::{History, Op, Outcome, Ret};
 use foldhash::quality::FixedState;
+
+/// Search states already explored: the acknowledged set (with the value
+/// last) to the sets of optional operations tried with it.
+type Seen = HashMap<Box<[u64]>, Vec<Box<[u64]>>, FixedState>;
 use std::collections::HashMap;
 
 /// Register value: 0 is "absent", `n` is the interned value `n - 1`.
@@ -369,7 +373,7 @@ impl<'h> KeySearch<'h> {
         let mut key = vec![0u64; def_words + 1];
         let mut used = vec![0u64; info_words];
         let mut live_used = vec![0u64; info_words];
-        let mut seen: HashMap<Box<[u64]>, Vec<Box<[u64]>>, FixedState> = HashMap::default();
+        let mut seen: Seen = HashMap::default();
         // (call entry, state before it) for each operation linearized so far.
         let mut stack: Vec<(usize, State)> = Vec::new();
         let mut best: Vec<usize> = Vec::new();
