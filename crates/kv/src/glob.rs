@@ -10,6 +10,9 @@
 //! matched with the classic backtrack-to-last-star loop, so the cost is
 //! bounded by pattern length times key length (Redis's recursive matcher can
 //! go exponential on many stars).
+//!
+//! Ours rather than a glob crate's: those match paths (separators, `**`,
+//! brace sets, UTF-8), and a key must match exactly as Redis would match it.
 
 #[derive(Debug, PartialEq, Eq)]
 enum Token {

@@ -23,6 +23,13 @@
 //! }
 //! ```
 //!
+//! The decoder is ours rather than a crate's, for three things a server
+//! needs and client-side codecs do not give together: Redis's own size
+//! limits checked as soon as a header announces a size, before the bytes
+//! are buffered; inline commands
+//! (`PING\r\n`, as redis-benchmark and telnet send them); and arguments
+//! that are zero-copy slices of the read buffer.
+//!
 //! Protocol errors are final: the server sends
 //! `-ERR Protocol error: <text>` (see [`ProtocolError::to_reply`]) and then
 //! closes the connection, because after a framing error the byte stream can
