@@ -98,6 +98,11 @@ pub enum NodeError {
     Busy(String),
 }
 
+/// Why nothing more is taken once the disk failed.
+fn disk_lost() -> NodeError {
+    NodeError::Busy("the node cannot write its log".to_owned())
+}
+
 /// The index the store sees for command `i` of `slot`: strictly increasing
 /// along the log, as [`Store::apply`] requires. `None` for a position that
 /// has no index (more commands in a slot, or more slots, than the scheme
@@ -323,13 +328,13 @@ impl<T> Host<T> {
             let error = if w.proposed.is_some() {
                 NodeError::Uncertain
             } else {
-                NodeError::Busy("the node cannot write its log".to_owned())
+                disk_lost()
             };
             self.out.replies.push((w.answer, Err(error)));
         }
         let reads = std::mem::take(&mut self.clients.reads);
         for (_, r) in reads {
-            let error = NodeError::Busy("the node cannot write its log".to_owned());
+            let error = disk_lost();
             self.out.replies.push((r.answer, Err(error)));
         }
         self.held.clear();
@@ -339,7 +344,7 @@ impl<T> Host<T> {
     /// gets the store's reply once it is applied here (or why not).
     pub fn write(&mut self, conn: ConnId, command: Command, answer: T) {
         if self.failed {
-            let error = NodeError::Busy("the node cannot write its log".to_owned());
+            let error = disk_lost();
             self.out.replies.push((answer, Err(error)));
             return;
         }
@@ -414,7 +419,7 @@ impl<T> Host<T> {
             return;
         }
         if self.failed {
-            let error = NodeError::Busy("the node cannot write its log".to_owned());
+            let error = disk_lost();
             self.out.replies.push((answer, Err(error)));
             return;
         }
