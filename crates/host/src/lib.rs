@@ -173,7 +173,11 @@ pub struct Host<T> {
     /// The last slot applied to `store`.
     applied: Slot,
     /// The last record the shell reported durable.
+    ///
+    /// Invariant: at most `handed`.
     durable: RecordNo,
+    /// The last record handed to the shell.
+    handed: RecordNo,
     /// Messages that wait for records up to the number given to be durable.
     held: VecDeque<(RecordNo, NodeId, Message)>,
     clients: Clients<T>,
@@ -221,6 +225,7 @@ impl<T> Host<T> {
             store,
             applied,
             durable: RecordNo::ZERO,
+            handed: RecordNo::ZERO,
             held: VecDeque::new(),
             clients: Clients::default(),
             client_ids: ClientIds::new(id, Some(client_epoch)),
@@ -299,8 +304,10 @@ impl<T> Host<T> {
     }
 
     /// The disk made every record up to `up_to` durable: the replica hears
-    /// so, and the messages that waited for them may leave.
+    /// so, and the messages that waited for them may leave. A report of
+    /// records never handed out counts only up to those that were.
     pub fn persisted(&mut self, up_to: RecordNo) {
+        let up_to = up_to.min(self.handed);
         if up_to <= self.durable || self.failed {
             return;
         }
@@ -692,6 +699,7 @@ impl<T> Host<T> {
         }
         self.out.records.extend(records);
         self.out.records_end = records_end;
+        self.handed = records_end;
 
         // 2. Messages: those that report the records wait for them.
         for (_, message) in &messages {

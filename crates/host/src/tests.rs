@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use kv::{Command, Reply, SetCondition, Store};
-use paxos::replica::{Config as PaxosConfig, Durable, Message, Record, RoleName, Slot};
+use paxos::replica::{Config as PaxosConfig, Durable, Message, Record, RecordNo, RoleName, Slot};
 use paxos::{Ballot, NodeId};
 
 use super::*;
@@ -100,6 +100,29 @@ fn a_promise_waits_for_its_record_and_leaves_once_it_is_durable() {
             .any(|(to, m)| *to == 2 && matches!(m, Message::Promise { .. })),
         "{:?}",
         e.send
+    );
+}
+
+#[test]
+fn a_report_of_records_never_handed_out_releases_nothing_early() {
+    let mut h = promising(HostConfig::default());
+    h.step(
+        2,
+        Message::Prepare {
+            ballot: Ballot::new(5, 2),
+            from_slot: Slot(1),
+        },
+    );
+    // The shell claims far more than it was ever given, before the records
+    // of this promise are even handed out.
+    h.persisted(RecordNo(u64::MAX));
+    let e = h.effects();
+    assert!(e.records.contains(&Record::Promise(Ballot::new(5, 2))));
+    assert!(
+        !e.send
+            .iter()
+            .any(|(_, m)| matches!(m, Message::Promise { .. })),
+        "the promise still waits for its own record"
     );
 }
 

@@ -275,19 +275,24 @@ impl ReplicaTask {
             applied: _,
             need_client_epoch,
         } = self.host.effects();
-        // Answers first: they report applied entries, chosen whatever
-        // becomes of this node's disk.
-        for (answer, result) in replies {
-            // A closed connection no longer wants its answer.
-            let _ = answer.send(result);
-        }
+        let answer = |replies: Vec<(Answer, Result<Reply, NodeError>)>| {
+            for (answer, result) in replies {
+                // A closed connection no longer wants its answer.
+                let _ = answer.send(result);
+            }
+        };
+        // The disk first, so its sync starts as early as it can.
         if !records.is_empty() && self.disk.write(records, records_end.0).is_err() {
+            // The answers report applied entries, chosen whatever becomes
+            // of this node's disk.
+            answer(replies);
             self.fail_clients();
             return Err(StorageError::Stopped);
         }
         for (to, message) in send {
             self.outbox.send(to, message);
         }
+        answer(replies);
         for (to, frame) in frames {
             self.outbox.send_frame(to, frame);
         }
