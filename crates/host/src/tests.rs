@@ -74,9 +74,8 @@ fn leader(config: HostConfig) -> Host<u32> {
     panic!("a lone member did not take the lead");
 }
 
-#[test]
-fn a_promise_waits_for_its_record_and_leaves_once_it_is_durable() {
-    let mut h = promising(HostConfig::default());
+/// Node 2 asks this node to promise ballot (5, 2).
+fn prepare_from_2(h: &mut Host<u32>) {
     h.step(
         2,
         Message::Prepare {
@@ -84,14 +83,21 @@ fn a_promise_waits_for_its_record_and_leaves_once_it_is_durable() {
             from_slot: Slot(1),
         },
     );
+}
+
+fn sends_promise<T>(e: &Effects<T>) -> bool {
+    e.send
+        .iter()
+        .any(|(_, m)| matches!(m, Message::Promise { .. }))
+}
+
+#[test]
+fn a_promise_waits_for_its_record_and_leaves_once_it_is_durable() {
+    let mut h = promising(HostConfig::default());
+    prepare_from_2(&mut h);
     let e = h.effects();
     assert!(e.records.contains(&Record::Promise(Ballot::new(5, 2))));
-    assert!(
-        !e.send
-            .iter()
-            .any(|(_, m)| matches!(m, Message::Promise { .. })),
-        "the promise waits for its record"
-    );
+    assert!(!sends_promise(&e), "the promise waits for its record");
     h.persisted(e.records_end);
     let e = h.effects();
     assert!(
@@ -106,22 +112,14 @@ fn a_promise_waits_for_its_record_and_leaves_once_it_is_durable() {
 #[test]
 fn a_report_of_records_never_handed_out_releases_nothing_early() {
     let mut h = promising(HostConfig::default());
-    h.step(
-        2,
-        Message::Prepare {
-            ballot: Ballot::new(5, 2),
-            from_slot: Slot(1),
-        },
-    );
+    prepare_from_2(&mut h);
     // The shell claims far more than it was ever given, before the records
     // of this promise are even handed out.
     h.persisted(RecordNo(u64::MAX));
     let e = h.effects();
     assert!(e.records.contains(&Record::Promise(Ballot::new(5, 2))));
     assert!(
-        !e.send
-            .iter()
-            .any(|(_, m)| matches!(m, Message::Promise { .. })),
+        !sends_promise(&e),
         "the promise still waits for its own record"
     );
 }
@@ -133,20 +131,10 @@ fn the_flaw_sends_before_durable_lets_a_promise_out_at_once() {
         ..HostConfig::default()
     };
     let mut h = promising(config);
-    h.step(
-        2,
-        Message::Prepare {
-            ballot: Ballot::new(5, 2),
-            from_slot: Slot(1),
-        },
-    );
+    prepare_from_2(&mut h);
     let e = h.effects();
     assert!(e.records.contains(&Record::Promise(Ballot::new(5, 2))));
-    assert!(
-        e.send
-            .iter()
-            .any(|(_, m)| matches!(m, Message::Promise { .. }))
-    );
+    assert!(sends_promise(&e));
 }
 
 #[test]
