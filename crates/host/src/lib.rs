@@ -574,18 +574,23 @@ impl<T> Host<T> {
         let write_timeout = self.config.write_timeout_ticks;
         let read_timeout = self.config.read_timeout_ticks;
 
+        // A request arrives somewhere inside tick `arrived`, so only when
+        // more than `n` ticks have passed since is it sure that `n` whole
+        // ticks went by: a client never gets its answer before the time it
+        // was promised.
+        let waited = |since: u64, n: u64| now > since + n;
         let mut refused = Vec::new();
         let mut uncertain = Vec::new();
         let mut due = Vec::new();
         for (&key, w) in &self.clients.writes {
             match w.proposed {
-                None if now >= w.arrived + grace => refused.push(key),
+                None if waited(w.arrived, grace) => refused.push(key),
                 None => {
                     if leader_known {
                         due.push(key);
                     }
                 }
-                Some(_) if now >= w.arrived + write_timeout => uncertain.push(key),
+                Some(_) if waited(w.arrived, write_timeout) => uncertain.push(key),
                 Some(at) => {
                     if leader_known && (w.again || now >= at + reforward) {
                         due.push(key);
@@ -623,8 +628,8 @@ impl<T> Host<T> {
         let mut ask = Vec::new();
         for (&ctx, r) in &self.clients.reads {
             match r.asked {
-                _ if now >= r.arrived + read_timeout => failed.push(ctx),
-                None if !leader_known && now >= r.arrived + grace => failed.push(ctx),
+                _ if waited(r.arrived, read_timeout) => failed.push(ctx),
+                None if !leader_known && waited(r.arrived, grace) => failed.push(ctx),
                 None => {
                     if leader_known && self.clients.writes_done_before(r.after) {
                         ask.push(ctx);
