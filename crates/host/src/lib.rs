@@ -56,8 +56,8 @@ use bytes::Bytes;
 use kv::{ClientId, Command, Reply, Request, Seq, Store};
 use paxos::NodeId;
 use paxos::replica::{
-    Config as PaxosConfig, ConfigError, Durable, Message, ProposeError, Ready, Record, RecordNo,
-    Replica, RoleName, Slot, Status, Value,
+    Config as PaxosConfig, ConfigError, Configs, Durable, Message, ProposeError, Ready, Record,
+    RecordNo, Replica, RoleName, Slot, Status, Value,
 };
 use tracing::{debug, info, warn};
 
@@ -99,6 +99,24 @@ pub enum NodeError {
 }
 
 /// Why nothing more is taken once the disk failed.
+/// Why a host cannot start from what is on disk.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("the snapshot's membership record cannot be read: {0}")]
+    Membership(codec::DecodeError),
+}
+
+/// The memberships a snapshot's store carries; `None` for a snapshot from
+/// before membership changes existed (its cluster kept its founders).
+fn snapshot_configs(store: &Store) -> Result<Option<Configs>, codec::DecodeError> {
+    if store.cluster().is_empty() {
+        return Ok(None);
+    }
+    storage::wire::decode_configs(store.cluster().clone()).map(Some)
+}
+
 fn disk_lost() -> NodeError {
     NodeError::Busy("the node cannot write its log".to_owned())
 }
@@ -209,14 +227,15 @@ impl<T> Host<T> {
         durable: Durable,
         snapshot: Option<(SnapshotId, Store)>,
         client_epoch: u64,
-    ) -> Result<Host<T>, ConfigError> {
+    ) -> Result<Host<T>, RestoreError> {
         let (latest, store) = match snapshot {
             Some((id, store)) => (Some(id), store),
             None => (None, Store::new()),
         };
         let applied = latest.map_or(Slot::ZERO, |id| id.slot);
         let id = paxos.id;
-        let replica = Replica::restore(paxos, durable, applied)?;
+        let configs = snapshot_configs(&store).map_err(RestoreError::Membership)?;
+        let replica = Replica::restore(paxos, durable, applied, configs)?;
         let role = replica.status().role;
         let snapshots = Snapshots::new(config.snapshot, config.transfer, latest);
         Ok(Host {

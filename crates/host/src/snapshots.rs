@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 
 use kv::Store;
 use paxos::NodeId;
-use paxos::replica::Slot;
+use paxos::replica::{Configs, Slot};
 use tracing::{debug, error, info, warn};
 
 use crate::Host;
@@ -142,7 +142,9 @@ impl<T> Host<T> {
         s.bytes_since = 0;
         // Keys and values are shared, so the clone copies the map's nodes
         // only; the shell writes it out elsewhere.
-        let store = Box::new(self.store.clone());
+        let mut store = Box::new(self.store.clone());
+        let configs = self.replica.snapshot_configs(slot);
+        store.set_cluster(storage::wire::encode_configs(&configs));
         debug!(%slot, "taking a snapshot");
         self.out.files.push(FileOp::Save { slot, store });
     }
@@ -463,6 +465,15 @@ impl<T> Host<T> {
                 return;
             }
         };
+        let configs = match crate::snapshot_configs(&store) {
+            Ok(Some(configs)) => configs,
+            // From before membership changes: the founders still govern.
+            Ok(None) => Configs::new(self.replica.config().founding()),
+            Err(e) => {
+                self.fetch_failed(&format!("its membership record cannot be read: {e}"));
+                return;
+            }
+        };
         let Some(fetch) = self.snapshots.fetch.take() else {
             return;
         };
@@ -495,7 +506,7 @@ impl<T> Host<T> {
         self.applied = id.slot;
         s.entries_since = 0;
         s.bytes_since = 0;
-        self.replica.install_snapshot(id.slot);
+        self.replica.install_snapshot(id.slot, configs);
         self.stats.snapshots_installed += 1;
     }
 

@@ -1,7 +1,7 @@
 //! Streaming snapshots of the whole store.
 //!
 //! Layout: the magic `PRLMTKV\0`, a format version byte, the counters and
-//! session limits, the entries (key, value, version) in store order, the
+//! session limits, the host's cluster record (from format 2 on), the entries (key, value, version) in store order, the
 //! sessions with their cached replies, and finally the CRC-32C of every
 //! preceding byte (4 bytes, little-endian). Entries are written one at a
 //! time through a buffer, so taking a snapshot needs no second copy of the
@@ -22,7 +22,11 @@ use super::session::{Session, SessionLimits, Sessions};
 use super::store::{Entry, Slot, Store};
 
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"PRLMTKV\0";
-pub const SNAPSHOT_FORMAT: u8 = 1;
+pub const SNAPSHOT_FORMAT: u8 = 2;
+
+/// The oldest format still read: format 1 has no cluster record (its
+/// clusters never changed membership).
+const SNAPSHOT_FORMAT_OLDEST: u8 = 1;
 
 /// Longest byte string a snapshot may hold; a larger length can only come
 /// from corruption.
@@ -135,6 +139,7 @@ impl Store {
         let limits = self.sessions.limits;
         put_varint(&mut buf, limits.max_sessions as u64);
         put_varint(&mut buf, limits.max_replies as u64);
+        put_bytes(&mut buf, &self.cluster);
         put_varint(&mut buf, self.data.len() as u64);
         out.write_all(&buf)?;
 
@@ -186,7 +191,7 @@ impl Store {
             return Err(SnapshotError::BadMagic);
         }
         let format = input.u8("the format")?;
-        if format != SNAPSHOT_FORMAT {
+        if !(SNAPSHOT_FORMAT_OLDEST..=SNAPSHOT_FORMAT).contains(&format) {
             return Err(SnapshotError::UnsupportedFormat(format));
         }
         let writes = input.varint("the write counter")?;
@@ -204,6 +209,11 @@ impl Store {
         let limits = SessionLimits {
             max_sessions,
             max_replies,
+        };
+        let cluster = if format >= 2 {
+            Bytes::from(input.bytes("the cluster record", MAX_BLOB)?)
+        } else {
+            Bytes::new()
         };
 
         let entries = input.count("the entry count")?;
@@ -273,6 +283,7 @@ impl Store {
             last_removal,
             last_applied,
             sessions,
+            cluster,
         })
     }
 }

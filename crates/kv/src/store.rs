@@ -83,6 +83,9 @@ pub struct Store {
     pub(crate) last_removal: u64,
     pub(crate) last_applied: Option<u64>,
     pub(crate) sessions: Sessions,
+    /// What the cluster's host keeps beside the data in a snapshot (who the
+    /// members are), opaque to the store.
+    pub(crate) cluster: Bytes,
 }
 
 impl Default for Store {
@@ -153,6 +156,17 @@ impl Store {
         Store::with_limits(SessionLimits::default())
     }
 
+    /// What the host saved beside the data (see [`Store::set_cluster`]).
+    pub fn cluster(&self) -> &Bytes {
+        &self.cluster
+    }
+
+    /// Sets what a snapshot of this store carries for the host beside the
+    /// data: the cluster's membership as of the store's slot.
+    pub fn set_cluster(&mut self, cluster: Bytes) {
+        self.cluster = cluster;
+    }
+
     pub fn with_limits(limits: SessionLimits) -> Store {
         Store {
             data: BTreeMap::new(),
@@ -160,6 +174,7 @@ impl Store {
             last_removal: 0,
             last_applied: None,
             sessions: Sessions::new(limits),
+            cluster: Bytes::new(),
         }
     }
 

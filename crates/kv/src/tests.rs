@@ -996,6 +996,25 @@ fn snapshot_write_errors_propagate() {
 }
 
 #[test]
+fn a_snapshot_of_format_one_still_loads() {
+    // Written by the release before cluster records: `busy_store(7, 300)`.
+    let image = include_bytes!("../fixtures/snapshot-format1.bin");
+    assert_eq!(image[8], 1);
+    let restored = Store::restore_from(&mut image.as_slice()).expect("format 1 loads");
+    assert_eq!(restored, busy_store(7, 300).0);
+    assert!(restored.cluster().is_empty());
+}
+
+#[test]
+fn the_cluster_record_survives_a_snapshot() {
+    let (mut store, _) = busy_store(8, 200);
+    store.set_cluster(Bytes::from_static(b"members 1 2 3"));
+    let restored = Store::restore_from(&mut snapshot(&store).as_slice()).expect("valid");
+    assert_eq!(restored.cluster(), &Bytes::from_static(b"members 1 2 3"));
+    assert_eq!(restored, store);
+}
+
+#[test]
 fn snapshot_rejects_other_format_versions() {
     let mut image = snapshot(&Store::new());
     image[8] = SNAPSHOT_FORMAT + 1;

@@ -365,6 +365,7 @@ impl ReplicaTask {
             RoleName::Follower => "follower",
             RoleName::PreCandidate | RoleName::Candidate => "candidate",
             RoleName::Learner => "learner",
+            RoleName::Removed => "removed",
         };
         let report = StatusReport {
             id: me,

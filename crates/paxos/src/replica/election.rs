@@ -26,7 +26,7 @@ impl Replica {
             started: self.now,
         };
         let ballot = self.highest_seen.next_for(self.config.id);
-        if self.config.quorum() == 1 {
+        if self.voters_now().is_quorum(&[self.config.id]) {
             self.start_phase1();
         } else {
             self.broadcast(Message::PreVote { ballot });
@@ -44,15 +44,15 @@ impl Replica {
     }
 
     pub(super) fn on_pre_vote_reply(&mut self, from: NodeId, ballot: Ballot, granted: bool) {
-        let quorum = self.config.quorum();
-        let Role::PreCandidate { granted: votes, .. } = &mut self.role else {
-            return;
-        };
         if ballot != self.highest_seen.next_for(self.config.id) || !granted {
             return;
         }
+        let Role::PreCandidate { granted: votes, .. } = &mut self.role else {
+            return;
+        };
         votes.insert(from);
-        if votes.len() >= quorum {
+        let votes = votes.clone();
+        if self.voters_now().is_quorum(&votes) {
             self.start_phase1();
         }
     }
@@ -89,7 +89,10 @@ impl Replica {
         commit: Slot,
         entries: Vec<PromisedEntry>,
     ) {
-        let quorum = self.config.quorum();
+        if let Role::Leader(_) = self.role {
+            self.on_late_promise(from, ballot, commit, entries);
+            return;
+        }
         let Role::Candidate {
             ballot: current,
             promises,
@@ -102,9 +105,42 @@ impl Replica {
             return;
         }
         promises.insert(from, Promised { commit, entries });
-        if promises.len() >= quorum {
+        let promisers: Vec<NodeId> = promises.keys().copied().collect();
+        if self.voters_now().is_quorum(&promisers) {
             self.become_leader();
         }
+    }
+
+    /// A promise that reaches the leader after its election: from a voter
+    /// that a membership change brought in (the leader asked it), or a slow
+    /// one. What it reports counts for every slot not proposed yet.
+    fn on_late_promise(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        commit: Slot,
+        entries: Vec<PromisedEntry>,
+    ) {
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
+        if leader.ballot != ballot || !leader.promisers.insert(from) {
+            return;
+        }
+        let next = leader.next_slot;
+        let mut chosen = Vec::new();
+        for e in entries {
+            if e.chosen {
+                chosen.push(e);
+            } else if e.slot >= next {
+                note_highest(&mut leader.reported, e.slot, e.ballot, e.value);
+            }
+        }
+        self.known_commit = self.known_commit.max(commit);
+        for e in chosen {
+            self.learn_chosen(e.slot, &e.value);
+        }
+        self.advance_commit();
     }
 
     pub(super) fn on_nack(&mut self, ballot: Ballot, promised: Ballot) {
@@ -145,7 +181,8 @@ impl Replica {
         self.reset_election_deadline();
     }
 
-    /// A quorum promised: take over every open slot.
+    /// A quorum promised: take over every open slot. The slots are proposed
+    /// in order as the window allows (see [`Replica::fill_slots`]).
     fn become_leader(&mut self) {
         let Role::Candidate {
             ballot,
@@ -161,7 +198,7 @@ impl Replica {
         // its vote), but learn their values from whoever has them.
         let mut commit_reported = self.commit;
         let mut best_reporter = self.config.id;
-        let mut highest: BTreeMap<Slot, (Ballot, Value)> = BTreeMap::new();
+        let mut reported: BTreeMap<Slot, (Ballot, Value)> = BTreeMap::new();
         for (&acceptor, promised) in &promises {
             if promised.commit > commit_reported {
                 commit_reported = promised.commit;
@@ -177,23 +214,26 @@ impl Replica {
                 }
                 // The value accepted in the highest ballot is the only one
                 // that can have been chosen: it is what we must propose.
-                let replace = highest.get(&e.slot).is_none_or(|(b, _)| e.ballot > *b);
-                if replace {
-                    highest.insert(e.slot, (e.ballot, e.value.clone()));
-                }
+                note_highest(&mut reported, e.slot, e.ballot, e.value.clone());
             }
         }
-        self.advance_commit();
-        let last_reported = highest.keys().next_back().copied().unwrap_or(Slot::ZERO);
+        let last_reported = reported.keys().next_back().copied().unwrap_or(Slot::ZERO);
         let top = last_reported
             .max(commit_reported)
             .max(self.log.keys().next_back().copied().unwrap_or(Slot::ZERO));
-
-        let mut leader = Leader {
+        let peers: Vec<NodeId> = self.peers().collect();
+        let leader = Leader {
             ballot,
-            next_slot: top + 1,
+            from_slot,
+            promisers: promises.keys().copied().collect(),
+            reported,
+            prepare_asked: None,
+            next_slot: (commit_reported + 1).max(from_slot),
             inflight: BTreeMap::new(),
             noop_slot: top + 1,
+            noop_proposed: false,
+            change: None,
+            change_slot: None,
             pending: VecDeque::new(),
             unsent: Vec::new(),
             commit_sent: Slot::ZERO,
@@ -204,35 +244,23 @@ impl Replica {
             acked_seq: BTreeMap::new(),
             peer_commit: BTreeMap::new(),
             catch_up_turn: 0,
-            last_heard: BTreeMap::new(),
+            last_heard: peers.iter().map(|&p| (p, self.now)).collect(),
             lease_until: 0,
+            lease_from: Slot::ZERO,
             reads: Vec::new(),
             early_reads: Vec::new(),
             step_down: false,
             own_votes: VecDeque::new(),
         };
-        for slot in Slot::range((commit_reported + 1).max(from_slot), top) {
-            if self.log.get(&slot).is_some_and(|e| e.chosen.is_some()) {
-                continue;
-            }
-            // Re-propose the highest-ballot value, or fill the gap.
-            let value = highest.remove(&slot).map_or(Value::Noop, |(_, v)| v);
-            self.propose_slot(&mut leader, slot, value);
-        }
-        // The no-op of this term: once it is chosen, every earlier slot is.
-        let noop = leader.noop_slot;
-        self.propose_slot(&mut leader, noop, Value::Noop);
-        leader.next_slot = noop + 1;
-        let peers: Vec<NodeId> = self.peers().collect();
-        for peer in peers {
-            leader.last_heard.insert(peer, self.now);
-        }
-        // Commands queued for a leader while we were not one are ours now.
-        let queued = std::mem::take(&mut self.forward);
-        leader.pending.extend(queued);
         self.leader = Some((self.config.id, ballot));
         self.known_commit = self.known_commit.max(commit_reported);
         self.role = Role::Leader(Box::new(leader));
+        // Commands queued for a leader while we were not one are ours now.
+        let queued = std::mem::take(&mut self.forward);
+        if let Role::Leader(leader) = &mut self.role {
+            leader.pending.extend(queued);
+        }
+        self.advance_commit();
         // Chosen slots we lack: ask the replica that reported the most.
         if self.commit < commit_reported && best_reporter != self.config.id {
             self.catch_up_asked = None;
@@ -253,5 +281,17 @@ impl Replica {
                 value: value.clone(),
             });
         }
+    }
+}
+
+/// Keeps, for `slot`, the value reported with the highest ballot.
+fn note_highest(
+    reported: &mut BTreeMap<Slot, (Ballot, Value)>,
+    slot: Slot,
+    ballot: Ballot,
+    value: Value,
+) {
+    if reported.get(&slot).is_none_or(|(b, _)| ballot > *b) {
+        reported.insert(slot, (ballot, value));
     }
 }

@@ -1,6 +1,7 @@
 //! The leader's side: phase 2 for a window of slots, heartbeats, leases and
 //! read-index.
 
+use super::membership::Membership;
 use super::message::{Message, Record, RecordNo, Slot, Value};
 use super::{InFlight, Leader, PendingRead, ReadState, Replica, Role};
 use std::collections::BTreeSet;
@@ -73,7 +74,8 @@ impl Replica {
             return;
         };
         flight.accepted_by.insert(voter);
-        if flight.accepted_by.len() < self.config.quorum() {
+        // Only the voters of the slot's own membership count.
+        if !self.configs.at(slot).is_quorum(&flight.accepted_by) {
             return;
         }
         if let Some(flight) = leader.inflight.remove(&slot) {
@@ -99,25 +101,7 @@ impl Replica {
     /// while the window allows, send what is new, and heartbeat if asked.
     pub(super) fn flush_leader(&mut self) {
         self.with_leader(|r, leader| {
-            let window = r.config.inflight_slots_max;
-            while !leader.pending.is_empty() && (leader.next_slot - 1).since(r.commit) < window {
-                let mut batch = Vec::new();
-                let mut bytes = 0;
-                while let Some(command) = leader.pending.front() {
-                    let fits = batch.len() < r.config.batch_commands_max
-                        && bytes + command.len() <= r.config.batch_bytes_max;
-                    if !batch.is_empty() && !fits {
-                        break;
-                    }
-                    bytes += command.len();
-                    if let Some(command) = leader.pending.pop_front() {
-                        batch.push(command);
-                    }
-                }
-                let slot = leader.next_slot;
-                leader.next_slot += 1;
-                r.propose_slot(leader, slot, Value::Batch(batch));
-            }
+            r.fill_slots(leader);
             if !leader.unsent.is_empty() || (r.commit > leader.commit_sent && !leader.heartbeat_due)
             {
                 // New slots, or only a new commit point: followers learn it
@@ -131,7 +115,7 @@ impl Replica {
                     commit: r.commit,
                 });
             }
-            if r.commit >= leader.noop_slot && !leader.early_reads.is_empty() {
+            if r.serving(leader) && !leader.early_reads.is_empty() {
                 for (ctx, origin) in std::mem::take(&mut leader.early_reads) {
                     r.read_now_or_confirm(leader, ctx, origin);
                 }
@@ -140,6 +124,118 @@ impl Replica {
                 r.send_heartbeat(leader);
             }
         });
+    }
+
+    /// Whether the leader's term is established: its no-op is chosen, so
+    /// every slot chosen before its ballot is at or below its commit point.
+    pub(super) fn serving(&self, leader: &Leader) -> bool {
+        leader.noop_proposed && self.commit >= leader.noop_slot
+    }
+
+    /// Proposes in order every slot the leader may: the values promises
+    /// reported, no-ops for gaps and for the term's own no-op, a waiting
+    /// membership change, client batches, and no-ops that bring a chosen
+    /// membership change into force. A slot `n` is proposed only while
+    ///
+    /// - it lies within `commit + α` (so its membership is known) and within
+    ///   the window of slots in flight;
+    /// - it has the membership of the first open slot: the leader drains its
+    ///   window at a change of membership, so that it never has slots of two
+    ///   memberships in flight;
+    /// - a quorum of its voters promised this ballot (the leader asks the
+    ///   voters a change brought in, and waits).
+    fn fill_slots(&mut self, leader: &mut Leader) {
+        let window = self.config.inflight_slots_max.min(self.configs.alpha());
+        loop {
+            let n = leader.next_slot;
+            if self.log.get(&n).is_some_and(|e| e.chosen.is_some()) {
+                // Chosen already (learned from a promise or a peer).
+                leader.reported.remove(&n);
+                leader.next_slot += 1;
+                continue;
+            }
+            if (n - 1).since(self.commit) >= window {
+                break;
+            }
+            let open = self.commit + 1;
+            if self.configs.governing_from(n) != self.configs.governing_from(open) {
+                break;
+            }
+            if !self.configs.at(n).is_quorum(&leader.promisers) {
+                self.ask_promises(leader, n);
+                break;
+            }
+            if !leader.noop_proposed
+                && let Some((&last, _)) = leader.reported.last_key_value()
+            {
+                // The term's no-op goes past every reported slot.
+                leader.noop_slot = leader.noop_slot.max(last + 1);
+            }
+            let value = if let Some((_, value)) = leader.reported.remove(&n) {
+                value
+            } else if n < leader.noop_slot {
+                Value::Noop
+            } else if !leader.noop_proposed {
+                leader.noop_proposed = true;
+                leader.noop_slot = n;
+                Value::Noop
+            } else if let Some(change) = leader.change.take() {
+                leader.change_slot = Some(n);
+                Value::Change(change)
+            } else if !leader.pending.is_empty() {
+                self.take_batch(leader)
+            } else if n < self.configs.latest_from() {
+                // A chosen change governs from a later slot: get there.
+                Value::Noop
+            } else {
+                break;
+            };
+            leader.next_slot += 1;
+            self.propose_slot(leader, n, value);
+        }
+    }
+
+    /// The next batch of queued client commands.
+    fn take_batch(&self, leader: &mut Leader) -> Value {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        while let Some(command) = leader.pending.front() {
+            let fits = batch.len() < self.config.batch_commands_max
+                && bytes + command.len() <= self.config.batch_bytes_max;
+            if !batch.is_empty() && !fits {
+                break;
+            }
+            bytes += command.len();
+            if let Some(command) = leader.pending.pop_front() {
+                batch.push(command);
+            }
+        }
+        Value::Batch(batch)
+    }
+
+    /// Asks the voters of slot `n` that have not promised this ballot to do
+    /// so, at most once per heartbeat interval.
+    fn ask_promises(&mut self, leader: &mut Leader, n: Slot) {
+        let pace = self.config.heartbeat_ticks * 2;
+        if leader.prepare_asked.is_some_and(|at| self.now < at + pace) {
+            return;
+        }
+        leader.prepare_asked = Some(self.now);
+        let missing: Vec<NodeId> = self
+            .configs
+            .at(n)
+            .voters()
+            .filter(|id| !leader.promisers.contains(id) && *id != self.config.id)
+            .collect();
+        for id in missing {
+            self.send(
+                id,
+                Message::Prepare {
+                    ballot: leader.ballot,
+                    from_slot: leader.from_slot,
+                },
+            );
+        }
     }
 
     fn send_heartbeat(&mut self, leader: &mut Leader) {
@@ -156,7 +252,7 @@ impl Replica {
             commit: self.commit,
             seq: leader.heartbeat_seq,
         });
-        if self.config.quorum() == 1 {
+        if self.voters_now().is_quorum(&[self.config.id]) {
             // Alone, every round is confirmed at once.
             let seq = leader.heartbeat_seq;
             self.confirm_round(leader, seq);
@@ -169,13 +265,16 @@ impl Replica {
             // A leader that has not heard from a quorum for an election
             // timeout steps down: it can no longer commit, and its followers
             // may be electing someone else.
-            let heard = leader
+            let mut heard: Vec<NodeId> = leader
                 .last_heard
-                .values()
-                .filter(|&&t| now < t + r.config.election_ticks)
-                .count()
-                + 1;
-            if heard < r.config.quorum() {
+                .iter()
+                .filter(|&(_, &t)| now < t + r.config.election_ticks)
+                .map(|(&id, _)| id)
+                .collect();
+            heard.push(r.config.id);
+            // A leader that no longer votes (a change removed it, or made
+            // it a learner) hands over to the voters too.
+            if !r.voters_now().is_quorum(&heard) || !r.votes_now() {
                 leader.step_down = true;
                 return;
             }
@@ -243,29 +342,62 @@ impl Replica {
             r.known_commit = r.known_commit.max(commit);
             let acked = leader.acked_seq.entry(from).or_insert(0);
             *acked = (*acked).max(seq);
-            // The highest round a quorum (us included) has acknowledged.
-            let mut seqs: Vec<u64> = leader.acked_seq.values().copied().collect();
-            seqs.sort_unstable_by(|a, b| b.cmp(a));
-            let others = r.config.quorum() - 1;
-            if let Some(&round) = seqs.get(others.saturating_sub(1))
-                && others > 0
-            {
+            if let Some(round) = r.confirmed_round(leader, r.voters_now()) {
                 r.confirm_round(leader, round);
             }
         });
     }
 
+    /// The highest heartbeat round that a quorum of `membership` (this
+    /// replica included) acknowledged.
+    fn confirmed_round(&self, leader: &Leader, membership: &Membership) -> Option<u64> {
+        let me = self.config.id;
+        let mut rounds: Vec<u64> = leader.acked_seq.values().copied().collect();
+        rounds.sort_unstable_by(|a, b| b.cmp(a));
+        rounds.dedup();
+        rounds.into_iter().find(|&round| {
+            let acked = leader
+                .acked_seq
+                .iter()
+                .filter(|&(_, &seq)| seq >= round)
+                .map(|(&id, _)| id)
+                .chain(std::iter::once(me));
+            membership.is_quorum(&acked.collect::<Vec<_>>())
+        })
+    }
+
     /// A quorum acknowledged heartbeat round `round`: we were leader when it
     /// was sent. Extend the lease and answer the reads it covers.
     fn confirm_round(&mut self, leader: &mut Leader, round: u64) {
+        let governing = self.configs.governing_from(self.commit + 1);
         if self.config.lease_ticks > 0
             && let Some(&sent) = leader.heartbeat_sent.get(&round)
         {
             let until = sent + self.config.leader_lease_ticks();
+            if leader.lease_from != governing {
+                // A lease granted by the voters of another membership
+                // says nothing about these.
+                leader.lease_until = 0;
+                leader.lease_from = governing;
+            }
             leader.lease_until = leader.lease_until.max(until);
         }
-        let (done, waiting): (Vec<PendingRead>, Vec<PendingRead>) =
-            leader.reads.drain(..).partition(|r| r.seq <= round);
+        // A read is confirmed by a quorum of the voters of the slot after
+        // its index, whatever membership governs now.
+        let mut done = Vec::new();
+        let mut waiting = Vec::new();
+        for read in std::mem::take(&mut leader.reads) {
+            let confirmed = read.seq <= round
+                && (self.configs.governing_from(read.index + 1) == governing
+                    || self
+                        .confirmed_round(leader, self.configs.at(read.index + 1))
+                        .is_some_and(|r| r >= read.seq));
+            if confirmed {
+                done.push(read);
+            } else {
+                waiting.push(read);
+            }
+        }
         leader.reads = waiting;
         for read in done {
             self.answer_read(read.ctx, read.origin, read.index);
@@ -282,7 +414,7 @@ impl Replica {
     /// A read arrives at the leader, from its host or a follower.
     pub(super) fn leader_read(&mut self, ctx: u64, origin: Option<NodeId>) {
         self.with_leader(|r, leader| {
-            if r.commit < leader.noop_slot {
+            if !r.serving(leader) {
                 // Until our no-op is chosen we do not know the commit point.
                 leader.early_reads.push((ctx, origin));
             } else {
@@ -292,7 +424,8 @@ impl Replica {
     }
 
     fn read_now_or_confirm(&mut self, leader: &mut Leader, ctx: u64, origin: Option<NodeId>) {
-        if self.now < leader.lease_until {
+        let governing = self.configs.governing_from(self.commit + 1);
+        if self.now < leader.lease_until && leader.lease_from == governing {
             // Under the lease no other leader can have been elected.
             let index = self.commit;
             self.answer_read(ctx, origin, index);

@@ -36,6 +36,7 @@ impl Replica {
             }
             self.commit += 1;
         }
+        self.fold_configs();
         // A leader may learn that a slot it re-proposed is chosen from a
         // replica outside its promise quorum (catch-up): the value is the one
         // it proposed, and the slot is no longer in flight.

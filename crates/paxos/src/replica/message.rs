@@ -4,6 +4,7 @@ use std::fmt;
 
 use bytes::Bytes;
 
+use super::membership::Change;
 use crate::ballot::Ballot;
 
 /// A position in the replicated log. Slot 0 is never used: "up to slot 0"
@@ -83,19 +84,20 @@ impl fmt::Display for RecordNo {
 }
 
 /// What a slot holds once chosen: nothing (a no-op a new leader uses to fill
-/// gaps and to mark its term), or a batch of client commands, opaque to the
-/// protocol.
+/// gaps and to mark its term), a batch of client commands, opaque to the
+/// protocol, or a change of membership (see `membership.rs`).
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub enum Value {
     Noop,
     Batch(Vec<Bytes>),
+    Change(Change),
 }
 
 impl Value {
     /// Commands in the value.
     pub fn commands(&self) -> &[Bytes] {
         match self {
-            Value::Noop => &[],
+            Value::Noop | Value::Change(_) => &[],
             Value::Batch(commands) => commands,
         }
     }
@@ -111,6 +113,7 @@ impl fmt::Display for Value {
         match self {
             Value::Noop => write!(f, "noop"),
             Value::Batch(commands) => write!(f, "batch of {}", commands.len()),
+            Value::Change(change) => write!(f, "{change}"),
         }
     }
 }

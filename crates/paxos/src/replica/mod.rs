@@ -60,6 +60,7 @@ mod durable;
 mod election;
 mod leader;
 mod learner;
+mod membership;
 mod message;
 mod rejoin;
 
@@ -71,6 +72,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use bytes::Bytes;
 
 pub use durable::Durable;
+pub use membership::{Change, ChangeError, Configs, Member, MemberRole, Membership};
 pub use message::{Message, PromisedEntry, Record, RecordNo, Slot, Value};
 
 use crate::ballot::{Ballot, NodeId};
@@ -81,8 +83,17 @@ use crate::rng::Rng;
 pub struct Config {
     /// This replica.
     pub id: NodeId,
-    /// Every voting member, this replica included.
+    /// The founding voters, this replica included. Used only by a replica
+    /// that has no membership from a snapshot: the log says who the members
+    /// are from then on.
     pub members: Vec<NodeId>,
+    /// The founding window α: a membership change chosen in slot `s`
+    /// governs from slot `s + alpha`. Every founding member must use the
+    /// same value; it is kept in the log's memberships from then on.
+    pub alpha: u64,
+    /// A learner added to become a voter is promoted once its commit point
+    /// is within this many slots of the leader's.
+    pub promote_within_slots: u64,
     /// A leader sends heartbeats this often.
     pub heartbeat_ticks: u64,
     /// A follower suspects its leader after a random silence between this
@@ -116,6 +127,8 @@ impl Config {
         Config {
             id,
             members,
+            alpha: 64,
+            promote_within_slots: 64,
             heartbeat_ticks: 2,
             election_ticks: 20,
             lease_ticks: 16,
@@ -135,8 +148,8 @@ impl Config {
         if unique.len() != self.members.len() {
             return Err(ConfigError::DuplicateMember);
         }
-        if !self.members.contains(&self.id) {
-            return Err(ConfigError::NotAMember(self.id));
+        if self.alpha == 0 {
+            return Err(ConfigError::Timing("alpha must be at least 1"));
         }
         if self.heartbeat_ticks == 0 || self.heartbeat_ticks >= self.election_ticks {
             return Err(ConfigError::Timing(
@@ -162,9 +175,9 @@ impl Config {
         Ok(())
     }
 
-    /// The number of members that makes a quorum.
-    pub fn quorum(&self) -> usize {
-        self.members.len() / 2 + 1
+    /// The founding membership.
+    pub fn founding(&self) -> Membership {
+        Membership::founding(self.members.iter().copied(), self.alpha)
     }
 
     /// How long a leader may trust a lease confirmed by a heartbeat it sent
@@ -260,8 +273,11 @@ pub enum RoleName {
     /// Running phase 1.
     Candidate,
     Leader,
-    /// Rebuilding lost state; not voting (see `rejoin.rs`).
+    /// Not voting: a learner of the membership, or rebuilding lost state
+    /// (see `rejoin.rs`).
     Learner,
+    /// Removed from the membership: it neither votes nor serves.
+    Removed,
 }
 
 impl RoleName {
@@ -272,6 +288,7 @@ impl RoleName {
             RoleName::Candidate => "candidate",
             RoleName::Leader => "leader",
             RoleName::Learner => "learner",
+            RoleName::Removed => "removed",
         }
     }
 }
@@ -325,10 +342,25 @@ struct PendingRead {
 #[derive(Clone, Debug)]
 struct Leader {
     ballot: Ballot,
+    /// Phase 1 covers every slot from here on.
+    from_slot: Slot,
+    /// The acceptors that promised this ballot.
+    promisers: BTreeSet<NodeId>,
+    /// For each slot not proposed yet, the highest-ballot value reported in
+    /// any promise: what this leader must propose there.
+    reported: BTreeMap<Slot, (Ballot, Value)>,
+    /// When voters that have not promised were last asked to.
+    prepare_asked: Option<u64>,
     next_slot: Slot,
     inflight: BTreeMap<Slot, InFlight>,
-    /// The no-op of this term; reads wait until it is committed.
+    /// The no-op of this term, past every slot reported in a promise; reads
+    /// wait until it is committed. It moves on while it is not proposed.
     noop_slot: Slot,
+    noop_proposed: bool,
+    /// A membership change waiting for a slot, and the slot of the last one
+    /// proposed.
+    change: Option<Change>,
+    change_slot: Option<Slot>,
     pending: VecDeque<Bytes>,
     /// New slots not yet sent to the followers.
     unsent: Vec<(Slot, Value)>,
@@ -349,6 +381,8 @@ struct Leader {
     /// When each peer last answered in this ballot.
     last_heard: BTreeMap<NodeId, u64>,
     lease_until: u64,
+    /// The first slot of the membership whose voters granted the lease.
+    lease_from: Slot,
     /// Reads waiting for their heartbeat round.
     reads: Vec<PendingRead>,
     /// Reads waiting for the no-op to commit before they get an index.
@@ -405,6 +439,10 @@ pub struct Replica {
     commit_recorded: Slot,
     /// Entries emitted to the host for applying.
     applied: Slot,
+    /// Who votes for which slot; changes chosen up to `configs_through`
+    /// are noted in it.
+    configs: Configs,
+    configs_through: Slot,
 
     // What this replica knows of the leader.
     leader: Option<(NodeId, Ballot)>,
@@ -437,7 +475,7 @@ pub struct Replica {
 impl Replica {
     /// A replica with nothing durable yet.
     pub fn new(config: Config) -> Result<Replica, ConfigError> {
-        Replica::restore(config, Durable::default(), Slot::ZERO)
+        Replica::restore(config, Durable::default(), Slot::ZERO, None)
     }
 
     /// A replica whose durable state was lost (a damaged or wiped disk): it
@@ -449,7 +487,7 @@ impl Replica {
             rejoining: true,
             ..Durable::default()
         };
-        let mut replica = Replica::restore(config, durable, Slot::ZERO)?;
+        let mut replica = Replica::restore(config, durable, Slot::ZERO, None)?;
         replica.ready.records.push(Record::Rejoin);
         Ok(replica)
     }
@@ -459,12 +497,26 @@ impl Replica {
     /// may be ahead of the durable log (a crash after the snapshot was saved
     /// but before the log recorded it): its slots are chosen, so the log
     /// below it is dropped.
+    ///
+    /// `configs` are the memberships the snapshot carries (see
+    /// [`Replica::snapshot_configs`]); without a snapshot, the founding
+    /// membership of `config` governs the log from its first slot.
     pub fn restore(
         config: Config,
         mut durable: Durable,
         applied: Slot,
+        configs: Option<Configs>,
     ) -> Result<Replica, ConfigError> {
         config.validate()?;
+        let configs = match configs {
+            Some(configs) => configs,
+            None => {
+                if !config.members.contains(&config.id) {
+                    return Err(ConfigError::NotAMember(config.id));
+                }
+                Configs::new(config.founding())
+            }
+        };
         let mut ready = Ready::default();
         if applied > durable.log_start {
             let record = Record::Compact { up_to: applied };
@@ -491,9 +543,12 @@ impl Replica {
         }
         let applied = applied.max(durable.log_start);
         let rejoin = durable.rejoining.then(rejoin::Rejoin::default);
+        // The snapshot's memberships hold the changes chosen up to it; the
+        // log holds the rest.
+        let configs_through = applied;
         let mut rng = Rng::new(config.seed);
         let election_deadline = config.election_ticks + rng.below(config.election_ticks);
-        let replica = Replica {
+        let mut replica = Replica {
             rng,
             now: 0,
             promised: durable.promised,
@@ -502,6 +557,8 @@ impl Replica {
             commit: durable.commit,
             commit_recorded: durable.commit,
             applied,
+            configs,
+            configs_through,
             leader: None,
             last_heard_leader: 0,
             known_commit: durable.commit,
@@ -519,6 +576,7 @@ impl Replica {
             ready,
             config,
         };
+        replica.fold_configs();
         replica.check_invariants();
         Ok(replica)
     }
@@ -541,11 +599,17 @@ impl Replica {
                 RoleName::Leader,
                 l.inflight.len() as u64,
                 l.pending.len(),
-                self.commit >= l.noop_slot,
+                self.serving(l),
             ),
         };
         let role = if self.rejoin.is_some() {
             RoleName::Learner
+        } else if role == RoleName::Follower && !self.votes_now() {
+            if self.configs.latest().retired.contains(&self.config.id) {
+                RoleName::Removed
+            } else {
+                RoleName::Learner
+            }
         } else {
             role
         };
@@ -586,10 +650,18 @@ impl Replica {
             return;
         }
         match &self.role {
-            Role::Leader(_) => self.tick_leader(),
+            Role::Leader(_) => {
+                self.tick_leader();
+                self.maybe_promote();
+            }
             Role::Follower => {
                 if self.now >= self.election_deadline {
-                    self.start_pre_vote();
+                    if self.votes_now() {
+                        self.start_pre_vote();
+                    } else {
+                        // Learners and removed members never run.
+                        self.reset_election_deadline();
+                    }
                 }
             }
             Role::PreCandidate { started, .. } | Role::Candidate { started, .. } => {
@@ -604,7 +676,23 @@ impl Replica {
 
     /// Hands the replica a message from `from`.
     pub fn step(&mut self, from: NodeId, message: Message) {
-        if from == self.config.id || !self.config.members.contains(&from) {
+        if from == self.config.id {
+            return;
+        }
+        if self.configs.latest().retired.contains(&from) {
+            // A removed member counts for nothing, but may learn the log,
+            // and so its own removal.
+            match message {
+                Message::CatchUp { from_slot } => self.on_catch_up(from, from_slot),
+                Message::Chosen { .. } => {}
+                _ => self.send(
+                    from,
+                    Message::Chosen {
+                        entries: Vec::new(),
+                        commit: self.commit,
+                    },
+                ),
+            }
             return;
         }
         match message {
@@ -714,6 +802,87 @@ impl Replica {
         }
     }
 
+    /// Proposes a change of membership. Only the leader takes one, and only
+    /// one at a time: none may be waiting or chosen and not yet in force.
+    /// The change must leave a quorum of the new voters connected and
+    /// caught up (within `promote_within_slots`), so that the cluster keeps
+    /// working once it is in force.
+    pub fn propose_change(&mut self, change: Change) -> Result<(), ChangeError> {
+        let Role::Leader(leader) = &self.role else {
+            return Err(ChangeError::NotLeader);
+        };
+        // A change proposed and not known chosen yet (once chosen, the
+        // membership it makes is the latest, checked below).
+        let proposed = leader.change_slot.is_some_and(|slot| slot > self.commit);
+        if leader.change.is_some() || proposed {
+            return Err(ChangeError::InProgress(self.configs.latest_from()));
+        }
+        if self.configs.latest_from() > self.commit + 1 {
+            return Err(ChangeError::InProgress(self.configs.latest_from()));
+        }
+        let next = self.configs.latest().apply(&change)?;
+        let (ready, missing) = self.healthy_voters(&next);
+        if !next.is_quorum(&ready) {
+            return Err(ChangeError::Refused(format!(
+                "after {change} the voters would be {:?}, of which {:?} are not connected or \
+                 not caught up; a quorum of {} is needed",
+                next.voters().collect::<Vec<_>>(),
+                missing,
+                next.quorum()
+            )));
+        }
+        if let Role::Leader(leader) = &mut self.role {
+            leader.change = Some(change);
+        }
+        Ok(())
+    }
+
+    /// On a leader: proposes to promote a learner added to become a voter
+    /// once it has caught up, when no other change is in progress.
+    fn maybe_promote(&mut self) {
+        let Role::Leader(leader) = &self.role else {
+            return;
+        };
+        if !self.serving(leader) {
+            return;
+        }
+        let within = self.config.promote_within_slots;
+        let ready = self.configs.latest().members.iter().find_map(|(&id, m)| {
+            let caught_up = leader
+                .peer_commit
+                .get(&id)
+                .is_some_and(|&c| c + within >= self.commit);
+            (m.role == (MemberRole::Learner { promote: true }) && caught_up).then_some(id)
+        });
+        if let Some(id) = ready {
+            // Refused while another change is in progress: tried again later.
+            let _ = self.propose_change(Change::Promote { id });
+        }
+    }
+
+    /// On a leader: the voters of `membership` that answered within an
+    /// election timeout and are caught up, and those that are not.
+    fn healthy_voters(&self, membership: &Membership) -> (Vec<NodeId>, Vec<NodeId>) {
+        let Role::Leader(leader) = &self.role else {
+            return (Vec::new(), membership.voters().collect());
+        };
+        let within = self.config.promote_within_slots;
+        membership.voters().partition(|&id| {
+            if id == self.config.id {
+                return true;
+            }
+            let heard = leader
+                .last_heard
+                .get(&id)
+                .is_some_and(|&t| self.now < t + self.config.election_ticks);
+            let caught_up = leader
+                .peer_commit
+                .get(&id)
+                .is_some_and(|&c| c + within >= self.commit);
+            heard && caught_up
+        })
+    }
+
     /// The host's snapshot now holds every entry up to `up_to` (at most what
     /// was applied): the log below it may go.
     pub fn compact(&mut self, up_to: Slot) {
@@ -723,13 +892,15 @@ impl Replica {
         }
         self.log = self.log.split_off(&(up_to + 1));
         self.log_start = up_to;
+        self.configs.trim(up_to + 1);
         self.ready.records.push(Record::Compact { up_to });
         self.check_invariants();
     }
 
     /// The host installed a snapshot holding every entry up to `slot`
-    /// (received from a peer after [`Ready::snapshot_needed`]).
-    pub fn install_snapshot(&mut self, slot: Slot) {
+    /// (received from a peer after [`Ready::snapshot_needed`]), with the
+    /// memberships it carries.
+    pub fn install_snapshot(&mut self, slot: Slot, configs: Configs) {
         if slot <= self.commit {
             return;
         }
@@ -737,6 +908,8 @@ impl Replica {
         self.log_start = slot;
         self.commit = slot;
         self.applied = slot;
+        self.configs = configs;
+        self.configs_through = slot;
         self.known_commit = self.known_commit.max(slot);
         self.ready.records.push(Record::Compact { up_to: slot });
         self.advance_commit();
@@ -807,13 +980,60 @@ impl Replica {
         }
     }
 
+    /// Every member of the memberships from the first open slot on, voters
+    /// and learners, this replica excepted.
     fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
         let me = self.config.id;
-        self.config
-            .members
+        let mut all = BTreeSet::new();
+        for m in self.configs.between(self.commit + 1, Slot(u64::MAX)) {
+            all.extend(m.members.keys().copied());
+        }
+        all.into_iter().filter(move |&m| m != me)
+    }
+
+    /// The membership of the first slot not known chosen: its voters elect
+    /// leaders, confirm reads and hold leases.
+    fn voters_now(&self) -> &Membership {
+        self.configs.at(self.commit + 1)
+    }
+
+    /// Whether this replica votes for the first open slot.
+    fn votes_now(&self) -> bool {
+        self.voters_now().is_voter(self.config.id)
+    }
+
+    /// Every membership this replica knows of, and the first slot each
+    /// governs.
+    pub fn configs(&self) -> &Configs {
+        &self.configs
+    }
+
+    /// The memberships a snapshot of the state up to `slot` (at most the
+    /// commit point) must carry: those the changes chosen up to `slot` make.
+    pub fn snapshot_configs(&self, slot: Slot) -> Configs {
+        let limit = slot + self.configs.alpha();
+        let kept: Vec<(Slot, Membership)> = self
+            .configs
+            .from_slot(slot + 1)
+            .entries()
             .iter()
-            .copied()
-            .filter(move |&m| m != me)
+            .filter(|(from, _)| *from <= limit)
+            .cloned()
+            .collect();
+        Configs::from_entries(kept).unwrap_or_else(|| self.configs.from_slot(slot + 1))
+    }
+
+    /// Notes the membership changes among newly committed slots.
+    fn fold_configs(&mut self) {
+        while self.configs_through < self.commit {
+            let slot = self.configs_through + 1;
+            if let Some(Value::Change(change)) = self.log.get(&slot).and_then(|e| e.chosen.as_ref())
+            {
+                let change = change.clone();
+                self.configs.note_change(slot, &change);
+            }
+            self.configs_through = slot;
+        }
     }
 
     fn broadcast(&mut self, message: Message) {

@@ -92,7 +92,7 @@ impl Replica {
             return;
         }
         let leading_from = match &self.role {
-            Role::Leader(leader) => Some(leader.noop_slot),
+            Role::Leader(leader) if leader.noop_proposed => Some(leader.noop_slot),
             _ => None,
         };
         let promised = self.promised;

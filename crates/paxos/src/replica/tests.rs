@@ -17,9 +17,12 @@ struct Node {
     /// The last snapshot request the replica made.
     snapshot_needed: Option<(NodeId, Slot)>,
     up: bool,
+    /// The memberships a joining node started from (founders have none).
+    base: Option<Configs>,
 }
 
 struct Cluster {
+    founders: u64,
     tweak: fn(&mut Config),
     nodes: BTreeMap<NodeId, Node>,
     queue: VecDeque<(NodeId, NodeId, Message)>,
@@ -55,11 +58,13 @@ impl Cluster {
                     failed_reads: Vec::new(),
                     snapshot_needed: None,
                     up: true,
+                    base: None,
                 };
                 (id, node)
             })
             .collect();
         Cluster {
+            founders: n,
             tweak,
             nodes,
             queue: VecDeque::new(),
@@ -215,7 +220,7 @@ impl Cluster {
 
     /// Restarts `id` with its disk wiped, rejoining as a learner.
     fn restart_wiped(&mut self, id: NodeId) {
-        let mut config = config(id, self.nodes.len() as u64);
+        let mut config = config(id, self.founders);
         (self.tweak)(&mut config);
         let node = self.node(id);
         node.replica = Replica::rejoin(config).expect("valid config");
@@ -228,11 +233,12 @@ impl Cluster {
     /// Restarts `id` from what it made durable; its state machine restarts
     /// empty, so it re-applies the log from the start.
     fn restart(&mut self, id: NodeId) {
-        let mut config = config(id, self.nodes.len() as u64);
+        let mut config = config(id, self.founders);
         (self.tweak)(&mut config);
         let node = self.node(id);
+        let base = node.base.clone();
         node.replica =
-            Replica::restore(config, node.durable.clone(), Slot::ZERO).expect("valid config");
+            Replica::restore(config, node.durable.clone(), Slot::ZERO, base).expect("valid config");
         node.applied.clear();
         node.up = true;
     }
@@ -510,7 +516,15 @@ fn the_leader_lease_accounts_for_drift() {
 #[test]
 fn configs_that_cannot_work_are_refused() {
     let mut c = Config::new(4, vec![1, 2, 3]);
-    assert_eq!(c.validate(), Err(ConfigError::NotAMember(4)));
+    // Founding a cluster one is not a member of; a node that joins later
+    // takes its membership from a snapshot instead.
+    assert_eq!(
+        Replica::new(c.clone()).err(),
+        Some(ConfigError::NotAMember(4))
+    );
+    c.alpha = 0;
+    assert!(c.validate().is_err());
+    c.alpha = 4;
     c.members = vec![1, 1, 4];
     assert_eq!(c.validate(), Err(ConfigError::DuplicateMember));
     c.members = vec![4];
@@ -575,9 +589,10 @@ fn a_follower_behind_a_compacted_log_installs_a_snapshot_then_catches_up() {
         .filter(|(s, _)| *s <= slot)
         .cloned()
         .collect();
+    let configs = c.nodes[&from].replica.snapshot_configs(slot);
     let node = c.node(lagger);
     node.applied = entries;
-    node.replica.install_snapshot(slot);
+    node.replica.install_snapshot(slot, configs);
     c.process(lagger);
     assert_eq!(c.nodes[&lagger].durable.log_start, slot);
     c.propose(leader, "after-snapshot");
@@ -675,7 +690,7 @@ fn a_snapshot_ahead_of_the_durable_log_is_trusted_on_restart() {
     let mut config = config(leader, 3);
     config.seed += 1;
     let durable = Durable::default();
-    let replica = Replica::restore(config, durable, applied).expect("valid config");
+    let replica = Replica::restore(config, durable, applied, None).expect("valid config");
     let status = replica.status();
     assert_eq!(status.log_start, applied);
     assert_eq!(status.commit, applied);
@@ -831,5 +846,272 @@ fn a_leader_behind_asks_the_peer_that_knows_more() {
             BTreeSet::from([ahead]),
             "only the peer that knows more is asked"
         );
+    }
+}
+
+// ----- membership ------------------------------------------------------------
+
+impl Cluster {
+    /// Starts node `id` with an empty disk and the founding membership (as
+    /// a snapshot of slot 0 would carry it), not yet a member.
+    fn start_joiner(&mut self, id: NodeId) {
+        let mut config = Config::new(id, Vec::new());
+        config.seed = id * 7919;
+        (self.tweak)(&mut config);
+        let base = self.nodes[&1].replica.snapshot_configs(Slot::ZERO);
+        let replica = Replica::restore(config, Durable::default(), Slot::ZERO, Some(base.clone()))
+            .expect("valid config");
+        let node = Node {
+            replica,
+            durable: Durable::default(),
+            applied: Vec::new(),
+            reads: Vec::new(),
+            failed_reads: Vec::new(),
+            snapshot_needed: None,
+            up: true,
+            base: Some(base),
+        };
+        self.nodes.insert(id, node);
+    }
+
+    fn change(&mut self, leader: NodeId, change: Change) -> Result<(), ChangeError> {
+        let result = self.node(leader).replica.propose_change(change);
+        self.process(leader);
+        self.deliver_all();
+        result
+    }
+
+    /// Ticks until the membership in force at `id`'s first open slot
+    /// satisfies `done`.
+    fn until_in_force(&mut self, id: NodeId, what: &str, done: impl Fn(&Membership) -> bool) {
+        for _ in 0..500 {
+            self.ticks(1);
+            let r = &self.nodes[&id].replica;
+            if done(r.configs().at(r.status().commit + 1)) {
+                return;
+            }
+        }
+        panic!("{what}: not in force after 500 ticks");
+    }
+}
+
+fn small_alpha(c: &mut Config) {
+    c.alpha = 4;
+    c.inflight_slots_max = 8;
+}
+
+fn add(id: NodeId, promote: bool) -> Change {
+    Change::Add {
+        id,
+        info: Bytes::from(format!("addr-{id}")),
+        promote,
+    }
+}
+
+#[test]
+fn a_learner_catches_up_is_promoted_and_then_counts() {
+    let mut c = Cluster::with(3, small_alpha);
+    let leader = c.elect();
+    for i in 0..6 {
+        c.propose(leader, &format!("before{i}"));
+    }
+    c.start_joiner(4);
+    c.change(leader, add(4, true)).expect("an add is taken");
+    c.until_in_force(leader, "node 4 a voter", |m| m.is_voter(4));
+    let four = c.nodes[&4].replica.configs().latest().clone();
+    assert!(four.is_voter(4), "the new member learned its own promotion");
+    assert_eq!(four.members[&4].info, Bytes::from("addr-4"));
+    // Four voters: a quorum is three. With two founders down nothing is
+    // chosen; with one down, the new voter makes the quorum.
+    let others: Vec<NodeId> = (1..=3).filter(|&id| id != leader).collect();
+    c.crash(others[0]);
+    c.propose(leader, "with-four");
+    c.ticks(20);
+    assert_eq!(c.commands(4).last().map(String::as_str), Some("with-four"));
+    assert_eq!(c.commands(4)[..6], c.commands(leader)[..6]);
+    c.crash(others[1]);
+    c.propose(leader, "two-down");
+    c.ticks(20);
+    assert_ne!(
+        c.commands(leader).last().map(String::as_str),
+        Some("two-down"),
+        "two of four voters are not a quorum"
+    );
+}
+
+#[test]
+fn a_learner_added_as_such_stays_one_and_never_counts() {
+    let mut c = Cluster::with(3, small_alpha);
+    let leader = c.elect();
+    c.start_joiner(4);
+    c.change(leader, add(4, false)).expect("an add is taken");
+    c.until_in_force(leader, "node 4 a learner", |m| m.is_member(4));
+    c.propose(leader, "x");
+    c.ticks(40);
+    let r = &c.nodes[&4].replica;
+    assert_eq!(r.status().role, RoleName::Learner);
+    assert!(!r.configs().latest().is_voter(4), "never promoted");
+    assert_eq!(c.commands(4), vec!["x"], "a learner receives the log");
+    // Its acceptances never make a quorum: with two founders down, nothing
+    // is chosen although the leader and the learner accept.
+    let others: Vec<NodeId> = (1..=3).filter(|&id| id != leader).collect();
+    c.crash(others[0]);
+    c.crash(others[1]);
+    c.propose(leader, "not-chosen");
+    c.ticks(5);
+    assert_eq!(c.commands(4), vec!["x"]);
+}
+
+#[test]
+fn a_removed_voter_no_longer_counts_and_knows_it() {
+    let mut c = Cluster::with(3, small_alpha);
+    let leader = c.elect();
+    let gone = (1..=3).find(|&id| id != leader).expect("a follower");
+    c.change(leader, Change::Remove { id: gone })
+        .expect("a removal is taken");
+    c.until_in_force(leader, "removal", |m| !m.is_member(gone));
+    // Nobody sends to it any more; once it misses a leader it asks, is
+    // told how far the log goes, and learns of its removal from it.
+    c.ticks(100);
+    assert_eq!(c.nodes[&gone].replica.status().role, RoleName::Removed);
+    // Two voters left: both are needed, and the removed one is not.
+    c.crash(gone);
+    c.propose(leader, "after-removal");
+    c.ticks(10);
+    let stay = (1..=3).find(|&id| id != leader && id != gone).expect("one");
+    assert_eq!(
+        c.commands(stay).last().map(String::as_str),
+        Some("after-removal")
+    );
+    // The removed id cannot come back.
+    assert_eq!(
+        c.change(leader, add(gone, true)),
+        Err(ChangeError::Retired(gone))
+    );
+}
+
+#[test]
+fn a_removed_leader_hands_over_and_the_rest_go_on() {
+    let mut c = Cluster::with(3, small_alpha);
+    let leader = c.elect();
+    c.propose(leader, "a");
+    c.change(leader, Change::Remove { id: leader })
+        .expect("a removal is taken");
+    // It leads until the removal is in force, then steps down for good.
+    let next = c.elect_other_than(leader);
+    assert!(!c.nodes[&next].replica.configs().latest().is_member(leader));
+    c.propose(next, "b");
+    c.ticks(10);
+    let stay: Vec<NodeId> = (1..=3).filter(|&id| id != leader).collect();
+    for id in stay {
+        assert_eq!(c.commands(id), vec!["a", "b"], "node {id}");
+    }
+    assert_ne!(c.nodes[&leader].replica.status().role, RoleName::Leader);
+}
+
+#[test]
+fn a_dead_member_is_replaced_by_a_new_one() {
+    let mut c = Cluster::with(3, small_alpha);
+    let leader = c.elect();
+    let dead = (1..=3).find(|&id| id != leader).expect("a follower");
+    c.crash(dead);
+    c.propose(leader, "while-down");
+    c.start_joiner(7);
+    c.change(leader, add(7, true))
+        .expect("adding a learner is safe");
+    c.until_in_force(leader, "node 7 a voter", |m| m.is_voter(7));
+    c.change(leader, Change::Remove { id: dead })
+        .expect("removing the dead member leaves a healthy quorum");
+    c.until_in_force(leader, "removal", |m| !m.is_member(dead));
+    // Voters are the leader, the survivor and 7: any one may fail now.
+    let survivor = (1..=3).find(|&id| id != leader && id != dead).expect("one");
+    c.crash(survivor);
+    c.propose(leader, "replaced");
+    c.ticks(20);
+    assert_eq!(
+        c.commands(7).last().map(String::as_str),
+        Some("replaced"),
+        "{:?}",
+        c.commands(7)
+    );
+}
+
+#[test]
+fn changes_that_would_leave_no_working_quorum_are_refused() {
+    let mut c = Cluster::with(3, small_alpha);
+    let leader = c.elect();
+    let others: Vec<NodeId> = (1..=3).filter(|&id| id != leader).collect();
+    c.ticks(5); // heartbeats tell the leader who is caught up
+    c.crash(others[0]);
+    c.ticks(c.nodes[&leader].replica.config().election_ticks + 1);
+    // Removing the healthy follower would leave the leader and a dead one.
+    let refused = c.change(leader, Change::Remove { id: others[1] });
+    match refused {
+        Err(ChangeError::Refused(why)) => {
+            assert!(why.contains(&others[0].to_string()), "{why}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Promoting a learner that has not caught up is refused too.
+    c.start_joiner(9);
+    c.crash(9);
+    c.change(leader, add(9, false))
+        .expect("a learner is always safe");
+    c.until_in_force(leader, "node 9 a learner", |m| m.is_member(9));
+    assert!(matches!(
+        c.change(leader, Change::Promote { id: 9 }),
+        Err(ChangeError::Refused(_))
+    ));
+    // Only the leader changes the membership, one change at a time.
+    assert_eq!(
+        c.change(others[1], Change::Remove { id: 9 }),
+        Err(ChangeError::NotLeader)
+    );
+    let r = &mut c.node(leader).replica;
+    r.propose_change(Change::Remove { id: 9 }).expect("taken");
+    assert!(matches!(
+        r.propose_change(Change::Remove { id: others[0] }),
+        Err(ChangeError::InProgress(_))
+    ));
+    // Handed out and not yet chosen, it is still in progress.
+    let _ = r.take_ready();
+    assert!(matches!(
+        r.propose_change(Change::Remove { id: others[0] }),
+        Err(ChangeError::InProgress(_))
+    ));
+}
+
+#[test]
+fn memberships_survive_a_restart_from_the_log() {
+    let mut c = Cluster::with(3, small_alpha);
+    let leader = c.elect();
+    let gone = (1..=3).find(|&id| id != leader).expect("a follower");
+    c.change(leader, Change::Remove { id: gone })
+        .expect("taken");
+    c.until_in_force(leader, "removal", |m| !m.is_member(gone));
+    let before = c.nodes[&leader].replica.configs().clone();
+    c.crash(leader);
+    c.restart(leader);
+    c.process(leader);
+    assert_eq!(c.nodes[&leader].replica.configs().latest(), before.latest());
+    let from = before.latest_from();
+    assert_eq!(c.nodes[&leader].replica.configs().latest_from(), from);
+}
+
+impl Cluster {
+    /// Ticks until a serving leader other than `old` exists.
+    fn elect_other_than(&mut self, old: NodeId) -> NodeId {
+        for _ in 0..1000 {
+            self.ticks(1);
+            let leaders: Vec<NodeId> = self
+                .leaders()
+                .into_iter()
+                .filter(|&id| id != old && self.nodes[&id].replica.status().serving)
+                .collect();
+            if let [one] = leaders[..] {
+                return one;
+            }
+        }
+        panic!("no other leader after 1000 ticks");
     }
 }

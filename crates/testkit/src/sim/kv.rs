@@ -1587,6 +1587,7 @@ fn describe(value: &Value) -> String {
             }
             format!("batch of {} ({h:016x})", commands.len())
         }
+        Value::Change(change) => change.to_string(),
     }
 }
 
