@@ -161,6 +161,9 @@ pub(crate) struct Clients<T> {
     pub writes: BTreeMap<(ClientId, Seq), PendingWrite<T>>,
     /// By read context.
     pub reads: BTreeMap<u64, PendingRead<T>>,
+    /// The context of the next read. Contexts never repeat across restarts
+    /// (they start from the start's epoch), so an answer a leader sent to a
+    /// read of an earlier life of this node can never answer a new one.
     pub next_ctx: u64,
     /// Arrival numbers of the writes in `writes`.
     arrivals: BTreeSet<u64>,
@@ -181,6 +184,14 @@ impl<T> Default for Clients<T> {
 }
 
 impl<T> Clients<T> {
+    /// No client yet; read contexts start at `first_ctx`.
+    pub fn starting_reads_at(first_ctx: u64) -> Self {
+        Clients {
+            next_ctx: first_ctx,
+            ..Clients::default()
+        }
+    }
+
     /// The arrival number of the next write.
     pub fn next_arrival(&self) -> u64 {
         self.next_arrival

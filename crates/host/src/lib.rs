@@ -56,8 +56,8 @@ use bytes::Bytes;
 use kv::{ClientId, Command, Reply, Request, Seq, Store};
 use paxos::NodeId;
 use paxos::replica::{
-    Config as PaxosConfig, ConfigError, Configs, Durable, Message, ProposeError, Ready, Record,
-    RecordNo, Replica, RoleName, Slot, Status, Value,
+    Change, ChangeError, Config as PaxosConfig, ConfigError, Configs, Durable, Message,
+    ProposeError, Ready, Record, RecordNo, Replica, RoleName, Slot, Status, Value,
 };
 use tracing::{debug, info, warn};
 
@@ -96,9 +96,12 @@ pub enum NodeError {
     /// The node is overloaded or shutting down; the command was not applied.
     #[error("BUSY {0}")]
     Busy(String),
+    /// The node was removed from the cluster's membership: it serves no
+    /// client any more. The command was not applied.
+    #[error("REMOVED this node was removed from the cluster; use another member")]
+    Removed,
 }
 
-/// Why nothing more is taken once the disk failed.
 /// Why a host cannot start from what is on disk.
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -117,6 +120,7 @@ fn snapshot_configs(store: &Store) -> Result<Option<Configs>, codec::DecodeError
     storage::wire::decode_configs(store.cluster().clone()).map(Some)
 }
 
+/// Why nothing more is taken once the disk failed.
 fn disk_lost() -> NodeError {
     NodeError::Busy("the node cannot write its log".to_owned())
 }
@@ -246,7 +250,7 @@ impl<T> Host<T> {
             durable: RecordNo::ZERO,
             handed: RecordNo::ZERO,
             held: VecDeque::new(),
-            clients: Clients::default(),
+            clients: Clients::starting_reads_at(client_epoch << 32),
             client_ids: ClientIds::new(id, Some(client_epoch)),
             now: 0,
             next_sweep: 0,
@@ -289,6 +293,23 @@ impl<T> Host<T> {
     /// The newest snapshot this node holds (and serves to peers).
     pub fn latest_snapshot(&self) -> Option<SnapshotId> {
         self.snapshots.latest()
+    }
+
+    /// Every membership the replica knows of, and the first slot each
+    /// governs.
+    pub fn configs(&self) -> &Configs {
+        self.replica.configs()
+    }
+
+    /// Proposes a change of membership (on the leader; see
+    /// [`Replica::propose_change`]).
+    pub fn propose_change(&mut self, change: Change) -> Result<(), ChangeError> {
+        if self.failed {
+            return Err(ChangeError::Refused(
+                "this node cannot write its log".to_owned(),
+            ));
+        }
+        self.replica.propose_change(change)
     }
 
     /// Ticks delivered so far.
@@ -374,6 +395,10 @@ impl<T> Host<T> {
             self.out.replies.push((answer, Err(error)));
             return;
         }
+        if self.replica.status().role == RoleName::Removed {
+            self.out.replies.push((answer, Err(NodeError::Removed)));
+            return;
+        }
         if self.clients.writes.len() >= self.config.pending_writes_max {
             let error = NodeError::Busy(format!(
                 "{} writes are waiting already",
@@ -447,6 +472,10 @@ impl<T> Host<T> {
         if self.failed {
             let error = disk_lost();
             self.out.replies.push((answer, Err(error)));
+            return;
+        }
+        if self.replica.status().role == RoleName::Removed {
+            self.out.replies.push((answer, Err(NodeError::Removed)));
             return;
         }
         if self.config.flaw == Some(Flaw::ReadWithoutConfirmation)

@@ -438,3 +438,66 @@ fn a_lost_request_is_repeated_until_the_peer_answers() {
     }
     assert_eq!(requests, 4, "asked at 0, 3, 6 and 9 ticks");
 }
+
+/// A follower (node 2 of 3) started with client epoch `epoch`, following
+/// node 1, with a linearizable read asked of the leader; returns the host
+/// and the read's context as the leader sees it.
+fn follower_reading(epoch: u64) -> (Host<u32>, u64) {
+    let mut h = Host::restore(
+        HostConfig::default(),
+        paxos(2, 3),
+        Durable::default(),
+        None,
+        epoch,
+    )
+    .expect("valid");
+    let ballot = Ballot {
+        round: paxos::Round(1),
+        node: 1,
+    };
+    h.step(
+        1,
+        Message::Heartbeat {
+            ballot,
+            commit: Slot::ZERO,
+            seq: 1,
+        },
+    );
+    settle(&mut h);
+    h.read(get("k"), ReadMode::Linearizable, 7);
+    let e = h.effects();
+    let ctx = e
+        .send
+        .iter()
+        .find_map(|(to, m)| match m {
+            Message::ReadIndexRequest { ctx } if *to == 1 => Some(*ctx),
+            _ => None,
+        })
+        .expect("the read is asked of the leader");
+    (h, ctx)
+}
+
+#[test]
+fn an_answer_to_a_read_of_an_earlier_life_never_answers_a_new_one() {
+    let (_, before) = follower_reading(1);
+    let (mut h, after) = follower_reading(2);
+    assert_ne!(before, after, "read contexts repeat across restarts");
+    // The leader's answer to the read asked before the restart arrives
+    // late: the new read waits for its own.
+    h.step(
+        1,
+        Message::ReadIndexReply {
+            ctx: before,
+            index: Slot::ZERO,
+        },
+    );
+    assert!(settle(&mut h).is_empty(), "a stale read index answered");
+    h.step(
+        1,
+        Message::ReadIndexReply {
+            ctx: after,
+            index: Slot::ZERO,
+        },
+    );
+    assert_eq!(settle(&mut h), vec![(7, Ok(Reply::Nil))]);
+}

@@ -310,6 +310,7 @@ async fn a_new_leader_takes_over_and_the_old_one_catches_up() {
                         refused += 1;
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
+                    Err(NodeError::Removed) => panic!("no member was removed"),
                 }
             }
             (ok, uncertain, refused)

@@ -78,6 +78,11 @@ fn put_change(out: &mut BytesMut, change: &Change) {
             out.put_u8(2);
             put_varint(out, *id);
         }
+        Change::Replace { old, new } => {
+            out.put_u8(3);
+            put_varint(out, *old);
+            put_varint(out, *new);
+        }
     }
 }
 
@@ -339,6 +344,10 @@ impl<'a> Wire<'a> {
             2 => Ok(Change::Remove {
                 id: self.varint("a member id")?,
             }),
+            3 => Ok(Change::Replace {
+                old: self.varint("a member id")?,
+                new: self.varint("a member id")?,
+            }),
             tag => Err(DecodeError::UnknownTag {
                 what: "membership change",
                 tag,
@@ -581,14 +590,18 @@ mod tests {
         }
         if rng.chance(0.1) {
             let id = rng.below(1 << 20);
-            return Value::Change(match rng.below(3) {
+            return Value::Change(match rng.below(4) {
                 0 => Change::Add {
                     id,
                     info: Bytes::from(format!("10.0.0.{}:7000", rng.below(256))),
                     promote: rng.chance(0.5),
                 },
                 1 => Change::Promote { id },
-                _ => Change::Remove { id },
+                2 => Change::Remove { id },
+                _ => Change::Replace {
+                    old: id,
+                    new: rng.below(1 << 20),
+                },
             });
         }
         let n = rng.below(4) as usize;
@@ -780,14 +793,18 @@ mod tests {
     /// A change about a small id, so that some of them apply.
     fn value_change(rng: &mut Rng) -> Value {
         let id = 1 + rng.below(8);
-        Value::Change(match rng.below(3) {
+        Value::Change(match rng.below(4) {
             0 => Change::Add {
                 id,
                 info: Bytes::from(format!("10.0.0.{id}:7000")),
                 promote: rng.chance(0.5),
             },
             1 => Change::Promote { id },
-            _ => Change::Remove { id },
+            2 => Change::Remove { id },
+            _ => Change::Replace {
+                old: id,
+                new: 1 + rng.below(8),
+            },
         })
     }
 

@@ -68,6 +68,13 @@ pub struct KvArgs {
     /// Never snapshot or compact the logs.
     #[arg(long)]
     no_snapshots: bool,
+    /// Keep the membership fixed (by default members are added, promoted
+    /// and removed during the chaos, the leader included).
+    #[arg(long)]
+    no_reconfigure: bool,
+    /// Nodes that may join beside the founders, each under a new id.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(0..=16))]
+    spares: u16,
     /// Run a deliberately broken variant ("list" names them); a caught bug
     /// exits 1.
     #[arg(long)]
@@ -177,6 +184,8 @@ fn sim_kv(args: KvArgs) -> Result<ExitCode> {
         corrupt: args.corrupt,
         torn: args.torn,
         snapshots: !args.no_snapshots,
+        reconfigure: !args.no_reconfigure,
+        spares: usize::from(args.spares),
         bug,
     };
     let first = args.seed.unwrap_or(0);
@@ -205,6 +214,12 @@ fn sim_kv(args: KvArgs) -> Result<ExitCode> {
         }
         if !config.crashes {
             cmd.push_str(" --no-crashes");
+        }
+        if !config.reconfigure {
+            cmd.push_str(" --no-reconfigure");
+        }
+        if config.spares != 2 {
+            cmd.push_str(&format!(" --spares {}", config.spares));
         }
         if let Some(b) = bug {
             cmd.push_str(&format!(" --bug {}", b.name()));
@@ -284,6 +299,10 @@ fn sim_kv(args: KvArgs) -> Result<ExitCode> {
         disk.rejoined,
         disk.snapshots,
         disk.installs
+    );
+    println!(
+        "membership: {} changes proposed, {} chosen",
+        disk.changes_proposed, disk.changes_chosen
     );
     if let Some(seed) = first_violation {
         println!(

@@ -86,6 +86,7 @@ impl Replica {
                 continue; // a duplicate
             }
             entry.accepted = Some((ballot, value.clone()));
+            self.flawed_note(slot, &value);
             self.ready.records.push(Record::Accept {
                 slot,
                 ballot,

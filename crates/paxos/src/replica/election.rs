@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::message::{Message, PromisedEntry, Record, Slot, Value};
-use super::{Leader, Promised, Replica, Role};
+use super::{Flaw, Leader, Promised, Replica, Role};
 use crate::ballot::{Ballot, NodeId};
 
 impl Replica {
@@ -127,7 +127,14 @@ impl Replica {
         if leader.ballot != ballot || !leader.promisers.insert(from) {
             return;
         }
+        // As at the election: slots up to the commit point it reports are
+        // chosen (it may have compacted them, so it cannot report its votes
+        // there); never propose there, learn them instead.
+        if self.config.flaw != Some(Flaw::LatePromiseIgnoresCommit) {
+            leader.next_slot = leader.next_slot.max(commit + 1);
+        }
         let next = leader.next_slot;
+        leader.reported = leader.reported.split_off(&next);
         let mut chosen = Vec::new();
         for e in entries {
             if e.chosen {

@@ -3,7 +3,7 @@
 
 use super::membership::Membership;
 use super::message::{Message, Record, RecordNo, Slot, Value};
-use super::{InFlight, Leader, PendingRead, ReadState, Replica, Role};
+use super::{Flaw, InFlight, Leader, PendingRead, ReadState, Replica, Role};
 use std::collections::BTreeSet;
 
 use crate::ballot::NodeId;
@@ -43,6 +43,7 @@ impl Replica {
             value: value.clone(),
         });
         leader.own_votes.push_back((record, slot));
+        self.flawed_note(slot, &value);
         leader.unsent.push((slot, value.clone()));
         leader.inflight.insert(
             slot,
@@ -75,7 +76,19 @@ impl Replica {
         };
         flight.accepted_by.insert(voter);
         // Only the voters of the slot's own membership count.
-        if !self.configs.at(slot).is_quorum(&flight.accepted_by) {
+        let membership = self.configs.at(slot);
+        let quorum = if self.config.flaw == Some(Flaw::RemovedStillVotes) {
+            let retired = &self.configs.latest().retired;
+            let counted = flight
+                .accepted_by
+                .iter()
+                .filter(|id| membership.is_voter(**id) || retired.contains(id))
+                .count();
+            counted >= membership.quorum()
+        } else {
+            membership.is_quorum(&flight.accepted_by)
+        };
+        if !quorum {
             return;
         }
         if let Some(flight) = leader.inflight.remove(&slot) {
@@ -161,8 +174,13 @@ impl Replica {
             if self.configs.governing_from(n) != self.configs.governing_from(open) {
                 break;
             }
-            if !self.configs.at(n).is_quorum(&leader.promisers) {
-                self.ask_promises(leader, n);
+            let voters = self.configs.at(n);
+            if !voters.is_quorum(&leader.promisers) {
+                let missing: Vec<NodeId> = voters
+                    .voters()
+                    .filter(|id| !leader.promisers.contains(id))
+                    .collect();
+                self.ask_promises(leader, missing);
                 break;
             }
             if !leader.noop_proposed
@@ -213,21 +231,16 @@ impl Replica {
         Value::Batch(batch)
     }
 
-    /// Asks the voters of slot `n` that have not promised this ballot to do
-    /// so, at most once per heartbeat interval.
-    fn ask_promises(&mut self, leader: &mut Leader, n: Slot) {
+    /// Asks voters that have not promised this ballot to do so, at most
+    /// once per heartbeat interval.
+    fn ask_promises(&mut self, leader: &mut Leader, missing: Vec<NodeId>) {
         let pace = self.config.heartbeat_ticks * 2;
         if leader.prepare_asked.is_some_and(|at| self.now < at + pace) {
             return;
         }
         leader.prepare_asked = Some(self.now);
-        let missing: Vec<NodeId> = self
-            .configs
-            .at(n)
-            .voters()
-            .filter(|id| !leader.promisers.contains(id) && *id != self.config.id)
-            .collect();
-        for id in missing {
+        let me = self.config.id;
+        for id in missing.into_iter().filter(|&id| id != me) {
             self.send(
                 id,
                 Message::Prepare {

@@ -90,15 +90,10 @@ pub enum Change {
     Promote { id: NodeId },
     /// A member leaves for good.
     Remove { id: NodeId },
-}
-
-impl Change {
-    /// The member the change is about.
-    pub fn id(&self) -> NodeId {
-        match self {
-            Change::Add { id, .. } | Change::Promote { id } | Change::Remove { id } => *id,
-        }
-    }
+    /// A learner takes the place of a member, in one decree: it becomes a
+    /// voter (if `old` was one) and `old` leaves for good. Replacing a dead
+    /// voter so never lowers the number of voters, even for a moment.
+    Replace { old: NodeId, new: NodeId },
 }
 
 impl std::fmt::Display for Change {
@@ -112,6 +107,7 @@ impl std::fmt::Display for Change {
             } => write!(f, "add learner {id}"),
             Change::Promote { id } => write!(f, "promote {id}"),
             Change::Remove { id } => write!(f, "remove {id}"),
+            Change::Replace { old, new } => write!(f, "replace {old} by {new}"),
         }
     }
 }
@@ -241,6 +237,22 @@ impl Membership {
                 next.members.remove(id);
                 next.retired.insert(*id);
             }
+            Change::Replace { old, new } => {
+                let Some(gone) = next.members.remove(old) else {
+                    return Err(ChangeError::NotAMember(*old));
+                };
+                let Some(member) = next.members.get_mut(new) else {
+                    return Err(ChangeError::NotAMember(*new));
+                };
+                if member.role == MemberRole::Voter {
+                    return Err(ChangeError::AlreadyVoter(*new));
+                }
+                member.role = gone.role;
+                if member.role != MemberRole::Voter {
+                    member.role = MemberRole::Learner { promote: false };
+                }
+                next.retired.insert(*old);
+            }
         }
         Ok(next)
     }
@@ -305,9 +317,15 @@ impl Configs {
     /// `slot + α`. Changes must be noted in slot order. An invalid change
     /// changes nothing.
     pub fn note_change(&mut self, slot: Slot, change: &Change) {
-        let from = slot + self.alpha();
+        self.note_change_from(slot + self.alpha(), change);
+    }
+
+    /// A change governing from slot `from`, after every one noted so far.
+    pub(super) fn note_change_from(&mut self, from: Slot, change: &Change) {
+        if from <= self.latest_from() {
+            return; // noted already
+        }
         if let Ok(next) = self.latest().apply(change) {
-            debug_assert!(from > self.latest_from(), "changes noted out of order");
             self.history.push((from, next));
         }
     }
@@ -369,6 +387,23 @@ mod tests {
         assert!(!m3.is_quorum(&[1, 4, 9]), "a stranger does not count");
         let m4 = m3.apply(&Change::Remove { id: 4 }).expect("valid");
         assert_eq!(m4.apply(&add), Err(ChangeError::Retired(4)));
+        // A replacement swaps a learner in for a voter in one step.
+        let with5 = m4
+            .apply(&Change::Add {
+                id: 5,
+                info: Bytes::new(),
+                promote: false,
+            })
+            .expect("valid");
+        let swapped = with5
+            .apply(&Change::Replace { old: 2, new: 5 })
+            .expect("valid");
+        assert_eq!(swapped.voters().collect::<Vec<_>>(), vec![1, 3, 5]);
+        assert!(swapped.retired.contains(&2));
+        assert_eq!(
+            swapped.apply(&Change::Replace { old: 1, new: 3 }),
+            Err(ChangeError::AlreadyVoter(3))
+        );
         assert_eq!(
             Membership::founding([1], 4).apply(&Change::Remove { id: 1 }),
             Err(ChangeError::LastVoter(1))

@@ -119,6 +119,24 @@ pub struct Config {
     pub catch_up_slots_max: usize,
     /// Seeds the election jitter. Give each replica its own.
     pub seed: u64,
+    /// A deliberately broken rule, for the simulator to catch. A node never
+    /// sets one.
+    pub flaw: Option<Flaw>,
+}
+
+/// A deliberately broken rule of membership, for the simulator to catch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Flaw {
+    /// A replica acts on a membership change as soon as it proposes or
+    /// accepts it, before it is chosen (and without waiting α slots).
+    ConfigBeforeChosen,
+    /// Removed members keep receiving the log, and their acceptances keep
+    /// counting.
+    RemovedStillVotes,
+    /// A leader that asks a voter a change brought in for its promise
+    /// ignores the commit point the promise reports, and proposes in slots
+    /// that voter knows are chosen (and may have compacted).
+    LatePromiseIgnoresCommit,
 }
 
 impl Config {
@@ -139,6 +157,7 @@ impl Config {
             pending_commands_max: 65_536,
             catch_up_slots_max: 256,
             seed: id,
+            flaw: None,
         }
     }
 
@@ -200,8 +219,6 @@ impl Config {
 pub enum ConfigError {
     #[error("a member is listed twice")]
     DuplicateMember,
-    #[error("replica {0} is not among the members")]
-    NotAMember(NodeId),
     #[error("{0}")]
     Timing(&'static str),
 }
@@ -500,7 +517,9 @@ impl Replica {
     ///
     /// `configs` are the memberships the snapshot carries (see
     /// [`Replica::snapshot_configs`]); without a snapshot, the founding
-    /// membership of `config` governs the log from its first slot.
+    /// membership of `config` governs the log from its first slot. A replica
+    /// that is not among the founders is not a member until a change adds
+    /// it: it runs for nothing and counts for nothing.
     pub fn restore(
         config: Config,
         mut durable: Durable,
@@ -508,15 +527,7 @@ impl Replica {
         configs: Option<Configs>,
     ) -> Result<Replica, ConfigError> {
         config.validate()?;
-        let configs = match configs {
-            Some(configs) => configs,
-            None => {
-                if !config.members.contains(&config.id) {
-                    return Err(ConfigError::NotAMember(config.id));
-                }
-                Configs::new(config.founding())
-            }
-        };
+        let configs = configs.unwrap_or_else(|| Configs::new(config.founding()));
         let mut ready = Ready::default();
         if applied > durable.log_start {
             let record = Record::Compact { up_to: applied };
@@ -605,7 +616,7 @@ impl Replica {
         let role = if self.rejoin.is_some() {
             RoleName::Learner
         } else if role == RoleName::Follower && !self.votes_now() {
-            if self.configs.latest().retired.contains(&self.config.id) {
+            if self.is_gone(self.config.id) {
                 RoleName::Removed
             } else {
                 RoleName::Learner
@@ -679,7 +690,7 @@ impl Replica {
         if from == self.config.id {
             return;
         }
-        if self.configs.latest().retired.contains(&from) {
+        if self.is_gone(from) && self.config.flaw != Some(Flaw::RemovedStillVotes) {
             // A removed member counts for nothing, but may learn the log,
             // and so its own removal.
             match message {
@@ -988,7 +999,21 @@ impl Replica {
         for m in self.configs.between(self.commit + 1, Slot(u64::MAX)) {
             all.extend(m.members.keys().copied());
         }
+        if self.config.flaw == Some(Flaw::RemovedStillVotes) {
+            all.extend(self.configs.latest().retired.iter().copied());
+        }
         all.into_iter().filter(move |&m| m != me)
+    }
+
+    /// Whether `id` was removed and no longer belongs to any membership from
+    /// the first open slot on (until its removal is in force, it still
+    /// votes where it is a voter).
+    fn is_gone(&self, id: NodeId) -> bool {
+        self.configs.latest().retired.contains(&id)
+            && !self
+                .configs
+                .between(self.commit + 1, Slot(u64::MAX))
+                .any(|m| m.is_member(id))
     }
 
     /// The membership of the first slot not known chosen: its voters elect
@@ -1023,6 +1048,18 @@ impl Replica {
         Configs::from_entries(kept).unwrap_or_else(|| self.configs.from_slot(slot + 1))
     }
 
+    /// The `ConfigBeforeChosen` flaw: notes a change as soon as it is
+    /// proposed or accepted here.
+    fn flawed_note(&mut self, slot: Slot, value: &Value) {
+        if self.config.flaw == Some(Flaw::ConfigBeforeChosen)
+            && let Value::Change(change) = value
+        {
+            let from = (slot + 1).max(self.configs.latest_from() + 1);
+            let change = change.clone();
+            self.configs.note_change_from(from, &change);
+        }
+    }
+
     /// Notes the membership changes among newly committed slots.
     fn fold_configs(&mut self) {
         while self.configs_through < self.commit {
@@ -1033,6 +1070,11 @@ impl Replica {
                 self.configs.note_change(slot, &change);
             }
             self.configs_through = slot;
+        }
+        if matches!(self.role, Role::Follower) && self.is_gone(self.config.id) {
+            // Removed: nobody leads for us any more.
+            self.leader = None;
+            self.forward.clear();
         }
     }
 

@@ -66,7 +66,9 @@ use host::transfer::SnapshotFrame;
 use host::{Effects, Flaw, Host, HostConfig, NodeError, ReadMode, SnapshotPolicy, TransferConfig};
 use kv::{Command, Reply, SetCondition};
 use paxos::NodeId;
-use paxos::replica::{Config, Durable, Message, Record, RecordNo, RoleName, Slot, Value};
+use paxos::replica::{
+    Change, Config, Durable, Flaw as PaxosFlaw, Message, Record, RecordNo, RoleName, Slot, Value,
+};
 use paxos::rng::Rng;
 
 use super::files::MemSnapshots;
@@ -104,6 +106,14 @@ pub enum KvBug {
     /// The host lets messages that report its records leave before the disk
     /// has made them durable.
     HostSendsBeforeDurable,
+    /// A replica acts on a membership change it has only proposed or
+    /// accepted.
+    ConfigBeforeChosen,
+    /// Removed members keep voting.
+    RemovedStillVotes,
+    /// A leader ignores the commit point of a promise it asked for after
+    /// its election.
+    LatePromiseIgnoresCommit,
 }
 
 impl Variant for KvBug {
@@ -116,6 +126,9 @@ impl Variant for KvBug {
         KvBug::RejoinVotesAtOnce,
         KvBug::PersistedBeforeSync,
         KvBug::HostSendsBeforeDurable,
+        KvBug::ConfigBeforeChosen,
+        KvBug::RemovedStillVotes,
+        KvBug::LatePromiseIgnoresCommit,
     ];
 
     fn name(self) -> &'static str {
@@ -128,6 +141,9 @@ impl Variant for KvBug {
             KvBug::RejoinVotesAtOnce => "rejoin-votes-at-once",
             KvBug::PersistedBeforeSync => "persisted-before-sync",
             KvBug::HostSendsBeforeDurable => "host-sends-before-durable",
+            KvBug::ConfigBeforeChosen => "config-before-chosen",
+            KvBug::RemovedStillVotes => "removed-still-votes",
+            KvBug::LatePromiseIgnoresCommit => "late-promise-ignores-commit",
         }
     }
 
@@ -149,6 +165,13 @@ impl Variant for KvBug {
             KvBug::HostSendsBeforeDurable => {
                 "a host that sends promises and acceptances before they are durable"
             }
+            KvBug::ConfigBeforeChosen => {
+                "a node that acts on a membership change it has only proposed or accepted"
+            }
+            KvBug::RemovedStillVotes => "removed members whose acceptances still count",
+            KvBug::LatePromiseIgnoresCommit => {
+                "a leader that ignores the commit point of a promise that comes after its election"
+            }
         }
     }
 }
@@ -164,7 +187,20 @@ impl KvBug {
             KvBug::IgnorePromisedValues
             | KvBug::LeaseWithoutDriftWait
             | KvBug::RejoinVotesAtOnce
-            | KvBug::PersistedBeforeSync => None,
+            | KvBug::PersistedBeforeSync
+            | KvBug::ConfigBeforeChosen
+            | KvBug::RemovedStillVotes
+            | KvBug::LatePromiseIgnoresCommit => None,
+        }
+    }
+
+    /// The protocol's flaw this variant is, if it is one.
+    fn paxos_flaw(self) -> Option<PaxosFlaw> {
+        match self {
+            KvBug::ConfigBeforeChosen => Some(PaxosFlaw::ConfigBeforeChosen),
+            KvBug::RemovedStillVotes => Some(PaxosFlaw::RemovedStillVotes),
+            KvBug::LatePromiseIgnoresCommit => Some(PaxosFlaw::LatePromiseIgnoresCommit),
+            _ => None,
         }
     }
 }
@@ -194,6 +230,12 @@ pub struct KvSimConfig {
     pub torn: f64,
     /// Whether nodes snapshot and compact their logs.
     pub snapshots: bool,
+    /// Whether the membership changes during the chaos: members added (as
+    /// learners, most of them to be promoted), promoted and removed, the
+    /// leader included.
+    pub reconfigure: bool,
+    /// Nodes that may join beside the founders, each under a new id.
+    pub spares: usize,
     pub bug: Option<KvBug>,
 }
 
@@ -215,6 +257,8 @@ impl Default for KvSimConfig {
             corrupt: 0.2,
             torn: 0.5,
             snapshots: true,
+            reconfigure: true,
+            spares: 2,
             bug: None,
         }
     }
@@ -237,9 +281,11 @@ pub struct KvRun {
     pub trace: Trace,
     /// What the disks went through, to show the faults were exercised.
     pub disk: DiskEvents,
+    /// The voters in force at the end, as the most advanced node sees them.
+    pub voters: Vec<NodeId>,
 }
 
-/// Counts of the storage events of a run.
+/// Counts of the storage and membership events of a run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DiskEvents {
     /// Crashes that kept part of the write in progress.
@@ -252,6 +298,9 @@ pub struct DiskEvents {
     /// Snapshots saved, and snapshots installed from a peer.
     pub snapshots: u64,
     pub installs: u64,
+    /// Membership changes proposed, and those chosen.
+    pub changes_proposed: u64,
+    pub changes_chosen: u64,
 }
 
 impl DiskEvents {
@@ -263,6 +312,8 @@ impl DiskEvents {
         self.rejoined += other.rejoined;
         self.snapshots += other.snapshots;
         self.installs += other.installs;
+        self.changes_proposed += other.changes_proposed;
+        self.changes_chosen += other.changes_chosen;
     }
 }
 
@@ -321,6 +372,7 @@ enum Event {
     },
     Restart(usize),
     Fault,
+    Reconfigure,
     Calm,
     ClientStart(usize),
     /// The connection of an attempt broke (its node crashed) or never came
@@ -380,6 +432,11 @@ struct Node {
     crash_at: Option<CrashPoint>,
     /// The disk was damaged in the last crash.
     damaged: bool,
+    /// Started at least once (a spare is not, until it joins).
+    started: bool,
+    /// Gone for good: its disk was damaged after the membership began to
+    /// change, so the operator replaces it instead of rejoining it.
+    gone: bool,
 }
 
 struct Pending {
@@ -482,10 +539,17 @@ pub fn run(config: &KvSimConfig, seed: u64, keep_trace: bool) -> KvRun {
     assert!(config.nodes >= 1 && config.clients >= 1 && config.keys >= 1);
     let mut rng = Rng::new(seed);
     let members: Vec<NodeId> = (1..=config.nodes as NodeId).collect();
+    // The window of membership changes, the same for the whole cluster:
+    // small, so that changes come into force within a run.
+    let alpha = rng.between(2, 9);
+    let spares = if config.reconfigure { config.spares } else { 0 };
     let mut nodes = Vec::new();
-    for i in 0..config.nodes {
+    for i in 0..config.nodes + spares {
         let mut c = Config::new(i as NodeId + 1, members.clone());
         c.seed = rng.next_u64();
+        c.alpha = alpha;
+        c.promote_within_slots = rng.between(1, 20);
+        c.flaw = config.bug.and_then(KvBug::paxos_flaw);
         c.drift_ppm = if config.bug == Some(KvBug::LeaseWithoutDriftWait) {
             0
         } else {
@@ -504,14 +568,18 @@ pub fn run(config: &KvSimConfig, seed: u64, keep_trace: bool) -> KvRun {
             _ => rng.between(0, 2 * span as u64) as i64 - span,
         };
         let host_config = host_config(config, &mut rng);
-        let host = Host::restore(host_config.clone(), c.clone(), Durable::default(), None, 1)
-            .expect("the simulator's config is valid");
+        // Spares start only when they join.
+        let founder = i < config.nodes;
+        let host = founder.then(|| {
+            Host::restore(host_config.clone(), c.clone(), Durable::default(), None, 1)
+                .expect("the simulator's config is valid")
+        });
         nodes.push(Node {
-            up: true,
+            up: founder,
             epoch: 0,
             paxos: c,
             host_config,
-            host: Some(host),
+            host,
             disk: Durable::default(),
             unsynced: VecDeque::new(),
             next_batch: 0,
@@ -523,6 +591,8 @@ pub fn run(config: &KvSimConfig, seed: u64, keep_trace: bool) -> KvRun {
             drift,
             crash_at: None,
             damaged: false,
+            started: founder,
+            gone: false,
         });
     }
     let clients = (0..config.clients)
@@ -580,7 +650,15 @@ pub fn run(config: &KvSimConfig, seed: u64, keep_trace: bool) -> KvRun {
         .next_back()
         .copied()
         .unwrap_or(Slot::ZERO);
+    let voters = sim
+        .nodes
+        .iter()
+        .filter_map(|n| n.host.as_ref())
+        .max_by_key(|h| h.status().commit)
+        .map(|h| h.configs().at(h.status().commit + 1).voters().collect())
+        .unwrap_or_default();
     KvRun {
+        voters,
         seed,
         ops: sim.ops_started,
         acked: sim.acked,
@@ -629,6 +707,10 @@ impl Sim<'_> {
             let first = self.rng.between(100_000, 500_000);
             self.at(first, Event::Fault);
         }
+        if self.config.reconfigure {
+            let first = self.rng.between(200_000, 800_000);
+            self.at(first, Event::Reconfigure);
+        }
         self.at(self.config.chaos_ms * 1000, Event::Calm);
     }
 
@@ -643,6 +725,7 @@ impl Sim<'_> {
             Event::Synced { node, epoch, id } => self.synced(node, epoch, id),
             Event::Restart(n) => self.restart(n),
             Event::Fault => self.fault(),
+            Event::Reconfigure => self.reconfigure(),
             Event::Calm => self.start_calm(),
             Event::ClientStart(c) => self.client_next(c),
             Event::ConnectionLost { token, refused } => self.connection_lost(token, refused),
@@ -860,6 +943,9 @@ impl Sim<'_> {
             }
             Some(_) => {}
             None => {
+                if matches!(value, Value::Change(_)) {
+                    self.disk.changes_chosen += 1;
+                }
                 self.applied_values.insert(slot, description);
             }
         }
@@ -950,10 +1036,18 @@ impl Sim<'_> {
         let others_whole = (0..self.nodes.len())
             .filter(|&o| o != n)
             .all(|o| !self.nodes[o].damaged && !self.nodes[o].disk.rejoining);
-        if others_whole && self.rng.chance(self.config.corrupt) {
+        if others_whole && self.survives_a_loss() && self.rng.chance(self.config.corrupt) {
             self.nodes[n].damaged = true;
             self.disk.damaged += 1;
-            self.log(|| format!("node {} has a damaged disk", n + 1));
+            if self.disk.changes_proposed > 0 {
+                // A rejoin rebuilds under the membership the node was
+                // founded with; once that may have changed, the operator
+                // replaces the node by a new one instead.
+                self.nodes[n].gone = true;
+                self.log(|| format!("node {} has a damaged disk and is gone for good", n + 1));
+            } else {
+                self.log(|| format!("node {} has a damaged disk", n + 1));
+            }
         }
         let Sim { nodes, rng, .. } = self;
         let node = &mut nodes[n];
@@ -988,6 +1082,27 @@ impl Sim<'_> {
         }
     }
 
+    /// Whether the cluster can lose a node's disk for good (once the
+    /// membership changes, a damaged node is replaced, not rejoined): every
+    /// membership the most advanced node knows has at least three voters.
+    fn survives_a_loss(&self) -> bool {
+        if self.disk.changes_proposed == 0 {
+            return true; // it rejoins
+        }
+        let Some(host) = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.host.as_ref())
+            .max_by_key(|h| h.status().commit)
+        else {
+            return false;
+        };
+        host.configs()
+            .entries()
+            .iter()
+            .all(|(_, m)| m.voters().count() >= 3)
+    }
+
     fn crash_and_restart_later(&mut self, n: usize) {
         self.crash(n);
         let down = self.rng.between(50_000, 1_500_000);
@@ -995,7 +1110,7 @@ impl Sim<'_> {
     }
 
     fn restart(&mut self, n: usize) {
-        if self.nodes[n].up {
+        if self.nodes[n].up || !self.nodes[n].started || self.nodes[n].gone {
             return;
         }
         let bug = self.config.bug;
@@ -1288,6 +1403,116 @@ impl Sim<'_> {
         self.at(next, Event::Fault);
     }
 
+    /// A random node that was ever started (a client does not know of a
+    /// spare before it joins).
+    fn any_node(&mut self) -> usize {
+        let started: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].started)
+            .collect();
+        started[self.rng.below(started.len() as u64) as usize]
+    }
+
+    /// The started node after `n`, in turn.
+    fn next_node(&self, n: usize) -> usize {
+        let count = self.nodes.len();
+        (1..=count)
+            .map(|k| (n + k) % count)
+            .find(|&i| self.nodes[i].started)
+            .unwrap_or(n)
+    }
+
+    /// The operator changes the membership at the leader: adds a spare (half
+    /// of them to become voters), promotes a learner, swaps a learner in for
+    /// a voter, removes a member (one that is gone for good first, the
+    /// leader itself now and then).
+    fn reconfigure(&mut self) {
+        if self.calm {
+            return;
+        }
+        let next = self.rng.between(150_000, 700_000);
+        self.at(next, Event::Reconfigure);
+        let Some(l) = (0..self.nodes.len()).find(|&i| self.leads(i)) else {
+            return;
+        };
+        let Some(latest) = self.nodes[l]
+            .host
+            .as_ref()
+            .map(|h| h.configs().latest().clone())
+        else {
+            return;
+        };
+        let members: Vec<NodeId> = latest.members.keys().copied().collect();
+        let learners: Vec<NodeId> = latest.learners().collect();
+        let gone: Vec<NodeId> = members
+            .iter()
+            .copied()
+            .filter(|&id| self.nodes[id as usize - 1].gone)
+            .collect();
+        let spare = (0..self.nodes.len()).find(|&i| !self.nodes[i].started);
+        let pick = |rng: &mut Rng, ids: &[NodeId]| ids[rng.below(ids.len() as u64) as usize];
+        let voters: Vec<NodeId> = latest.voters().collect();
+        let change = match self.rng.below(10) {
+            _ if !gone.is_empty() && !learners.is_empty() => Change::Replace {
+                old: gone[0],
+                new: pick(&mut self.rng, &learners),
+            },
+            _ if !gone.is_empty() => Change::Remove { id: gone[0] },
+            0..=3 if spare.is_some() => {
+                let i = spare.unwrap_or_default();
+                let id = i as NodeId + 1;
+                self.start_spare(i);
+                Change::Add {
+                    id,
+                    info: Bytes::from(format!("node-{id}")),
+                    promote: self.rng.chance(0.5),
+                }
+            }
+            4 if !learners.is_empty() => Change::Promote {
+                id: pick(&mut self.rng, &learners),
+            },
+            5 if !learners.is_empty() => Change::Replace {
+                old: pick(&mut self.rng, &voters),
+                new: pick(&mut self.rng, &learners),
+            },
+            6 => Change::Remove {
+                id: l as NodeId + 1,
+            },
+            7..=9 => Change::Remove {
+                id: pick(&mut self.rng, &members),
+            },
+            _ => return,
+        };
+        // Voters go only while four or more remain (a learner any time, a
+        // gone one always): a node may still lose its disk for good, and
+        // three voters survive that.
+        if let Change::Remove { id } = change
+            && latest.is_voter(id)
+            && latest.voters().count() < 4
+            && !gone.contains(&id)
+        {
+            return;
+        }
+        let Some(host) = self.host(l) else {
+            return;
+        };
+        let result = host.propose_change(change.clone());
+        match result {
+            Ok(()) => {
+                self.disk.changes_proposed += 1;
+                self.log(|| format!("node {} proposes: {change}", l + 1));
+            }
+            Err(e) => self.log(|| format!("node {} refuses to {change}: {e}", l + 1)),
+        }
+        self.carry_out(l);
+    }
+
+    /// Starts spare `n` with an empty disk, not yet a member.
+    fn start_spare(&mut self, n: usize) {
+        self.nodes[n].started = true;
+        self.log(|| format!("node {} starts, empty, to join", n + 1));
+        self.restart(n);
+    }
+
     fn start_calm(&mut self) {
         self.log(|| "calm: network healed, every node up".to_owned());
         self.calm = true;
@@ -1319,7 +1544,7 @@ impl Sim<'_> {
         };
         // Like clients behind a load balancer, some operations go to any node.
         if self.rng.chance(0.5) {
-            let node = self.rng.below(self.nodes.len() as u64) as usize;
+            let node = self.any_node();
             self.switch_node(c, node);
         }
         let client = &mut self.clients[c];
@@ -1397,8 +1622,7 @@ impl Sim<'_> {
     /// after a pause, or give up on it.
     fn refused(&mut self, token: Token) {
         let c = token.client;
-        let nodes = self.nodes.len();
-        let next = (self.clients[c].node + 1) % nodes;
+        let next = self.next_node(self.clients[c].node);
         self.switch_node(c, next);
         if token.attempt + 1 >= ATTEMPTS_MAX {
             self.complete(c, Outcome::Fail);
@@ -1472,8 +1696,8 @@ impl Sim<'_> {
         let c = token.client;
         let reply = match result {
             Ok(reply) => reply,
-            Err(NodeError::ClusterDown | NodeError::Busy(_)) => {
-                // Not taken: safe to try again.
+            Err(NodeError::ClusterDown | NodeError::Busy(_) | NodeError::Removed) => {
+                // Not taken: safe to try again (elsewhere).
                 self.refused(token);
                 return;
             }
@@ -1682,6 +1906,32 @@ mod tests {
         assert!(total.rejoined > 0, "{total:?}");
         assert!(total.snapshots > 0, "{total:?}");
         assert!(total.installs > 0, "{total:?}");
+    }
+
+    #[test]
+    fn memberships_change_and_the_calm_works_in_the_new_ones() {
+        let config = KvSimConfig::default();
+        let mut total = DiskEvents::default();
+        let mut changed = 0;
+        let mut joined = 0;
+        for seed in 0..40 {
+            let r = run(&config, seed, false);
+            assert!(r.violation.is_none(), "seed {seed}: {:?}", r.violation);
+            total.add(&r.disk);
+            changed += usize::from(r.voters != [1, 2, 3]);
+            joined += usize::from(r.voters.iter().any(|&id| id > 3));
+        }
+        assert!(total.changes_chosen > 20, "{total:?}");
+        assert!(changed > 5 && joined > 5, "{changed} {joined}");
+        // Without reconfiguration the founders stay.
+        let fixed = KvSimConfig {
+            reconfigure: false,
+            ..KvSimConfig::default()
+        };
+        let r = run(&fixed, 1, false);
+        assert!(r.violation.is_none(), "{:?}", r.violation);
+        assert_eq!(r.voters, vec![1, 2, 3]);
+        assert_eq!(r.disk.changes_chosen, 0);
     }
 
     #[test]
