@@ -540,8 +540,13 @@ pub fn run(config: &KvSimConfig, seed: u64, keep_trace: bool) -> KvRun {
     let mut rng = Rng::new(seed);
     let members: Vec<NodeId> = (1..=config.nodes as NodeId).collect();
     // The window of membership changes, the same for the whole cluster:
-    // small, so that changes come into force within a run.
-    let alpha = rng.between(2, 9);
+    // now and then smaller than the leader's window of slots in flight (16),
+    // so that the window is cut at α; otherwise larger.
+    let alpha = if rng.chance(0.3) {
+        rng.between(2, 9)
+    } else {
+        rng.between(16, 49)
+    };
     let spares = if config.reconfigure { config.spares } else { 0 };
     let mut nodes = Vec::new();
     for i in 0..config.nodes + spares {
@@ -1429,7 +1434,7 @@ impl Sim<'_> {
         if self.calm {
             return;
         }
-        let next = self.rng.between(150_000, 700_000);
+        let next = self.rng.between(50_000, 300_000);
         self.at(next, Event::Reconfigure);
         let Some(l) = (0..self.nodes.len()).find(|&i| self.leads(i)) else {
             return;
@@ -1941,6 +1946,9 @@ mod tests {
             dup: 0.0,
             partitions: false,
             crashes: false,
+            // Removing the leader ends its term, and the writes it had in
+            // hand end uncertain: that is a fault too.
+            reconfigure: false,
             ops: 100,
             ..KvSimConfig::default()
         };
