@@ -41,6 +41,7 @@
 //! then reads whose index is applied are answered from the store.
 
 mod clients;
+pub mod cluster;
 mod config;
 pub mod files;
 mod snapshots;
@@ -117,7 +118,7 @@ fn snapshot_configs(store: &Store) -> Result<Option<Configs>, codec::DecodeError
     if store.cluster().is_empty() {
         return Ok(None);
     }
-    storage::wire::decode_configs(store.cluster().clone()).map(Some)
+    cluster::decode(store.cluster()).map(Some)
 }
 
 /// Why nothing more is taken once the disk failed.

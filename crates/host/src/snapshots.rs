@@ -144,7 +144,7 @@ impl<T> Host<T> {
         // only; the shell writes it out elsewhere.
         let mut store = Box::new(self.store.clone());
         let configs = self.replica.snapshot_configs(slot);
-        store.set_cluster(storage::wire::encode_configs(&configs));
+        store.set_cluster(crate::cluster::encode(&configs));
         debug!(%slot, "taking a snapshot");
         self.out.files.push(FileOp::Save { slot, store });
     }

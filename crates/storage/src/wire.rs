@@ -9,9 +9,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use codec::{DecodeError, Reader, put_bytes, put_count, put_varint};
-use paxos::replica::{
-    Change, Configs, Member, MemberRole, Membership, Message, PromisedEntry, Record, Slot, Value,
-};
+use paxos::replica::{Change, Message, PromisedEntry, Record, Slot, Value};
 use paxos::{Ballot, Round};
 
 /// The format this code writes and reads.
@@ -506,79 +504,6 @@ pub fn decode_record(input: Bytes) -> Result<Record, DecodeError> {
     r.finish(record)
 }
 
-/// Encodes the memberships a snapshot carries (its cluster record).
-pub fn encode_configs(configs: &Configs) -> Bytes {
-    let mut out = BytesMut::with_capacity(64);
-    out.put_u8(WIRE_FORMAT);
-    put_count(&mut out, configs.entries().len());
-    for (from, m) in configs.entries() {
-        put_slot(&mut out, *from);
-        put_varint(&mut out, m.alpha);
-        put_count(&mut out, m.members.len());
-        for (&id, member) in &m.members {
-            put_varint(&mut out, id);
-            out.put_u8(match member.role {
-                MemberRole::Voter => 0,
-                MemberRole::Learner { promote: false } => 1,
-                MemberRole::Learner { promote: true } => 2,
-            });
-            put_bytes(&mut out, &member.info);
-        }
-        put_count(&mut out, m.retired.len());
-        for &id in &m.retired {
-            put_varint(&mut out, id);
-        }
-    }
-    out.freeze()
-}
-
-/// Decodes [`encode_configs`].
-pub fn decode_configs(input: Bytes) -> Result<Configs, DecodeError> {
-    let mut r = Wire::new(&input)?;
-    let n = r.r.count("memberships", 3)?;
-    let mut history = Vec::with_capacity(n);
-    for _ in 0..n {
-        let from = r.slot("a membership's first slot")?;
-        let alpha = r.varint("alpha")?;
-        let count = r.r.count("members", 3)?;
-        let mut members = std::collections::BTreeMap::new();
-        for _ in 0..count {
-            let id = r.varint("a member id")?;
-            let role = match r.r.u8("a member role")? {
-                0 => MemberRole::Voter,
-                1 => MemberRole::Learner { promote: false },
-                2 => MemberRole::Learner { promote: true },
-                tag => {
-                    return Err(DecodeError::UnknownTag {
-                        what: "member role",
-                        tag,
-                    });
-                }
-            };
-            let info = r.bytes("member info")?;
-            members.insert(id, Member { role, info });
-        }
-        let count = r.r.count("retired ids", 1)?;
-        let mut retired = std::collections::BTreeSet::new();
-        for _ in 0..count {
-            retired.insert(r.varint("a retired id")?);
-        }
-        history.push((
-            from,
-            Membership {
-                alpha,
-                members,
-                retired,
-            },
-        ));
-    }
-    let configs = Configs::from_entries(history).ok_or(DecodeError::Invalid {
-        what: "memberships",
-        reason: "none, or not in slot order",
-    })?;
-    r.finish(configs)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -759,53 +684,6 @@ mod tests {
             assert_eq!(decode_record(encode_record(&r)), Ok(r));
         }
         assert_eq!(kinds.len(), 17, "every message kind was generated");
-    }
-
-    #[test]
-    fn memberships_round_trip_and_every_cut_is_an_error() {
-        let mut rng = Rng::new(4);
-        for _ in 0..200 {
-            let voters: Vec<u64> = (1..=1 + rng.below(5)).collect();
-            let mut configs = Configs::new(Membership::founding(voters, 1 + rng.below(64)));
-            let mut slot = Slot(rng.below(10));
-            for _ in 0..rng.below(6) {
-                slot += 1 + rng.below(5);
-                if let Value::Change(change) = value_change(&mut rng) {
-                    configs.note_change(slot, &change);
-                }
-            }
-            let full = encode_configs(&configs);
-            assert_eq!(decode_configs(full.clone()), Ok(configs));
-            for len in 0..full.len() {
-                assert!(decode_configs(full.slice(..len)).is_err());
-            }
-        }
-        for _ in 0..20_000 {
-            let len = rng.below(40) as usize;
-            let mut bytes: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
-            if !bytes.is_empty() {
-                bytes[0] = WIRE_FORMAT;
-            }
-            let _ = decode_configs(Bytes::from(bytes));
-        }
-    }
-
-    /// A change about a small id, so that some of them apply.
-    fn value_change(rng: &mut Rng) -> Value {
-        let id = 1 + rng.below(8);
-        Value::Change(match rng.below(4) {
-            0 => Change::Add {
-                id,
-                info: Bytes::from(format!("10.0.0.{id}:7000")),
-                promote: rng.chance(0.5),
-            },
-            1 => Change::Promote { id },
-            2 => Change::Remove { id },
-            _ => Change::Replace {
-                old: id,
-                new: 1 + rng.below(8),
-            },
-        })
     }
 
     #[test]
