@@ -313,6 +313,12 @@ impl<T> Host<T> {
         self.replica.propose_change(change)
     }
 
+    /// Hands the leadership to voter `to` (on the leader; see
+    /// [`Replica::transfer_leadership`]).
+    pub fn transfer_leadership(&mut self, to: NodeId) -> Result<(), ChangeError> {
+        self.replica.transfer_leadership(to)
+    }
+
     /// Ticks delivered so far.
     pub fn now(&self) -> u64 {
         self.now

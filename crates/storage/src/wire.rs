@@ -223,6 +223,11 @@ pub fn encode_message(message: &Message) -> Bytes {
                 }
             }
         }
+        Message::TransferLeadership { ballot, to } => {
+            out.put_u8(18);
+            put_ballot(&mut out, *ballot);
+            put_varint(&mut out, *to);
+        }
     }
     out.freeze()
 }
@@ -462,6 +467,10 @@ pub fn decode_message(input: Bytes) -> Result<Message, DecodeError> {
             promised: r.ballot()?,
             leading_from: r.option(|r| r.slot("leading_from"))?,
         },
+        18 => Message::TransferLeadership {
+            ballot: r.ballot()?,
+            to: r.varint("a node id")?,
+        },
         tag => {
             return Err(DecodeError::UnknownTag {
                 what: "message",
@@ -573,7 +582,11 @@ mod tests {
 
     fn message(rng: &mut Rng) -> Message {
         let slot = |rng: &mut Rng| Slot(rng.below(1 << 40));
-        match rng.below(17) {
+        match rng.below(18) {
+            16 => Message::TransferLeadership {
+                ballot: ballot(rng),
+                to: rng.below(1 << 20),
+            },
             0 => Message::PreVote {
                 ballot: ballot(rng),
             },
@@ -683,7 +696,7 @@ mod tests {
             let r = record(&mut rng);
             assert_eq!(decode_record(encode_record(&r)), Ok(r));
         }
-        assert_eq!(kinds.len(), 17, "every message kind was generated");
+        assert_eq!(kinds.len(), 18, "every message kind was generated");
     }
 
     #[test]

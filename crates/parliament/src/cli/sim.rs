@@ -75,6 +75,10 @@ pub struct KvArgs {
     /// Nodes that may join beside the founders, each under a new id.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(0..=16))]
     spares: u16,
+    /// Stop at the first seed with a violation (to show a broken variant
+    /// is caught without running every seed).
+    #[arg(long)]
+    stop_at_first: bool,
     /// Run a deliberately broken variant ("list" names them); a caught bug
     /// exits 1.
     #[arg(long)]
@@ -234,7 +238,9 @@ fn sim_kv(args: KvArgs) -> Result<ExitCode> {
     let mut first_undecided = None;
     let mut last = None;
     let mut disk = kv::DiskEvents::default();
+    let mut ran = 0u64;
     for seed in first..first.saturating_add(count) {
+        ran += 1;
         // A panic (a broken invariant) is a failure of this seed like any
         // other: report it with the command that replays it.
         let outcome = match std::panic::catch_unwind(|| kv::run(&config, seed, keep_trace)) {
@@ -271,6 +277,9 @@ fn sim_kv(args: KvArgs) -> Result<ExitCode> {
             }
         }
         last = Some(outcome);
+        if args.stop_at_first && first_violation.is_some() {
+            break;
+        }
     }
     bar.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
@@ -288,8 +297,8 @@ fn sim_kv(args: KvArgs) -> Result<ExitCode> {
         }
     }
     println!(
-        "{count} seeds, {ops} operations, {acked} acknowledged, {violations} with a violation, {undecided} undecided, {:.1} seeds/s",
-        count as f64 / elapsed.max(1e-9)
+        "{ran} seeds, {ops} operations, {acked} acknowledged, {violations} with a violation, {undecided} undecided, {:.1} seeds/s",
+        ran as f64 / elapsed.max(1e-9)
     );
     println!(
         "disks: {} torn writes, {} crashes on a sync or snapshot boundary, {} damaged and {} rejoined, {} snapshots saved, {} installed from a peer",
@@ -301,8 +310,8 @@ fn sim_kv(args: KvArgs) -> Result<ExitCode> {
         disk.installs
     );
     println!(
-        "membership: {} changes proposed, {} chosen",
-        disk.changes_proposed, disk.changes_chosen
+        "membership: {} changes proposed, {} chosen, {} leadership hand-overs started",
+        disk.changes_proposed, disk.changes_chosen, disk.transfers
     );
     if let Some(seed) = first_violation {
         println!(

@@ -241,6 +241,7 @@ impl Replica {
             noop_proposed: false,
             change: None,
             change_slot: None,
+            transfer: None,
             pending: VecDeque::new(),
             unsent: Vec::new(),
             commit_sent: Slot::ZERO,

@@ -197,6 +197,8 @@ impl Replica {
                 leader.noop_proposed = true;
                 leader.noop_slot = n;
                 Value::Noop
+            } else if leader.transfer.is_some() {
+                break; // handing over: nothing new from here
             } else if let Some(change) = leader.change.take() {
                 leader.change_slot = Some(n);
                 Value::Change(change)
@@ -290,6 +292,25 @@ impl Replica {
             if !r.voters_now().is_quorum(&heard) || !r.votes_now() {
                 leader.step_down = true;
                 return;
+            }
+            if let Some((to, since)) = leader.transfer {
+                let caught_up = leader.peer_commit.get(&to).is_some_and(|&c| c >= r.commit)
+                    && leader.inflight.is_empty()
+                    && leader.unsent.is_empty();
+                if caught_up {
+                    // Releasing the followers' lease and leaving go
+                    // together: from here this node reads under no lease.
+                    r.broadcast(Message::TransferLeadership {
+                        ballot: leader.ballot,
+                        to,
+                    });
+                    leader.transfer = None;
+                    leader.step_down = true;
+                    return;
+                }
+                if now >= since + r.config.election_ticks {
+                    leader.transfer = None; // it did not catch up in time
+                }
             }
             if now < leader.next_heartbeat {
                 return;

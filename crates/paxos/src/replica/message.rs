@@ -202,6 +202,10 @@ pub enum Message {
         promised: Ballot,
         leading_from: Option<Slot>,
     },
+    /// The leader of `ballot` hands its leadership to `to`: it has given up
+    /// its lease, so its followers release the lease they granted it, and
+    /// `to` runs phase 1 at once.
+    TransferLeadership { ballot: Ballot, to: crate::NodeId },
 }
 
 impl Message {
@@ -233,7 +237,8 @@ impl Message {
             | Message::SnapshotNeeded { .. }
             | Message::Forward { .. }
             | Message::ReadIndexRequest { .. }
-            | Message::ReadIndexReply { .. } => false,
+            | Message::ReadIndexReply { .. }
+            | Message::TransferLeadership { .. } => false,
         }
     }
 
@@ -257,6 +262,7 @@ impl Message {
             Message::ReadIndexReply { .. } => "ReadIndexReply",
             Message::RejoinQuery { .. } => "RejoinQuery",
             Message::RejoinReply { .. } => "RejoinReply",
+            Message::TransferLeadership { .. } => "TransferLeadership",
         }
     }
 }
@@ -331,6 +337,9 @@ impl fmt::Display for Message {
                 Some(slot) => write!(f, "RejoinReply({promised}, leading from slot {slot})"),
                 None => write!(f, "RejoinReply({promised})"),
             },
+            Message::TransferLeadership { ballot, to } => {
+                write!(f, "TransferLeadership({ballot}, to {to})")
+            }
         }
     }
 }

@@ -378,6 +378,9 @@ struct Leader {
     /// proposed.
     change: Option<Change>,
     change_slot: Option<Slot>,
+    /// Leadership being handed to a voter, since when: no new proposals,
+    /// no lease, and the hand-over once it has caught up.
+    transfer: Option<(NodeId, u64)>,
     pending: VecDeque<Bytes>,
     /// New slots not yet sent to the followers.
     unsent: Vec<(Slot, Value)>,
@@ -664,6 +667,7 @@ impl Replica {
             Role::Leader(_) => {
                 self.tick_leader();
                 self.maybe_promote();
+                self.maybe_hand_over();
             }
             Role::Follower => {
                 if self.now >= self.election_deadline {
@@ -765,6 +769,7 @@ impl Replica {
                 promised,
                 leading_from,
             } => self.on_rejoin_reply(from, promised, leading_from),
+            Message::TransferLeadership { ballot, to } => self.on_transfer(from, ballot, to),
         }
         self.maybe_resume();
         self.check_invariants();
@@ -846,6 +851,77 @@ impl Replica {
             leader.change = Some(change);
         }
         Ok(())
+    }
+
+    /// Hands the leadership to voter `to` (on the leader): the leader stops
+    /// proposing, waits until `to` has every chosen slot, then tells
+    /// everyone and steps down in the same moment; its followers release
+    /// the lease they granted it (it no longer reads under it) and `to` runs
+    /// phase 1 at once. Commands that arrive meanwhile wait and go to the
+    /// new leader. Abandoned if it does not happen within an election
+    /// timeout.
+    pub fn transfer_leadership(&mut self, to: NodeId) -> Result<(), ChangeError> {
+        let me = self.config.id;
+        let now = self.now;
+        let voter = self.voters_now().is_voter(to) && self.configs.latest().is_voter(to);
+        let Role::Leader(leader) = &mut self.role else {
+            return Err(ChangeError::NotLeader);
+        };
+        if to == me {
+            return Err(ChangeError::Refused(format!("node {to} leads already")));
+        }
+        if !voter {
+            return Err(ChangeError::Refused(format!(
+                "node {to} is not a voter; only a voter can lead"
+            )));
+        }
+        if let Some((other, _)) = leader.transfer {
+            return Err(ChangeError::Refused(format!(
+                "leadership is being handed to node {other} already"
+            )));
+        }
+        leader.transfer = Some((to, now));
+        Ok(())
+    }
+
+    /// On a leader whose removal (or demotion) is chosen: hands the
+    /// leadership to the most advanced voter of the new membership.
+    fn maybe_hand_over(&mut self) {
+        let Role::Leader(leader) = &self.role else {
+            return;
+        };
+        let latest = self.configs.latest();
+        if latest.is_voter(self.config.id) || leader.transfer.is_some() {
+            return;
+        }
+        let heard = |id: &NodeId| {
+            leader
+                .last_heard
+                .get(id)
+                .is_some_and(|&t| self.now < t + self.config.election_ticks)
+        };
+        let best = latest
+            .voters()
+            .filter(|id| heard(id) && self.voters_now().is_voter(*id))
+            .max_by_key(|id| leader.peer_commit.get(id).copied().unwrap_or(Slot::ZERO));
+        if let Some(to) = best {
+            let _ = self.transfer_leadership(to);
+        }
+    }
+
+    /// The leader of `ballot` hands over to `to`.
+    fn on_transfer(&mut self, from: NodeId, ballot: Ballot, to: NodeId) {
+        if self.leader != Some((from, ballot)) || ballot < self.promised {
+            return;
+        }
+        // It gave up its lease before it said so: ours to it may go.
+        self.lease_granted_until = self.now;
+        if to == self.config.id && self.votes_now() && self.rejoin.is_none() {
+            self.leader = None;
+            self.start_phase1();
+        } else {
+            self.reset_election_deadline();
+        }
     }
 
     /// On a leader: proposes to promote a learner added to become a voter

@@ -998,7 +998,13 @@ fn a_removed_leader_hands_over_and_the_rest_go_on() {
     c.propose(leader, "a");
     c.change(leader, Change::Remove { id: leader })
         .expect("a removal is taken");
-    // It leads until the removal is in force, then steps down for good.
+    // Once its removal is chosen it hands its leadership over.
+    let mut ticks = 0;
+    while c.leaders().iter().all(|&id| id == leader) {
+        c.ticks(1);
+        ticks += 1;
+        assert!(ticks < 30, "no hand-over");
+    }
     let next = c.elect_other_than(leader);
     assert!(!c.nodes[&next].replica.configs().latest().is_member(leader));
     c.propose(next, "b");
@@ -1115,4 +1121,48 @@ impl Cluster {
         }
         panic!("no other leader after 1000 ticks");
     }
+}
+
+#[test]
+fn leadership_is_handed_to_a_caught_up_voter_without_losing_a_command() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    let to = (1..=3).find(|&id| id != leader).expect("a follower");
+    c.propose(leader, "before");
+    c.ticks(3);
+    c.node(leader)
+        .replica
+        .transfer_leadership(to)
+        .expect("a voter may take over");
+    // Commands that arrive while it hands over wait for the new leader.
+    c.propose(leader, "during");
+    let before = c.nodes[&to].replica.status().promised;
+    let mut ticks = 0;
+    while c.leaders() != vec![to] || !c.nodes[&to].replica.status().serving {
+        c.ticks(1);
+        ticks += 1;
+        assert!(
+            ticks < 20,
+            "the hand-over took more than an election timeout"
+        );
+    }
+    assert!(c.nodes[&to].replica.status().promised > before);
+    c.propose(to, "after");
+    c.ticks(5);
+    for id in 1..=3 {
+        assert_eq!(
+            c.commands(id),
+            vec!["before", "during", "after"],
+            "node {id}"
+        );
+    }
+    // Only a voter other than the leader can take over.
+    assert!(matches!(
+        c.node(to).replica.transfer_leadership(to),
+        Err(ChangeError::Refused(_))
+    ));
+    assert_eq!(
+        c.node(leader).replica.transfer_leadership(to),
+        Err(ChangeError::NotLeader)
+    );
 }
