@@ -229,13 +229,16 @@ impl Replica {
             .max(commit_reported)
             .max(self.log.keys().next_back().copied().unwrap_or(Slot::ZERO));
         let peers: Vec<NodeId> = self.peers().collect();
+        let next_slot = (commit_reported + 1).max(from_slot);
         let leader = Leader {
             ballot,
             from_slot,
             promisers: promises.keys().copied().collect(),
-            reported,
+            // Reports at or below the commit point are moot: those slots
+            // are chosen.
+            reported: reported.split_off(&next_slot),
             prepare_asked: None,
-            next_slot: (commit_reported + 1).max(from_slot),
+            next_slot,
             inflight: BTreeMap::new(),
             noop_slot: top + 1,
             noop_proposed: false,
