@@ -75,6 +75,15 @@ pub struct StatusReport {
     pub version: String,
     pub uptime_seconds: u64,
     pub members: Vec<MemberStatus>,
+    /// The voters and learners of the membership in force (the log's, which
+    /// governs the first slot not known chosen), and the first slot it
+    /// governs.
+    #[serde(default)]
+    pub voters: Vec<u64>,
+    #[serde(default)]
+    pub learners: Vec<u64>,
+    #[serde(default)]
+    pub config_slot: u64,
 }
 
 /// A cheap, clonable handle on the replica task.

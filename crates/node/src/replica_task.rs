@@ -367,6 +367,9 @@ impl ReplicaTask {
             RoleName::Learner => "learner",
             RoleName::Removed => "removed",
         };
+        let open = status.commit + 1;
+        let in_force = self.host.configs().at(open);
+        let config_slot = self.host.configs().governing_from(open);
         let report = StatusReport {
             id: me,
             role: role.to_owned(),
@@ -384,6 +387,9 @@ impl ReplicaTask {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_seconds: self.started.elapsed().as_secs(),
             members,
+            voters: in_force.voters().collect(),
+            learners: in_force.learners().collect(),
+            config_slot: config_slot.0,
         };
         self.published.status.send_if_modified(|current| {
             if *current == report {

@@ -111,6 +111,9 @@ fn follower() -> StatusReport {
             member(2, false, None),
             member(3, true, None),
         ],
+        voters: vec![1, 2, 3],
+        learners: Vec::new(),
+        config_slot: 1,
     }
 }
 

@@ -307,23 +307,32 @@ fn info_section(
     };
 }
 
-/// `# Paxos`: the node's role and progress, and the members it knows.
+/// `# Paxos`: the node's role and progress, the membership in force
+/// (`members:` its voters, `learners:`, `config_slot:` the first slot it
+/// governs), and the members it knows.
 fn paxos_section(out: &mut String, status: &StatusReport) -> std::fmt::Result {
     let leader = status
         .leader_id
         .map(|id| id.to_string())
         .unwrap_or_default();
-    let members: Vec<String> = status.members.iter().map(|m| m.id.to_string()).collect();
+    let list = |ids: &[u64]| {
+        ids.iter()
+            .map(|id| id.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
     write!(
         out,
         "# Paxos\r\nrole:{}\r\nleader_id:{leader}\r\nballot:{}\r\ncommit_slot:{}\r\n\
-         applied_slot:{}\r\nlog_start:{}\r\nmembers:{}\r\n",
+         applied_slot:{}\r\nlog_start:{}\r\nmembers:{}\r\nlearners:{}\r\nconfig_slot:{}\r\n",
         status.role,
         status.ballot,
         status.commit_slot,
         status.applied_slot,
         status.log_start,
-        members.join(","),
+        list(&status.voters),
+        list(&status.learners),
+        status.config_slot,
     )?;
     for m in &status.members {
         write!(

@@ -203,6 +203,9 @@ fn status_report(id: u64, store: &Store, index: u64) -> StatusReport {
             connected: true,
             match_slot: Some(index),
         }],
+        voters: vec![id],
+        learners: Vec::new(),
+        config_slot: 1,
     }
 }
 
