@@ -338,12 +338,19 @@ impl Replica {
                 }
             }
             // Chosen slots we learned of but hold no value for: ask the
-            // peer whose acks say it knows the most, else each in turn.
+            // live peer whose acks say it knows the most, else each in turn
+            // (a peer that went quiet may be gone for good).
             if r.commit < r.known_commit {
+                let live = |peer: &NodeId| {
+                    leader
+                        .last_heard
+                        .get(peer)
+                        .is_some_and(|&t| now < t + r.config.election_ticks)
+                };
                 let ahead = leader
                     .peer_commit
                     .iter()
-                    .filter(|&(_, &commit)| commit > r.commit)
+                    .filter(|&(peer, &commit)| commit > r.commit && live(peer))
                     .max_by_key(|&(_, &commit)| commit)
                     .map(|(&peer, _)| peer);
                 let peers: Vec<NodeId> = r.peers().collect();
