@@ -901,6 +901,18 @@ fn small_alpha(c: &mut Config) {
     c.inflight_slots_max = 8;
 }
 
+/// Three replicas, one follower removed and its removal in force; returns
+/// the cluster, the leader and the removed follower.
+fn a_follower_removed() -> (Cluster, NodeId, NodeId) {
+    let mut c = Cluster::with(3, small_alpha);
+    let leader = c.elect();
+    let gone = (1..=3).find(|&id| id != leader).expect("a follower");
+    c.change(leader, Change::Remove { id: gone })
+        .expect("a removal is taken");
+    c.until_in_force(leader, "removal", |m| !m.is_member(gone));
+    (c, leader, gone)
+}
+
 fn add(id: NodeId, promote: bool) -> Change {
     Change::Add {
         id,
@@ -965,12 +977,7 @@ fn a_learner_added_as_such_stays_one_and_never_counts() {
 
 #[test]
 fn a_removed_voter_no_longer_counts_and_knows_it() {
-    let mut c = Cluster::with(3, small_alpha);
-    let leader = c.elect();
-    let gone = (1..=3).find(|&id| id != leader).expect("a follower");
-    c.change(leader, Change::Remove { id: gone })
-        .expect("a removal is taken");
-    c.until_in_force(leader, "removal", |m| !m.is_member(gone));
+    let (mut c, leader, gone) = a_follower_removed();
     // Nobody sends to it any more; once it misses a leader it asks, is
     // told how far the log goes, and learns of its removal from it.
     c.ticks(100);
@@ -1090,12 +1097,7 @@ fn changes_that_would_leave_no_working_quorum_are_refused() {
 
 #[test]
 fn memberships_survive_a_restart_from_the_log() {
-    let mut c = Cluster::with(3, small_alpha);
-    let leader = c.elect();
-    let gone = (1..=3).find(|&id| id != leader).expect("a follower");
-    c.change(leader, Change::Remove { id: gone })
-        .expect("taken");
-    c.until_in_force(leader, "removal", |m| !m.is_member(gone));
+    let (mut c, leader, gone) = a_follower_removed();
     let before = c.nodes[&leader].replica.configs().clone();
     c.crash(leader);
     c.restart(leader);
@@ -1103,6 +1105,14 @@ fn memberships_survive_a_restart_from_the_log() {
     assert_eq!(c.nodes[&leader].replica.configs().latest(), before.latest());
     let from = before.latest_from();
     assert_eq!(c.nodes[&leader].replica.configs().latest_from(), from);
+    assert!(
+        c.nodes[&leader]
+            .replica
+            .configs()
+            .latest()
+            .retired
+            .contains(&gone)
+    );
 }
 
 impl Cluster {
