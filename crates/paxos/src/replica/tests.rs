@@ -21,6 +21,23 @@ struct Node {
     base: Option<Configs>,
 }
 
+impl Node {
+    /// A node that is up with an empty disk, started from `base` (a
+    /// joiner) or from its founding membership.
+    fn fresh(replica: Replica, base: Option<Configs>) -> Node {
+        Node {
+            replica,
+            durable: Durable::default(),
+            applied: Vec::new(),
+            reads: Vec::new(),
+            failed_reads: Vec::new(),
+            snapshot_needed: None,
+            up: true,
+            base,
+        }
+    }
+}
+
 struct Cluster {
     founders: u64,
     tweak: fn(&mut Config),
@@ -50,17 +67,8 @@ impl Cluster {
             .map(|id| {
                 let mut config = config(id, n);
                 tweak(&mut config);
-                let node = Node {
-                    replica: Replica::new(config).expect("valid config"),
-                    durable: Durable::default(),
-                    applied: Vec::new(),
-                    reads: Vec::new(),
-                    failed_reads: Vec::new(),
-                    snapshot_needed: None,
-                    up: true,
-                    base: None,
-                };
-                (id, node)
+                let replica = Replica::new(config).expect("valid config");
+                (id, Node::fresh(replica, None))
             })
             .collect();
         Cluster {
@@ -862,17 +870,7 @@ impl Cluster {
         let base = self.nodes[&1].replica.snapshot_configs(Slot::ZERO);
         let replica = Replica::restore(config, Durable::default(), Slot::ZERO, Some(base.clone()))
             .expect("valid config");
-        let node = Node {
-            replica,
-            durable: Durable::default(),
-            applied: Vec::new(),
-            reads: Vec::new(),
-            failed_reads: Vec::new(),
-            snapshot_needed: None,
-            up: true,
-            base: Some(base),
-        };
-        self.nodes.insert(id, node);
+        self.nodes.insert(id, Node::fresh(replica, Some(base)));
     }
 
     fn change(&mut self, leader: NodeId, change: Change) -> Result<(), ChangeError> {
