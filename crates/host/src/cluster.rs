@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use codec::{DecodeError, Reader, put_bytes, put_count, put_varint};
-use paxos::replica::{Configs, Member, MemberRole, Membership, Slot};
+use paxos::replica::{ALPHA_MAX, Configs, Member, MemberRole, Membership, Slot};
 
 /// The format this code writes and reads.
 const CLUSTER_FORMAT: u8 = 1;
@@ -51,6 +51,12 @@ pub fn decode(input: &Bytes) -> Result<Configs, DecodeError> {
     for _ in 0..n {
         let from = Slot(r.varint("a membership's first slot")?);
         let alpha = r.varint("alpha")?;
+        if alpha == 0 || alpha > ALPHA_MAX {
+            return Err(DecodeError::Invalid {
+                what: "alpha",
+                reason: "outside 1..=1048576",
+            });
+        }
         let count = r.count("members", 3)?;
         let mut members = BTreeMap::new();
         for _ in 0..count {
@@ -129,6 +135,16 @@ mod tests {
             for len in 0..full.len() {
                 assert!(decode(&full.slice(..len)).is_err());
             }
+        }
+        // A window that slot arithmetic could not take is refused.
+        for alpha in [0, ALPHA_MAX + 1, u64::MAX] {
+            let mut bad = Membership::founding([1], 1);
+            bad.alpha = alpha;
+            let record = encode(&Configs::new(bad));
+            assert!(matches!(
+                decode(&record),
+                Err(DecodeError::Invalid { what: "alpha", .. })
+            ));
         }
         for _ in 0..20_000 {
             let len = rng.below(40) as usize;

@@ -47,6 +47,11 @@ use bytes::Bytes;
 use super::message::Slot;
 use crate::ballot::NodeId;
 
+/// The largest window α a cluster may use. Slot arithmetic adds α to slot
+/// numbers, so a value from a damaged or hostile record must be refused
+/// before it is used.
+pub const ALPHA_MAX: u64 = 1 << 20;
+
 /// What a member does.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum MemberRole {

@@ -72,7 +72,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use bytes::Bytes;
 
 pub use durable::Durable;
-pub use membership::{Change, ChangeError, Configs, Member, MemberRole, Membership};
+pub use membership::{ALPHA_MAX, Change, ChangeError, Configs, Member, MemberRole, Membership};
 pub use message::{Message, PromisedEntry, Record, RecordNo, Slot, Value};
 
 use crate::ballot::{Ballot, NodeId};
@@ -167,8 +167,8 @@ impl Config {
         if unique.len() != self.members.len() {
             return Err(ConfigError::DuplicateMember);
         }
-        if self.alpha == 0 {
-            return Err(ConfigError::Timing("alpha must be at least 1"));
+        if self.alpha == 0 || self.alpha > membership::ALPHA_MAX {
+            return Err(ConfigError::Timing("alpha must be between 1 and 1048576"));
         }
         if self.heartbeat_ticks == 0 || self.heartbeat_ticks >= self.election_ticks {
             return Err(ConfigError::Timing(

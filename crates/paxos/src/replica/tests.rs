@@ -533,6 +533,8 @@ fn configs_that_cannot_work_are_refused() {
     assert!(outsider.take_ready().messages.is_empty());
     c.alpha = 0;
     assert!(c.validate().is_err());
+    c.alpha = ALPHA_MAX + 1;
+    assert!(c.validate().is_err());
     c.alpha = 4;
     c.members = vec![1, 1, 4];
     assert_eq!(c.validate(), Err(ConfigError::DuplicateMember));
