@@ -67,7 +67,8 @@ use host::{Effects, Flaw, Host, HostConfig, NodeError, ReadMode, SnapshotPolicy,
 use kv::{Command, Reply, SetCondition};
 use paxos::NodeId;
 use paxos::replica::{
-    Change, Config, Durable, Flaw as PaxosFlaw, Message, Record, RecordNo, RoleName, Slot, Value,
+    Change, Config, Durable, Flaw as PaxosFlaw, Membership, Message, Record, RecordNo, RoleName,
+    Slot, Value,
 };
 use paxos::rng::Rng;
 
@@ -114,6 +115,9 @@ pub enum KvBug {
     /// A leader ignores the commit point of a promise it asked for after
     /// its election.
     LatePromiseIgnoresCommit,
+    /// A leader starts a membership change before the previous one is in
+    /// force, and the second takes effect with the first.
+    OverlappingChanges,
 }
 
 impl Variant for KvBug {
@@ -129,6 +133,7 @@ impl Variant for KvBug {
         KvBug::ConfigBeforeChosen,
         KvBug::RemovedStillVotes,
         KvBug::LatePromiseIgnoresCommit,
+        KvBug::OverlappingChanges,
     ];
 
     fn name(self) -> &'static str {
@@ -144,6 +149,7 @@ impl Variant for KvBug {
             KvBug::ConfigBeforeChosen => "config-before-chosen",
             KvBug::RemovedStillVotes => "removed-still-votes",
             KvBug::LatePromiseIgnoresCommit => "late-promise-ignores-commit",
+            KvBug::OverlappingChanges => "overlapping-changes",
         }
     }
 
@@ -172,6 +178,9 @@ impl Variant for KvBug {
             KvBug::LatePromiseIgnoresCommit => {
                 "a leader that ignores the commit point of a promise that comes after its election"
             }
+            KvBug::OverlappingChanges => {
+                "a membership change started before the previous one is in force, taking effect with it"
+            }
         }
     }
 }
@@ -190,7 +199,8 @@ impl KvBug {
             | KvBug::PersistedBeforeSync
             | KvBug::ConfigBeforeChosen
             | KvBug::RemovedStillVotes
-            | KvBug::LatePromiseIgnoresCommit => None,
+            | KvBug::LatePromiseIgnoresCommit
+            | KvBug::OverlappingChanges => None,
         }
     }
 
@@ -200,6 +210,7 @@ impl KvBug {
             KvBug::ConfigBeforeChosen => Some(PaxosFlaw::ConfigBeforeChosen),
             KvBug::RemovedStillVotes => Some(PaxosFlaw::RemovedStillVotes),
             KvBug::LatePromiseIgnoresCommit => Some(PaxosFlaw::LatePromiseIgnoresCommit),
+            KvBug::OverlappingChanges => Some(PaxosFlaw::OverlappingChanges),
             _ => None,
         }
     }
@@ -1457,18 +1468,10 @@ impl Sim<'_> {
         else {
             return;
         };
-        let members: Vec<NodeId> = latest.members.keys().copied().collect();
-        let learners: Vec<NodeId> = latest.learners().collect();
-        let gone: Vec<NodeId> = members
-            .iter()
-            .copied()
-            .filter(|&id| self.nodes[id as usize - 1].gone)
-            .collect();
-        let spare = (0..self.nodes.len()).find(|&i| !self.nodes[i].started);
-        let pick = |rng: &mut Rng, ids: &[NodeId]| ids[rng.below(ids.len() as u64) as usize];
-        let voters: Vec<NodeId> = latest.voters().collect();
         if self.rng.chance(0.15) {
             // Hand the leadership to another voter.
+            let voters: Vec<NodeId> = latest.voters().collect();
+            let pick = |rng: &mut Rng, ids: &[NodeId]| ids[rng.below(ids.len() as u64) as usize];
             let others: Vec<NodeId> = voters
                 .iter()
                 .copied()
@@ -1487,6 +1490,26 @@ impl Sim<'_> {
             self.carry_out(l);
             return;
         }
+        // A hurried operator sometimes asks for a second change at once,
+        // before the first is chosen; the leader must refuse it.
+        if self.propose_some_change(l, &latest) && self.rng.chance(0.3) {
+            self.propose_some_change(l, &latest);
+        }
+    }
+
+    /// Asks leader `l` for a change that makes sense in membership
+    /// `latest`; whether the leader took it.
+    fn propose_some_change(&mut self, l: usize, latest: &Membership) -> bool {
+        let members: Vec<NodeId> = latest.members.keys().copied().collect();
+        let learners: Vec<NodeId> = latest.learners().collect();
+        let gone: Vec<NodeId> = members
+            .iter()
+            .copied()
+            .filter(|&id| self.nodes[id as usize - 1].gone)
+            .collect();
+        let spare = (0..self.nodes.len()).find(|&i| !self.nodes[i].started);
+        let pick = |rng: &mut Rng, ids: &[NodeId]| ids[rng.below(ids.len() as u64) as usize];
+        let voters: Vec<NodeId> = latest.voters().collect();
         let change = match self.rng.below(10) {
             _ if !gone.is_empty() && !learners.is_empty() => Change::Replace {
                 old: gone[0],
@@ -1516,7 +1539,7 @@ impl Sim<'_> {
             7..=9 => Change::Remove {
                 id: pick(&mut self.rng, &members),
             },
-            _ => return,
+            _ => return false,
         };
         // Voters go only while four or more remain (a learner any time, a
         // gone one always): a node may still lose its disk for good, and
@@ -1526,13 +1549,13 @@ impl Sim<'_> {
             && latest.voters().count() < 4
             && !gone.contains(&id)
         {
-            return;
+            return false;
         }
         let Some(host) = self.host(l) else {
-            return;
+            return false;
         };
         let result = host.propose_change(change.clone());
-        match result {
+        match &result {
             Ok(()) => {
                 self.disk.changes_proposed += 1;
                 self.log(|| format!("node {} proposes: {change}", l + 1));
@@ -1540,6 +1563,7 @@ impl Sim<'_> {
             Err(e) => self.log(|| format!("node {} refuses to {change}: {e}", l + 1)),
         }
         self.carry_out(l);
+        result.is_ok()
     }
 
     /// Starts spare `n` with an empty disk, not yet a member.
