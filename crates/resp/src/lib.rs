@@ -38,6 +38,7 @@
 //! without a reply.
 
 mod args;
+pub mod client;
 mod decode;
 mod inline;
 mod reply;
