@@ -41,6 +41,13 @@ impl Replica {
             && self.now >= self.lease_granted_until
             && ballot > self.promised;
         self.send(from, Message::PreVoteReply { ballot, granted });
+        if ballot <= self.promised {
+            // Tell the candidate what it must beat: a voter that cannot
+            // run itself (one whose membership it does not know in force
+            // yet) would otherwise refuse the same ballot forever.
+            let promised = self.promised;
+            self.send(from, Message::Nack { ballot, promised });
+        }
     }
 
     pub(super) fn on_pre_vote_reply(&mut self, from: NodeId, ballot: Ballot, granted: bool) {

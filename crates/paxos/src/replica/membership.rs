@@ -335,15 +335,6 @@ impl Configs {
         }
     }
 
-    /// The `OverlappingChanges` flaw: a change chosen while the newest
-    /// membership is not yet in force joins it, at its first slot.
-    pub(super) fn merge_into_latest(&mut self, change: &Change) {
-        let last = self.history.len() - 1;
-        if let Ok(next) = self.history[last].1.apply(change) {
-            self.history[last].1 = next;
-        }
-    }
-
     /// The distinct memberships that govern the slots from `first` to
     /// `last`.
     pub fn between(&self, first: Slot, last: Slot) -> impl Iterator<Item = &Membership> {

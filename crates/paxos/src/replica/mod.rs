@@ -137,10 +137,6 @@ pub enum Flaw {
     /// ignores the commit point the promise reports, and proposes in slots
     /// that voter knows are chosen (and may have compacted).
     LatePromiseIgnoresCommit,
-    /// A leader proposes a change while the previous one is not yet in
-    /// force, and a replica puts a change chosen meanwhile in force together
-    /// with the previous one, fewer than α slots after its own slot.
-    OverlappingChanges,
 }
 
 impl Config {
@@ -834,11 +830,10 @@ impl Replica {
         // A change proposed and not known chosen yet (once chosen, the
         // membership it makes is the latest, checked below).
         let proposed = leader.change_slot.is_some_and(|slot| slot > self.commit);
-        let overlap = self.config.flaw == Some(Flaw::OverlappingChanges);
-        if (leader.change.is_some() || proposed) && !overlap {
+        if leader.change.is_some() || proposed {
             return Err(ChangeError::InProgress(self.configs.latest_from()));
         }
-        if self.configs.latest_from() > self.commit + 1 && !overlap {
+        if self.configs.latest_from() > self.commit + 1 {
             return Err(ChangeError::InProgress(self.configs.latest_from()));
         }
         let next = self.configs.latest().apply(&change)?;
@@ -1148,13 +1143,7 @@ impl Replica {
             if let Some(Value::Change(change)) = self.log.get(&slot).and_then(|e| e.chosen.as_ref())
             {
                 let change = change.clone();
-                if self.config.flaw == Some(Flaw::OverlappingChanges)
-                    && self.configs.latest_from() > slot
-                {
-                    self.configs.merge_into_latest(&change);
-                } else {
-                    self.configs.note_change(slot, &change);
-                }
+                self.configs.note_change(slot, &change);
             }
             self.configs_through = slot;
         }

@@ -115,9 +115,6 @@ pub enum KvBug {
     /// A leader ignores the commit point of a promise it asked for after
     /// its election.
     LatePromiseIgnoresCommit,
-    /// A leader starts a membership change before the previous one is in
-    /// force, and the second takes effect with the first.
-    OverlappingChanges,
 }
 
 impl Variant for KvBug {
@@ -133,7 +130,6 @@ impl Variant for KvBug {
         KvBug::ConfigBeforeChosen,
         KvBug::RemovedStillVotes,
         KvBug::LatePromiseIgnoresCommit,
-        KvBug::OverlappingChanges,
     ];
 
     fn name(self) -> &'static str {
@@ -149,7 +145,6 @@ impl Variant for KvBug {
             KvBug::ConfigBeforeChosen => "config-before-chosen",
             KvBug::RemovedStillVotes => "removed-still-votes",
             KvBug::LatePromiseIgnoresCommit => "late-promise-ignores-commit",
-            KvBug::OverlappingChanges => "overlapping-changes",
         }
     }
 
@@ -178,9 +173,6 @@ impl Variant for KvBug {
             KvBug::LatePromiseIgnoresCommit => {
                 "a leader that ignores the commit point of a promise that comes after its election"
             }
-            KvBug::OverlappingChanges => {
-                "a membership change started before the previous one is in force, taking effect with it"
-            }
         }
     }
 }
@@ -199,8 +191,7 @@ impl KvBug {
             | KvBug::PersistedBeforeSync
             | KvBug::ConfigBeforeChosen
             | KvBug::RemovedStillVotes
-            | KvBug::LatePromiseIgnoresCommit
-            | KvBug::OverlappingChanges => None,
+            | KvBug::LatePromiseIgnoresCommit => None,
         }
     }
 
@@ -210,7 +201,6 @@ impl KvBug {
             KvBug::ConfigBeforeChosen => Some(PaxosFlaw::ConfigBeforeChosen),
             KvBug::RemovedStillVotes => Some(PaxosFlaw::RemovedStillVotes),
             KvBug::LatePromiseIgnoresCommit => Some(PaxosFlaw::LatePromiseIgnoresCommit),
-            KvBug::OverlappingChanges => Some(PaxosFlaw::OverlappingChanges),
             _ => None,
         }
     }
@@ -596,7 +586,7 @@ pub fn run(config: &KvSimConfig, seed: u64, keep_trace: bool) -> KvRun {
         // Spares start only when they join.
         let founder = i < config.nodes;
         let host = founder.then(|| {
-            Host::restore(host_config.clone(), c.clone(), Durable::default(), None, 1)
+            Host::restore(host_config.clone(), c.clone(), Durable::default(), None, 1, None)
                 .expect("the simulator's config is valid")
         });
         nodes.push(Node {
@@ -1168,6 +1158,7 @@ impl Sim<'_> {
             node.disk.clone(),
             snapshot,
             node.client_epoch,
+            None,
         )
         .expect("the simulator's config is valid");
         node.host = Some(host);
