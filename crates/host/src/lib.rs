@@ -226,12 +226,16 @@ impl<T> Host<T> {
     /// of `client_epoch`, which the shell has made durable. A log marked as
     /// rejoining restores as a learner. The first [`Host::effects`] applies
     /// again every chosen entry of the durable log above the snapshot.
+    /// `joined` are the memberships a node that joined a running cluster
+    /// was told, used when no snapshot carries any (otherwise the founding
+    /// one, from `paxos.members`, governs from the first slot).
     pub fn restore(
         config: HostConfig,
         paxos: PaxosConfig,
         durable: Durable,
         snapshot: Option<(SnapshotId, Store)>,
         client_epoch: u64,
+        joined: Option<Configs>,
     ) -> Result<Host<T>, RestoreError> {
         let (latest, store) = match snapshot {
             Some((id, store)) => (Some(id), store),
@@ -239,7 +243,9 @@ impl<T> Host<T> {
         };
         let applied = latest.map_or(Slot::ZERO, |id| id.slot);
         let id = paxos.id;
-        let configs = snapshot_configs(&store).map_err(RestoreError::Membership)?;
+        let configs = snapshot_configs(&store)
+            .map_err(RestoreError::Membership)?
+            .or(joined);
         let replica = Replica::restore(paxos, durable, applied, configs)?;
         let role = replica.status().role;
         let snapshots = Snapshots::new(config.snapshot, config.transfer, latest);

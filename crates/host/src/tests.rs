@@ -17,7 +17,15 @@ fn paxos(id: NodeId, members: u64) -> PaxosConfig {
 }
 
 fn host(id: NodeId, members: u64, config: HostConfig) -> Host<u32> {
-    Host::restore(config, paxos(id, members), Durable::default(), None, 1).expect("valid")
+    Host::restore(
+        config,
+        paxos(id, members),
+        Durable::default(),
+        None,
+        1,
+        None,
+    )
+    .expect("valid")
 }
 
 /// A host that has waited out the lease it may have granted before it
@@ -246,6 +254,7 @@ fn served(id: SnapshotId, config: HostConfig) -> Host<u32> {
         Durable::default(),
         Some((id, store)),
         1,
+        None,
     )
     .expect("valid")
 }
@@ -449,6 +458,7 @@ fn follower_reading(epoch: u64) -> (Host<u32>, u64) {
         Durable::default(),
         None,
         epoch,
+        None,
     )
     .expect("valid");
     let ballot = Ballot {

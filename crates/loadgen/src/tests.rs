@@ -355,10 +355,10 @@ mod etcd {
         };
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
-            if let Ok(mut etcd) = EtcdClient::connect(&server.addr, CALL_TIMEOUT).await {
-                if etcd.put("ready".into(), "yes".into()).await.is_ok() {
-                    return Some(server);
-                }
+            if let Ok(mut etcd) = EtcdClient::connect(&server.addr, CALL_TIMEOUT).await
+                && etcd.put("ready".into(), "yes".into()).await.is_ok()
+            {
+                return Some(server);
             }
             assert!(Instant::now() < deadline, "etcd did not start");
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -35,13 +35,40 @@ pub enum Op {
     /// The connection closed: its session may be retired once its last
     /// write is answered.
     Closed { conn: ConnId },
+    /// A request about the membership (`PAXOS ...`).
+    Admin {
+        request: Admin,
+        reply: oneshot::Sender<Result<Reply, AdminRefusal>>,
+    },
+}
+
+/// What an operator asks of the parliament.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admin {
+    /// Every member, its role, addresses and progress.
+    Members,
+    /// A change of membership; answered once it is chosen.
+    Change(paxos::replica::Change),
+    /// Hand the leadership to this voter; answered once it leads.
+    Transfer(paxos::NodeId),
+}
+
+/// Why the replica task did not answer an [`Admin`] request itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdminRefusal {
+    /// Only the leader can; this is the leader as far as this node knows
+    /// (its id and client address), if any.
+    NotLeader(Option<(paxos::NodeId, String)>),
 }
 
 /// A member of the cluster as this node knows it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct MemberStatus {
     pub id: u64,
-    /// Peer (replication) address from `--members`.
+    /// `voter` or `learner`, in the newest membership.
+    #[serde(default)]
+    pub role: String,
+    /// Peer (replication) address.
     pub peer_addr: String,
     /// Client (RESP) and HTTP addresses, once the member has told us.
     pub client_addr: Option<String>,

@@ -50,8 +50,21 @@ pub const NODE_ID_MAX: NodeId = 0xFFFF;
 pub struct NodeConfig {
     pub id: NodeId,
     pub data_dir: PathBuf,
-    /// Every voting member's peer address, this node included.
+    /// The founding voters' peer addresses, this node included, for a node
+    /// that bootstraps a new cluster. Kept in the data directory on the
+    /// first start; later the data directory's membership wins (empty
+    /// then is fine).
     pub members: BTreeMap<NodeId, String>,
+    /// Peer addresses of members to ask for the membership, for a node
+    /// that joins a running cluster (with `members` empty). Used only on
+    /// the first start.
+    pub join: Vec<String>,
+    /// A membership change chosen in slot `s` governs from `s + alpha`;
+    /// fixed when the cluster is founded.
+    pub alpha: u64,
+    /// A learner added to become a voter is promoted once it is within this
+    /// many slots of the commit point.
+    pub promote_within_slots: u64,
     /// Where clients and HTTP reach this node, as told to peers and shown in
     /// status reports.
     pub client_addr: String,
@@ -115,6 +128,9 @@ impl NodeConfig {
             id,
             data_dir,
             members,
+            join: Vec::new(),
+            alpha: paxos.alpha,
+            promote_within_slots: paxos.promote_within_slots,
             client_addr: String::new(),
             http_addr: String::new(),
             fsync: FsyncPolicy::Always,
@@ -156,6 +172,8 @@ impl NodeConfig {
         c.batch_commands_max = self.batch_commands_max;
         c.batch_bytes_max = self.batch_bytes_max;
         c.catch_up_slots_max = self.catch_up_slots_max;
+        c.alpha = self.alpha;
+        c.promote_within_slots = self.promote_within_slots;
         c.seed = seed;
         c
     }
@@ -180,7 +198,13 @@ impl NodeConfig {
                 self.id
             ));
         }
-        if !self.members.contains_key(&self.id) {
+        if !self.members.is_empty() && !self.join.is_empty() {
+            return Err(
+                "give --members to found a new cluster, or --join to join a running one, not both"
+                    .to_owned(),
+            );
+        }
+        if !self.members.is_empty() && !self.members.contains_key(&self.id) {
             return Err(format!("node {} is not among the members", self.id));
         }
         if let Some(bad) = self.members.keys().find(|&&m| m == 0 || m > NODE_ID_MAX) {

@@ -5,6 +5,8 @@
 //! ```text
 //! DIR/node-id        the owning node's id, written once
 //! DIR/client-epoch   the last session epoch handed out (see below)
+//! DIR/cluster        the founding members, or the membership a joining
+//!                    node was told (`crate::cluster`), written once
 //! DIR/wal/           the write-ahead log (segments below the newest
 //!                    snapshot are deleted)
 //! DIR/snapshots/     the newest snapshots (snap-<slot>.snap), and the
@@ -39,6 +41,7 @@ use paxos::NodeId;
 use super::StartError;
 
 const NODE_ID_FILE: &str = "node-id";
+pub(crate) const CLUSTER_FILE: &str = "cluster";
 const EPOCH_FILE: &str = "client-epoch";
 const WAL_DIR: &str = "wal";
 const SNAPSHOT_DIR: &str = "snapshots";
@@ -60,11 +63,11 @@ fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> S
 /// Writes `contents` to `path` so that a crash leaves either the old or the
 /// new contents: a temporary file, synced, renamed over, and the directory
 /// synced.
-fn write_durably(dir: &Path, name: &str, contents: &str) -> Result<(), StartError> {
+fn write_durably(dir: &Path, name: &str, contents: &[u8]) -> Result<(), StartError> {
     let tmp = dir.join(format!("{name}.tmp"));
     let path = dir.join(name);
     let mut file = File::create(&tmp).map_err(io_error("create", &tmp))?;
-    file.write_all(contents.as_bytes())
+    file.write_all(contents)
         .and_then(|()| file.sync_all())
         .map_err(io_error("write", &tmp))?;
     fs::rename(&tmp, &path).map_err(io_error("rename into place", &path))?;
@@ -114,7 +117,7 @@ impl DataDir {
                         ),
                     });
                 }
-                write_durably(root, NODE_ID_FILE, &format!("{id}\n"))?;
+                write_durably(root, NODE_ID_FILE, format!("{id}\n").as_bytes())?;
             }
         }
         Ok(DataDir {
@@ -124,6 +127,11 @@ impl DataDir {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Writes `DIR/cluster` (see `crate::cluster`), durably.
+    pub fn write_cluster(&self, contents: &[u8]) -> Result<(), StartError> {
+        write_durably(&self.root, CLUSTER_FILE, contents)
     }
 
     pub fn wal_dir(&self) -> PathBuf {
@@ -165,7 +173,7 @@ impl DataDir {
                 reason: "every client session epoch is used up; give this node a fresh id and data directory".to_owned(),
             });
         }
-        write_durably(&self.root, EPOCH_FILE, &format!("{epoch}\n"))?;
+        write_durably(&self.root, EPOCH_FILE, format!("{epoch}\n").as_bytes())?;
         Ok(epoch)
     }
 }

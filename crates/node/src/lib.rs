@@ -13,6 +13,7 @@
 //! use.
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 mod datadir;
 mod disk;
@@ -36,9 +37,10 @@ use storage::snapshot::{OpenReport, SnapshotMeta};
 use storage::wal::Options;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 pub use self::api::NodeHandle;
+use self::cluster::ClusterFile;
 pub use self::config::NodeConfig;
 use self::datadir::DataDir;
 use self::replica_task::{Channels, Published, ReplicaTask};
@@ -111,9 +113,20 @@ impl Node {
         let span = tracing::info_span!("node", id = config.id);
         let id = config.id;
 
+        // A node that joins asks a member for the membership first (only
+        // on its first start: later its data directory has it).
+        let told = if config.join.is_empty()
+            || cluster::ClusterFile::load(&config.data_dir)
+                .map_err(|e| StartError::Config(e.to_string()))?
+                .is_some()
+        {
+            None
+        } else {
+            Some(join(&config).instrument(span.clone()).await?)
+        };
         // Opening replays the whole log: blocking work, off the runtime.
         let opening = config.clone();
-        let opened = tokio::task::spawn_blocking(move || open(&opening))
+        let opened = tokio::task::spawn_blocking(move || open(&opening, told))
             .await
             .map_err(|e| StartError::Thread(io::Error::other(e.to_string())))??;
         let Opened {
@@ -128,6 +141,7 @@ impl Node {
                 },
             data_dir,
             client_epoch,
+            cluster,
         } = opened;
         {
             let _enter = span.enter();
@@ -164,14 +178,24 @@ impl Node {
         // The snapshot holds every entry up to its slot; the log above it is
         // applied again. A log marked as rejoining restores as a learner.
         let snapshot = loaded.map(|(meta, store)| (id_of(&meta), store));
+        // The founders the data directory names govern the first slots,
+        // whatever `--members` says now.
+        let mut paxos = config.paxos(election_seed(id));
+        paxos.members = cluster.founders.clone();
         let host = Host::restore(
             config.host(),
-            config.paxos(election_seed(id)),
+            paxos,
             durable,
             snapshot,
             client_epoch,
+            cluster.joined_configs(),
         )
         .map_err(|e| StartError::Config(e.to_string()))?;
+        let peers: std::collections::BTreeMap<NodeId, String> =
+            cluster::address_book(&cluster, host.configs())
+                .into_iter()
+                .map(|(id, addrs)| (id, addrs.peer))
+                .collect();
 
         let (ops_tx, ops_rx) = mpsc::channel(config.ops_queue_max);
         let (inbound_tx, inbound_rx) = mpsc::channel(config.inbound_queue_max);
@@ -193,7 +217,7 @@ impl Node {
             Transport::start(
                 peer_listener,
                 identity,
-                &config.members,
+                &peers,
                 inbound_tx,
                 frames_tx,
                 Arc::clone(&metrics),
@@ -223,6 +247,7 @@ impl Node {
                 status: status_tx,
                 stats: stats_tx,
             },
+            cluster,
         );
         let channels = Channels {
             ops: ops_rx,
@@ -330,10 +355,13 @@ struct Opened {
     data_dir: DataDir,
     /// The epoch of this start's client ids, made durable.
     client_epoch: u64,
+    /// `DIR/cluster`.
+    cluster: ClusterFile,
 }
 
-fn open(config: &NodeConfig) -> Result<Opened, StartError> {
+fn open(config: &NodeConfig, told: Option<ClusterFile>) -> Result<Opened, StartError> {
     let data_dir = DataDir::open(&config.data_dir, config.id)?;
+    let cluster = cluster_file(config, &data_dir, told)?;
     let mut moved_aside = Vec::new();
     let mut opened = match open_state(config, &data_dir) {
         // The operator says this node's state is lost: whatever is damaged
@@ -368,7 +396,132 @@ fn open(config: &NodeConfig) -> Result<Opened, StartError> {
         state: opened,
         data_dir,
         client_epoch,
+        cluster,
     })
+}
+
+/// The data directory's `cluster` record: read, or written on the first
+/// start from `--members` (a founder) or from what a member told a joining
+/// node. Flags that disagree with it are reported; the record wins.
+fn cluster_file(
+    config: &NodeConfig,
+    data_dir: &DataDir,
+    told: Option<ClusterFile>,
+) -> Result<ClusterFile, StartError> {
+    let dir = data_dir.root();
+    let found = ClusterFile::load(dir).map_err(|e| StartError::DataDir {
+        dir: dir.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    if let Some(file) = found {
+        if !config.members.is_empty() {
+            let flags: Vec<NodeId> = config.members.keys().copied().collect();
+            if flags != file.founders {
+                warn!(
+                    members_flag = ?flags,
+                    founders = ?file.founders,
+                    "--members does not name this node's founding members; the membership \
+                     kept in the data directory and the log wins (--members is only read \
+                     when a cluster is founded)"
+                );
+            }
+        }
+        return Ok(file);
+    }
+    let file = if let Some(told) = told {
+        told
+    } else if !config.members.is_empty() {
+        let book = config
+            .members
+            .iter()
+            .map(|(&id, peer)| {
+                let client = if id == config.id {
+                    config.client_addr.clone()
+                } else {
+                    String::new()
+                };
+                (
+                    id,
+                    cluster::Addrs {
+                        peer: peer.clone(),
+                        client,
+                    },
+                )
+            })
+            .collect();
+        ClusterFile {
+            founders: config.members.keys().copied().collect(),
+            book,
+            configs: None,
+        }
+    } else {
+        return Err(StartError::Config(
+            "this data directory belongs to no cluster yet: start with --members to found \
+             a new cluster, or with --join to join a running one"
+                .to_owned(),
+        ));
+    };
+    data_dir.write_cluster(&file.encode())?;
+    Ok(file)
+}
+
+/// Asks the members at `config.join` for the membership until one answers
+/// with a membership that names this node (started before `PAXOS MEMBER
+/// ADD`, it waits for it).
+async fn join(config: &NodeConfig) -> Result<ClusterFile, StartError> {
+    let identity = Identity {
+        id: config.id,
+        client_addr: config.client_addr.clone(),
+        http_addr: config.http_addr.clone(),
+    };
+    let mut told_to_wait = false;
+    let mut failures: std::collections::BTreeMap<String, String> = Default::default();
+    loop {
+        for addr in &config.join {
+            let answer = net::ask_membership(&identity, addr, &config.transport)
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| ClusterFile::decode(&bytes).map_err(|e| e.to_string()));
+            let file = match answer {
+                Ok(file) => file,
+                Err(e) => {
+                    if failures.insert(addr.clone(), e.clone()).as_ref() != Some(&e) {
+                        warn!(%addr, error = %e, "cannot ask this member for the membership; retrying");
+                    }
+                    continue;
+                }
+            };
+            let Some(configs) = file.joined_configs() else {
+                warn!(%addr, "the member answered without a membership; retrying");
+                continue;
+            };
+            let latest = configs.latest();
+            if latest.retired.contains(&config.id) {
+                return Err(StartError::Config(format!(
+                    "node {} was removed from this cluster; a new node needs a new id",
+                    config.id
+                )));
+            }
+            if latest.is_member(config.id) {
+                info!(%addr, voters = ?latest.voters().collect::<Vec<_>>(), "joined: the membership names this node");
+                return Ok(ClusterFile {
+                    founders: Vec::new(),
+                    ..file
+                });
+            }
+            if !told_to_wait {
+                info!(
+                    %addr,
+                    "node {} is not a member yet; waiting for an operator to run \
+                     PAXOS MEMBER ADD {} <peer-addr> <client-addr> on any member",
+                    config.id,
+                    config.id
+                );
+                told_to_wait = true;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 /// The snapshots and the log of a data directory, opened.

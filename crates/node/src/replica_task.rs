@@ -24,6 +24,7 @@
 //! syncs, the task goes on stepping messages and answering writes, and a
 //! report that records are durable is one more event of the loop.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,12 +32,13 @@ use host::files::FileDone;
 use host::transfer::SnapshotFrame;
 use host::{Effects, Host, HostStats};
 use paxos::NodeId;
-use paxos::replica::{Message, RecordNo, RoleName};
+use paxos::replica::{Change, Configs, Message, RecordNo, RoleName, Slot};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until};
 use tracing::{error, info, warn};
 
-use super::api::{MemberStatus, NodeError, Op, StatusReport};
+use super::api::{Admin, AdminRefusal, MemberStatus, NodeError, Op, StatusReport};
+use super::cluster::{self, Addrs, ClusterFile};
 use super::config::NodeConfig;
 use super::datadir::DataDir;
 use super::disk::Disk;
@@ -80,6 +82,35 @@ pub struct Published {
     pub stats: watch::Sender<HostStats>,
 }
 
+/// How an operator's request is answered.
+type AdminAnswer = oneshot::Sender<Result<Reply, AdminRefusal>>;
+
+/// What an operator's request waits for before it is answered.
+enum Goal {
+    /// The change is chosen.
+    Chosen(Change),
+    /// This voter leads.
+    Leads(NodeId),
+}
+
+/// An operator's request waiting for its effect.
+struct AdminWait {
+    goal: Goal,
+    /// The tick after which it is answered with an error.
+    until: u64,
+    reply: AdminAnswer,
+}
+
+/// What the task knows of where the members are.
+struct Membership {
+    /// `DIR/cluster`.
+    file: ClusterFile,
+    /// Every address known: the file's, then the log's.
+    book: BTreeMap<NodeId, Addrs>,
+    /// The memberships the book was built from (their first slots).
+    seen: Vec<Slot>,
+}
+
 /// Everything the task owns.
 pub struct ReplicaTask {
     config: NodeConfig,
@@ -95,6 +126,8 @@ pub struct ReplicaTask {
     /// Ticks delivered since `started`.
     ticks: u64,
     next_publish: Instant,
+    membership: Membership,
+    admin: Vec<AdminWait>,
 }
 
 impl ReplicaTask {
@@ -109,8 +142,14 @@ impl ReplicaTask {
         peers: Arc<PeerTable>,
         metrics: Arc<Metrics>,
         published: Published,
+        file: ClusterFile,
     ) -> ReplicaTask {
         let now = Instant::now();
+        let membership = Membership {
+            file,
+            book: BTreeMap::new(),
+            seen: Vec::new(),
+        };
         ReplicaTask {
             config,
             host,
@@ -124,6 +163,8 @@ impl ReplicaTask {
             started: now,
             ticks: 0,
             next_publish: now,
+            membership,
+            admin: Vec::new(),
         }
     }
 
@@ -132,6 +173,7 @@ impl ReplicaTask {
     pub async fn run(mut self, mut channels: Channels) -> Result<(), StorageError> {
         // The first turn re-applies every chosen entry of the durable log.
         self.carry_out()?;
+        self.follow_membership();
         info!(
             applied = %self.host.applied(),
             keys = self.host.store().len(),
@@ -260,7 +302,193 @@ impl ReplicaTask {
                 reply,
             } => self.host.read(command, mode, reply),
             Op::Closed { conn } => self.host.closed(conn),
+            Op::Admin { request, reply } => self.on_admin(request, reply),
         }
+    }
+
+    // ----- membership --------------------------------------------------------
+
+    /// Keeps the peer links, the address book and what joining nodes are
+    /// told in step with the memberships the log holds.
+    fn follow_membership(&mut self) {
+        let configs = self.host.configs();
+        let seen: Vec<Slot> = configs.entries().iter().map(|(from, _)| *from).collect();
+        if seen == self.membership.seen {
+            return;
+        }
+        let book = cluster::address_book(&self.membership.file, configs);
+        let peers: BTreeMap<NodeId, String> = book
+            .iter()
+            .filter(|(id, _)| configs.entries().iter().any(|(_, m)| m.is_member(**id)))
+            .map(|(&id, addrs)| (id, addrs.peer.clone()))
+            .collect();
+        self.outbox.set_peers(&peers);
+        let directory = ClusterFile {
+            founders: self.membership.file.founders.clone(),
+            book: book.clone(),
+            configs: Some(host::cluster::encode(configs)),
+        };
+        self.peers.set_directory(directory.encode());
+        let latest = configs.latest();
+        info!(
+            voters = ?latest.voters().collect::<Vec<_>>(),
+            learners = ?latest.learners().collect::<Vec<_>>(),
+            from_slot = %configs.latest_from(),
+            "membership"
+        );
+        self.membership.book = book;
+        self.membership.seen = seen;
+    }
+
+    /// The client address of member `id`, if known.
+    fn client_addr_of(&self, id: NodeId) -> Option<String> {
+        if id == self.config.id {
+            return Some(self.config.client_addr.clone());
+        }
+        self.membership
+            .book
+            .get(&id)
+            .map(|a| a.client.clone())
+            .filter(|a| !a.is_empty())
+            .or_else(|| {
+                self.peers
+                    .snapshot()
+                    .get(&id)
+                    .and_then(|p| p.client_addr.clone())
+            })
+    }
+
+    fn on_admin(&mut self, request: Admin, reply: AdminAnswer) {
+        let status = self.host.status();
+        if status.role != RoleName::Leader {
+            let leader = status
+                .leader
+                .filter(|&l| l != self.config.id)
+                .and_then(|l| self.client_addr_of(l).map(|addr| (l, addr)));
+            if request == Admin::Members && leader.is_none() {
+                let _ = reply.send(Ok(self.members_reply()));
+            } else {
+                let _ = reply.send(Err(AdminRefusal::NotLeader(leader)));
+            }
+            return;
+        }
+        let (result, goal, ms) = match request {
+            Admin::Members => {
+                let _ = reply.send(Ok(self.members_reply()));
+                return;
+            }
+            Admin::Change(change) => (
+                self.host.propose_change(change.clone()),
+                Goal::Chosen(change),
+                self.config.write_timeout_ms,
+            ),
+            Admin::Transfer(to) => (
+                self.host.transfer_leadership(to),
+                Goal::Leads(to),
+                // The hand-over is abandoned after an election timeout;
+                // the new leader then needs one more to be known.
+                self.config.tick_ms * self.config.election_ticks * 4,
+            ),
+        };
+        match result {
+            Ok(()) => self.admin.push(AdminWait {
+                goal,
+                until: self.ticks + ms.div_ceil(self.config.tick_ms.max(1)),
+                reply,
+            }),
+            Err(e) => {
+                let _ = reply.send(Ok(Reply::Error(format!("ERR {e}"))));
+            }
+        }
+    }
+
+    /// Answers the operators' requests whose effect is seen, or whose time
+    /// ran out.
+    fn check_admin(&mut self) {
+        if self.admin.is_empty() {
+            return;
+        }
+        let configs = self.host.configs();
+        let leader = self.host.status().leader;
+        let now = self.ticks;
+        let mut waiting = Vec::new();
+        for wait in std::mem::take(&mut self.admin) {
+            let done = match &wait.goal {
+                Goal::Chosen(change) => is_made(configs, change),
+                Goal::Leads(to) => leader == Some(*to),
+            };
+            if done {
+                let _ = wait.reply.send(Ok(Reply::ok()));
+            } else if now > wait.until {
+                let text = match &wait.goal {
+                    Goal::Chosen(change) => format!(
+                        "ERR the change ({change}) was proposed but is not known chosen yet; \
+                         check PAXOS MEMBERS before trying again"
+                    ),
+                    Goal::Leads(to) => format!(
+                        "ERR node {to} did not take the leadership in time (it must be a \
+                         connected, caught-up voter); check PAXOS MEMBERS"
+                    ),
+                };
+                let _ = wait.reply.send(Ok(Reply::Error(text)));
+            } else {
+                waiting.push(wait);
+            }
+        }
+        self.admin = waiting;
+    }
+
+    /// `PAXOS MEMBERS`: one entry per member of the newest membership.
+    fn members_reply(&self) -> Reply {
+        let configs = self.host.configs();
+        let latest = configs.latest();
+        let status = self.host.status();
+        let progress: BTreeMap<NodeId, Slot> = self.host.peer_progress().into_iter().collect();
+        let peers = self.peers.snapshot();
+        let me = self.config.id;
+        let bulk = |s: &str| Reply::Bulk(bytes::Bytes::copy_from_slice(s.as_bytes()));
+        let entries = latest
+            .members
+            .iter()
+            .map(|(&id, member)| {
+                let role = if member.role == paxos::replica::MemberRole::Voter {
+                    "voter"
+                } else {
+                    "learner"
+                };
+                let peer_addr = if id == me {
+                    self.config
+                        .members
+                        .get(&me)
+                        .cloned()
+                        .or_else(|| self.membership.book.get(&id).map(|a| a.peer.clone()))
+                } else {
+                    self.membership.book.get(&id).map(|a| a.peer.clone())
+                };
+                let match_slot = if id == me {
+                    Some(status.commit)
+                } else {
+                    progress.get(&id).copied()
+                };
+                let connected =
+                    id == me || peers.get(&id).is_some_and(|p| p.outbound || p.inbound > 0);
+                Reply::Array(vec![
+                    bulk("id"),
+                    Reply::Integer(id as i64),
+                    bulk("role"),
+                    bulk(role),
+                    bulk("peer_addr"),
+                    bulk(&peer_addr.unwrap_or_default()),
+                    bulk("client_addr"),
+                    bulk(&self.client_addr_of(id).unwrap_or_default()),
+                    bulk("match_slot"),
+                    match_slot.map_or(Reply::Nil, |s| Reply::Integer(s.0 as i64)),
+                    bulk("connected"),
+                    bulk(if connected { "yes" } else { "no" }),
+                ])
+            })
+            .collect();
+        Reply::Array(entries)
     }
 
     /// Takes the host's effects and carries them out.
@@ -318,6 +546,8 @@ impl ReplicaTask {
 
     /// Publishes the status, at most once a tick unless `now`.
     fn publish(&mut self, now: bool) {
+        self.follow_membership();
+        self.check_admin();
         let instant = Instant::now();
         if !now && instant < self.next_publish {
             return;
@@ -332,15 +562,25 @@ impl ReplicaTask {
             .map(|(id, slot)| (id, slot.0))
             .collect();
         let me = self.config.id;
-        let members = self
-            .config
+        let latest = self.host.configs().latest();
+        let members = latest
             .members
             .iter()
-            .map(|(&id, addr)| {
+            .map(|(&id, member)| {
                 let peer = peers.get(&id);
                 MemberStatus {
                     id,
-                    peer_addr: addr.clone(),
+                    role: if member.role == paxos::replica::MemberRole::Voter {
+                        "voter".to_owned()
+                    } else {
+                        "learner".to_owned()
+                    },
+                    peer_addr: self
+                        .membership
+                        .book
+                        .get(&id)
+                        .map(|a| a.peer.clone())
+                        .unwrap_or_default(),
                     client_addr: if id == me {
                         Some(self.config.client_addr.clone())
                     } else {
@@ -408,5 +648,16 @@ impl ReplicaTask {
                 true
             }
         });
+    }
+}
+
+/// Whether the membership `change` asks for is the newest one.
+fn is_made(configs: &Configs, change: &Change) -> bool {
+    let latest = configs.latest();
+    match change {
+        Change::Add { id, .. } => latest.is_member(*id),
+        Change::Promote { id } => latest.is_voter(*id),
+        Change::Remove { id } => latest.retired.contains(id),
+        Change::Replace { old, .. } => latest.retired.contains(old),
     }
 }

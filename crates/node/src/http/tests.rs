@@ -82,6 +82,7 @@ impl Drop for TestServer {
 fn member(id: u64, connected: bool, match_slot: Option<u64>) -> MemberStatus {
     MemberStatus {
         id,
+        role: "voter".to_owned(),
         peer_addr: format!("127.0.0.1:{}", 7000 + id),
         client_addr: Some(format!("127.0.0.1:{}", 6000 + id)),
         http_addr: Some(format!("127.0.0.1:{}", 8000 + id)),

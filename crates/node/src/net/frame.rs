@@ -14,7 +14,9 @@
 //! ```
 //!
 //! `from` is the sender, `to` the node it believes it is talking to, so an
-//! address that points at the wrong node is caught on both ends.
+//! address that points at the wrong node is caught on both ends. A node
+//! that is joining does not know who answers at the address it was given:
+//! it sends `to` 0 and may then only ask for the membership (a join frame).
 //!
 //! Every later frame starts with a kind byte ([`FrameKind`]) and then holds
 //! one payload of that kind:
@@ -23,6 +25,7 @@
 //! |---|---|
 //! | 1, message | one [`storage::wire::encode_message`] payload |
 //! | 2, snapshot | one [`super::snapshot::SnapshotFrame`] (a snapshot transfer) |
+//! | 3, join | empty from a joining node; the answer is a `crate::cluster::ClusterFile` |
 //!
 //! The first frame after the handshake decides what the connection is for:
 //! replica messages flowing one way, or one snapshot transfer flowing both
@@ -85,6 +88,9 @@ pub enum FrameKind {
     Message,
     /// A message of a snapshot transfer.
     Snapshot,
+    /// A joining node asks for the membership; the answer comes back on
+    /// the same connection.
+    Join,
 }
 
 impl FrameKind {
@@ -92,6 +98,7 @@ impl FrameKind {
         match self {
             FrameKind::Message => 1,
             FrameKind::Snapshot => 2,
+            FrameKind::Join => 3,
         }
     }
 
@@ -99,6 +106,7 @@ impl FrameKind {
         match self {
             FrameKind::Message => "message",
             FrameKind::Snapshot => "snapshot",
+            FrameKind::Join => "join",
         }
     }
 }
@@ -122,6 +130,7 @@ pub fn split_kind(frame: Bytes) -> Result<(FrameKind, Bytes), FrameError> {
         None => return Err(FrameError::Empty),
         Some(1) => FrameKind::Message,
         Some(2) => FrameKind::Snapshot,
+        Some(3) => FrameKind::Join,
         Some(&other) => return Err(FrameError::UnknownKind(other)),
     };
     Ok((kind, frame.slice(1..)))

@@ -28,10 +28,10 @@
 
 pub mod frame;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -139,6 +139,10 @@ pub struct PeerTable {
     peers: Mutex<BTreeMap<NodeId, PeerInfo>>,
     /// Messages dropped: queue full, peer unreachable, or frame too large.
     pub dropped: AtomicU64,
+    /// What a joining node is told: the membership and every address
+    /// known (an encoded `crate::cluster::ClusterFile`), kept current by
+    /// the replica task.
+    directory: Mutex<Bytes>,
 }
 
 impl PeerTable {
@@ -160,6 +164,28 @@ impl PeerTable {
         f(peers.entry(peer).or_default());
     }
 
+    /// Replaces what joining nodes are told.
+    pub fn set_directory(&self, directory: Bytes) {
+        *self
+            .directory
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = directory;
+    }
+
+    fn directory(&self) -> Bytes {
+        self.directory
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn forget(&self, peer: NodeId) {
+        self.peers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&peer);
+    }
+
     fn learn(&self, hello: &Handshake) {
         let known = |addr: &String| (!addr.is_empty()).then(|| addr.clone());
         self.update(hello.from, |p| {
@@ -169,33 +195,121 @@ impl PeerTable {
     }
 }
 
-/// The replica task's side of the outbound queues.
-#[derive(Clone, Debug)]
-pub struct Outbox {
-    messages: BTreeMap<NodeId, mpsc::Sender<Message>>,
+/// The links to the peers: a queue per peer and kind, each drained by a
+/// task that keeps a connection to the peer's address.
+#[derive(Default)]
+struct Links {
+    messages: BTreeMap<NodeId, (String, mpsc::Sender<Message>)>,
     frames: BTreeMap<NodeId, mpsc::Sender<SnapshotFrame>>,
-    table: Arc<PeerTable>,
+    tasks: JoinSet<()>,
+    seed: u64,
+}
+
+/// The replica task's side of the outbound queues.
+#[derive(Clone)]
+pub struct Outbox {
+    links: Arc<RwLock<Links>>,
+    ctx: Arc<Ctx>,
+    span: tracing::Span,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox").finish_non_exhaustive()
+    }
 }
 
 impl Outbox {
     /// Queues `message` for `to` without waiting. Returns false (and counts
     /// the drop) when the queue is full or `to` is not a peer.
     pub fn send(&self, to: NodeId, message: Message) -> bool {
-        self.counted(Self::queue(&self.messages, to, message))
+        let sent = self
+            .read()
+            .messages
+            .get(&to)
+            .is_some_and(|(_, q)| q.try_send(message).is_ok());
+        self.counted(sent)
     }
 
     /// Queues a snapshot frame for `to`'s snapshot link, like [`Outbox::send`].
     pub fn send_frame(&self, to: NodeId, frame: SnapshotFrame) -> bool {
-        self.counted(Self::queue(&self.frames, to, frame))
+        let sent = self
+            .read()
+            .frames
+            .get(&to)
+            .is_some_and(|q| q.try_send(frame).is_ok());
+        self.counted(sent)
     }
 
-    fn queue<P>(queues: &BTreeMap<NodeId, mpsc::Sender<P>>, to: NodeId, payload: P) -> bool {
-        queues.get(&to).is_some_and(|q| q.try_send(payload).is_ok())
+    /// Makes the links match `peers` (peer addresses by id; this node's own
+    /// entry is ignored): a link for each new peer or changed address, none
+    /// for a peer no longer listed. Only listed peers may connect to this
+    /// node. Must run inside the transport's runtime.
+    pub fn set_peers(&self, peers: &BTreeMap<NodeId, String>) {
+        let me = self.ctx.identity.id;
+        let mut links = self
+            .links
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let links = &mut *links;
+        while links.tasks.try_join_next().is_some() {}
+        let gone: Vec<NodeId> = links
+            .messages
+            .keys()
+            .copied()
+            .filter(|id| !peers.contains_key(id))
+            .collect();
+        for id in gone {
+            // Dropping the queues ends the link tasks.
+            links.messages.remove(&id);
+            links.frames.remove(&id);
+            self.ctx.table.forget(id);
+            info!(peer = id, "no longer a peer");
+        }
+        for (&peer, addr) in peers {
+            if peer == me || links.messages.get(&peer).is_some_and(|(a, _)| a == addr) {
+                continue;
+            }
+            self.ctx.table.update(peer, |_| {});
+            let (tx, rx) = mpsc::channel(self.ctx.config.outbound_queue_max.max(1));
+            links.messages.insert(peer, (addr.clone(), tx));
+            links.seed = links.seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let task = outbound(
+                Arc::clone(&self.ctx),
+                peer,
+                addr.clone(),
+                rx,
+                Rng::new(links.seed),
+            );
+            links.tasks.spawn(task.instrument(self.span.clone()));
+            let (tx, rx) = mpsc::channel(SNAPSHOT_QUEUE_FRAMES);
+            links.frames.insert(peer, tx);
+            links.seed = links.seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let task = outbound(
+                Arc::clone(&self.ctx),
+                peer,
+                addr.clone(),
+                rx,
+                Rng::new(links.seed),
+            );
+            links.tasks.spawn(task.instrument(self.span.clone()));
+        }
+        *self
+            .ctx
+            .members
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = peers.keys().copied().collect();
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Links> {
+        self.links
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn counted(&self, sent: bool) -> bool {
         if !sent {
-            self.table.dropped.fetch_add(1, Ordering::Relaxed);
+            self.ctx.table.dropped.fetch_add(1, Ordering::Relaxed);
         }
         sent
     }
@@ -235,20 +349,21 @@ impl Payload for SnapshotFrame {
 /// The running transport. Dropping it (or [`Transport::shutdown`]) stops
 /// every task and closes every connection and the listener.
 pub struct Transport {
-    tasks: JoinSet<()>,
+    links: Arc<RwLock<Links>>,
     local_addr: SocketAddr,
     table: Arc<PeerTable>,
 }
 
 impl Transport {
-    /// Starts the transport on `listener` (already bound) for `members`
-    /// (peer addresses by id; this node's own entry is ignored). Inbound
-    /// messages go to `inbound`, inbound snapshot frames to `frames`. Must
-    /// run inside a tokio runtime.
+    /// Starts the transport on `listener` (already bound) for `peers`
+    /// (peer addresses by id; this node's own entry is ignored; see
+    /// [`Outbox::set_peers`] for later changes). Inbound messages go to
+    /// `inbound`, inbound snapshot frames to `frames`. Must run inside a
+    /// tokio runtime.
     pub fn start(
         listener: TcpListener,
         identity: Identity,
-        members: &BTreeMap<NodeId, String>,
+        peers: &BTreeMap<NodeId, String>,
         inbound: mpsc::Sender<(NodeId, Message)>,
         frames: mpsc::Sender<(NodeId, SnapshotFrame)>,
         metrics: Arc<Metrics>,
@@ -256,9 +371,10 @@ impl Transport {
     ) -> std::io::Result<(Transport, Outbox)> {
         let local_addr = listener.local_addr()?;
         let table = Arc::new(PeerTable::default());
+        let seed = identity.id ^ boot_nanos();
         let ctx = Arc::new(Ctx {
             identity,
-            members: members.keys().copied().collect(),
+            members: RwLock::new(BTreeSet::new()),
             config,
             metrics,
             table: Arc::clone(&table),
@@ -266,35 +382,24 @@ impl Transport {
             frames,
         });
         let span = tracing::Span::current();
-        let mut tasks = JoinSet::new();
-        let mut messages = BTreeMap::new();
-        let mut frames = BTreeMap::new();
-        let mut seed = ctx.identity.id ^ boot_nanos();
-        for (&peer, addr) in members {
-            if peer == ctx.identity.id {
-                continue;
-            }
-            table.update(peer, |_| {});
-            let (tx, rx) = mpsc::channel(ctx.config.outbound_queue_max.max(1));
-            messages.insert(peer, tx);
-            seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let task = outbound(Arc::clone(&ctx), peer, addr.clone(), rx, Rng::new(seed));
-            tasks.spawn(task.instrument(span.clone()));
-            let (tx, rx) = mpsc::channel(SNAPSHOT_QUEUE_FRAMES);
-            frames.insert(peer, tx);
-            seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let task = outbound(Arc::clone(&ctx), peer, addr.clone(), rx, Rng::new(seed));
-            tasks.spawn(task.instrument(span.clone()));
-        }
-        tasks.spawn(accept(Arc::clone(&ctx), listener).instrument(span));
+        let links = Arc::new(RwLock::new(Links {
+            seed,
+            ..Links::default()
+        }));
         let outbox = Outbox {
-            messages,
-            frames,
-            table: Arc::clone(&table),
+            links: Arc::clone(&links),
+            ctx: Arc::clone(&ctx),
+            span: span.clone(),
         };
+        outbox.set_peers(peers);
+        links
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .tasks
+            .spawn(accept(ctx, listener).instrument(span));
         Ok((
             Transport {
-                tasks,
+                links,
                 local_addr,
                 table,
             },
@@ -312,15 +417,38 @@ impl Transport {
     }
 
     /// Stops every task and waits until they are gone (their sockets closed).
-    pub async fn shutdown(mut self) {
-        self.tasks.shutdown().await;
+    pub async fn shutdown(self) {
+        let mut tasks = {
+            let mut links = self
+                .links
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            links.messages.clear();
+            links.frames.clear();
+            std::mem::take(&mut links.tasks)
+        };
+        tasks.shutdown().await;
+    }
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        let mut links = self
+            .links
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        links.messages.clear();
+        links.frames.clear();
+        links.tasks.abort_all();
     }
 }
 
 /// What every task of the transport shares.
 struct Ctx {
     identity: Identity,
-    members: Vec<NodeId>,
+    /// The peers that may connect (a joining node may only ask for the
+    /// membership).
+    members: RwLock<BTreeSet<NodeId>>,
     config: TransportConfig,
     metrics: Arc<Metrics>,
     table: Arc<PeerTable>,
@@ -399,12 +527,18 @@ async fn inbound(ctx: &Ctx, stream: TcpStream) -> Result<(), FrameError> {
         Err(_) => return Err(FrameError::Handshake("no handshake in time")),
     };
     let me = ctx.identity.id;
-    if hello.to != me {
+    let joining = hello.to == 0;
+    if hello.to != me && !joining {
         return Err(FrameError::Handshake(
             "the peer meant to reach another node id (check --members)",
         ));
     }
-    if hello.from == me || !ctx.members.contains(&hello.from) {
+    let member = ctx
+        .members
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .contains(&hello.from);
+    if hello.from == me || (!member && !joining) {
         warn!(
             from = hello.from,
             "a node that is not a member tried to connect"
@@ -417,6 +551,9 @@ async fn inbound(ctx: &Ctx, stream: TcpStream) -> Result<(), FrameError> {
     timeout(limit, writer.write_all(&reply))
         .await
         .map_err(|_| FrameError::Handshake("handshake reply timed out"))??;
+    if joining {
+        return answer_join(ctx, peer, &mut reader, &mut writer).await;
+    }
     ctx.table.learn(&hello);
     let Some(first) = read_frame(&mut reader, ctx.config.frame_bytes_max).await? else {
         return Ok(());
@@ -427,11 +564,93 @@ async fn inbound(ctx: &Ctx, stream: TcpStream) -> Result<(), FrameError> {
     let result = match kind {
         FrameKind::Message => read_messages(ctx, peer, payload, &mut reader).await,
         FrameKind::Snapshot => read_snapshot_frames(ctx, peer, payload, &mut reader).await,
+        FrameKind::Join => Err(FrameError::WrongKind {
+            expected: "message or snapshot",
+            got: "join",
+        }),
     };
     ctx.table
         .update(peer, |p| p.inbound = p.inbound.saturating_sub(1));
     debug!(peer, kind = kind.name(), "inbound peer connection closed");
     result
+}
+
+/// Tells a joining node the membership and every address this node knows.
+async fn answer_join<R, W>(
+    ctx: &Ctx,
+    peer: NodeId,
+    reader: &mut R,
+    writer: &mut W,
+) -> Result<(), FrameError>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let limit = Ctx::ms(ctx.config.handshake_timeout_ms);
+    let frame = match timeout(limit, read_frame(reader, HANDSHAKE_BYTES_MAX)).await {
+        Ok(Ok(Some(frame))) => frame,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err(FrameError::Handshake("no join request in time")),
+    };
+    expect_kind(frame, FrameKind::Join)?;
+    let directory = ctx.table.directory();
+    let mut out = BytesMut::with_capacity(directory.len() + KIND_FRAME_OVERHEAD_BYTES);
+    put_kind_frame(&mut out, FrameKind::Join, &directory);
+    timeout(limit, writer.write_all(&out))
+        .await
+        .map_err(|_| FrameError::Handshake("join answer timed out"))??;
+    info!(peer, "told a joining node the membership");
+    Ok(())
+}
+
+/// Asks the member at `addr` for the membership, as joining node `me`: the
+/// encoded `crate::cluster::ClusterFile` it answers.
+pub async fn ask_membership(
+    identity: &Identity,
+    addr: &str,
+    config: &TransportConfig,
+) -> Result<Bytes, FrameError> {
+    let limit = Duration::from_millis(config.handshake_timeout_ms);
+    let stream = timeout(
+        Duration::from_millis(config.connect_timeout_ms),
+        TcpStream::connect(addr),
+    )
+    .await
+    .map_err(|_| FrameError::Handshake("connect timed out"))??;
+    let (mut reader, mut writer) = stream.into_split();
+    let mut out = BytesMut::new();
+    let hello = Handshake {
+        from: identity.id,
+        to: 0,
+        client_addr: identity.client_addr.clone(),
+        http_addr: identity.http_addr.clone(),
+    };
+    put_frame(&mut out, &hello.encode());
+    put_kind_frame(&mut out, FrameKind::Join, &[]);
+    timeout(limit, writer.write_all(&out))
+        .await
+        .map_err(|_| FrameError::Handshake("join request timed out"))??;
+    let exchange = async {
+        let Some(reply) = read_frame(&mut reader, HANDSHAKE_BYTES_MAX).await? else {
+            return Err(FrameError::Handshake("the member closed the connection"));
+        };
+        let reply = Handshake::decode(&reply)?;
+        if reply.to != identity.id {
+            return Err(FrameError::Handshake(
+                "the answer was meant for another node",
+            ));
+        }
+        let Some(frame) = read_frame(&mut reader, config.frame_bytes_max).await? else {
+            return Err(FrameError::Handshake(
+                "the member closed the connection without an answer (is this node's id a member's?)",
+            ));
+        };
+        expect_kind(frame, FrameKind::Join)
+    };
+    timeout(limit, exchange)
+        .await
+        .map_err(|_| FrameError::Handshake("no membership answer in time"))?
 }
 
 /// Hands `first` and every later snapshot frame to the replica task.

@@ -177,6 +177,27 @@ impl Connection {
                 self.push(Reply::ok());
                 self.reading = false;
             }
+            Outcome::Admin(request, args) => {
+                let (reply, answer) = oneshot::channel();
+                let forwarded = self
+                    .state
+                    .name
+                    .as_ref()
+                    .is_some_and(|n| n.as_ref() == super::admin::FORWARDED.as_bytes());
+                tokio::spawn(super::admin::run(
+                    self.node.clone(),
+                    request,
+                    args,
+                    forwarded,
+                    self.config.password.clone(),
+                    reply,
+                ));
+                self.queue.push_back(Pending::Waiting {
+                    answer,
+                    write: false,
+                    then: Then::Reply,
+                });
+            }
             Outcome::Node(op, then) => {
                 let (reply, answer) = oneshot::channel();
                 let (op, write) = match op {

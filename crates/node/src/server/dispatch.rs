@@ -14,7 +14,7 @@ use super::argv::Argv;
 use super::limits::Config;
 use super::table::{Cmd, InMulti, lookup};
 use super::txn::{self, Txn};
-use super::{connection, introspection, keys, strings};
+use super::{admin, connection, introspection, keys, strings};
 use crate::api::{ConnId, NodeError, NodeHandle, ReadMode};
 use kv::{self, Command};
 use resp::Reply;
@@ -103,6 +103,8 @@ pub(crate) enum Outcome {
     Node(NodeOp, Then),
     /// Reply `OK`, then close the connection.
     Quit,
+    /// A `PAXOS` request, and its arguments as sent (to forward them).
+    Admin(crate::api::Admin, Vec<Bytes>),
 }
 
 /// Whether `request` is `EXEC`, which must wait for the `WATCH`es before it.
@@ -210,6 +212,15 @@ fn run(argv: Argv, state: &mut ClientState, ctx: Ctx<'_>) -> Outcome {
         Cmd::ReadWrite => connection::set_read_mode(state, ReadMode::Linearizable),
         Cmd::Hello => introspection::hello(argv, state, ctx),
         Cmd::Client => introspection::client(argv, state),
+        Cmd::Paxos => {
+            let mut args = Vec::with_capacity(argv.remaining() + 1);
+            args.push(Bytes::from_static(b"PAXOS"));
+            args.extend_from_slice(argv.peek());
+            match admin::parse(argv) {
+                Ok(request) => return Outcome::Admin(request, args),
+                Err(reply) => reply,
+            }
+        }
         other => internal(other),
     };
     Outcome::Reply(reply)

@@ -29,6 +29,7 @@
 //! * A node that cannot answer says why: `-CLUSTERDOWN` (not applied, retry),
 //!   `-UNCERTAIN` (a write that may or may not have been applied), `-BUSY`.
 
+mod admin;
 mod argv;
 mod client;
 mod connection;

@@ -48,6 +48,8 @@ pub(crate) enum Cmd {
     Client,
     ReadOnly,
     ReadWrite,
+    // The parliament.
+    Paxos,
     // Introspection.
     Info,
     Command,
@@ -195,6 +197,7 @@ pub(crate) static COMMANDS: &[Spec] = &[
         ..local("quit", Cmd::Quit, -1, CONN_NO_AUTH, InMulti::Run)
     },
     local("select", Cmd::Select, 2, CONN, InMulti::Refuse),
+    local("paxos", Cmd::Paxos, -2, ADMIN, InMulti::Refuse),
     Spec {
         no_auth: true,
         ..local("auth", Cmd::Auth, -2, CONN_NO_AUTH, InMulti::Refuse)

@@ -175,6 +175,12 @@ async fn run(
                 seqs.remove(&conn);
                 seen.send_modify(|s| s.closed += 1);
             }
+            // The stand-in leads alone: it has no membership to change.
+            Op::Admin { reply, .. } => {
+                let _ = reply.send(Ok(kv::Reply::Error(
+                    "ERR the stand-in node has no membership".to_owned(),
+                )));
+            }
         }
     }
 }
@@ -197,6 +203,7 @@ fn status_report(id: u64, store: &Store, index: u64) -> StatusReport {
         uptime_seconds: 0,
         members: vec![MemberStatus {
             id,
+            role: "voter".to_owned(),
             peer_addr: "127.0.0.1:0".to_owned(),
             client_addr: None,
             http_addr: None,

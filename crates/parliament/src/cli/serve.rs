@@ -2,7 +2,7 @@
 //!
 //! Settings come from flags, or from a TOML file (`--config`) with the same
 //! names (`id`, `data-dir`, `client-addr`, `peer-addr`, `http-addr`,
-//! `members`, `fsync`, `tick-ms`, `snapshot-entries`, `snapshot-bytes`,
+//! `members`, `join`, `fsync`, `tick-ms`, `snapshot-entries`, `snapshot-bytes`,
 //! and the client limits `connections-max`,
 //! `key-bytes-max`, `value-bytes-max`, `pipeline-depth-max`,
 //! `transaction-commands-max`, `watched-keys-max`, `command-bytes-max`,
@@ -19,6 +19,12 @@
 //! 2 = "10.0.0.2:7379"
 //! 3 = "10.0.0.3:7379"
 //! ```
+//!
+//! Membership: `--members` founds a new cluster (every founding voter's
+//! peer address); `--join HOST:PORT,...` makes a brand-new node ask those
+//! members for the membership and wait until an operator adds it (`PAXOS
+//! MEMBER ADD`). Both are read on the first start only: the data directory
+//! then keeps the membership, and the log's changes win over any flag.
 //!
 //! Snapshots: the node snapshots its store after `snapshot-entries` applied
 //! log entries (default 10000) or `snapshot-bytes` bytes of applied commands
@@ -157,10 +163,18 @@ pub struct ServeArgs {
     /// Address for metrics, status and the dashboard [default: 127.0.0.1:8379 + ID - 1].
     #[arg(long)]
     http_addr: Option<String>,
-    /// Every member's peer address, this node included: 1=IP:PORT,2=IP:PORT,...
+    /// Founds a new cluster with these voters' peer addresses, this node
+    /// included: 1=IP:PORT,2=IP:PORT,... Read on the first start only (the
+    /// data directory keeps the membership, and the log's changes win)
     /// [default: this node alone, on 127.0.0.1:7379 + ID - 1].
-    #[arg(long)]
+    #[arg(long, conflicts_with = "join")]
     members: Option<String>,
+    /// Joins a running cluster: peer addresses of members to ask for the
+    /// membership, HOST:PORT,HOST:PORT,... The node waits until an operator
+    /// adds it with PAXOS MEMBER ADD, then fetches the data. First start
+    /// only.
+    #[arg(long, value_name = "HOST:PORT,...")]
+    join: Option<String>,
     /// When the log reaches the disk [default: always].
     #[arg(long, value_enum)]
     fsync: Option<Fsync>,
@@ -253,6 +267,7 @@ const FILE_KEYS: &[&str] = &[
     "peer-addr",
     "http-addr",
     "members",
+    "join",
     "fsync",
     "tick-ms",
     "snapshot-entries",
@@ -276,6 +291,7 @@ struct FileSettings {
     peer_addr: Option<String>,
     http_addr: Option<String>,
     members: Option<FileMembers>,
+    join: Option<String>,
     fsync: Option<Fsync>,
     tick_ms: Option<u64>,
     snapshot_entries: Option<u64>,
@@ -292,7 +308,10 @@ struct Settings {
     client_addr: String,
     peer_addr: String,
     http_addr: String,
+    /// Empty for a node that joins, or one whose data directory already
+    /// keeps its membership and that was given no `--members`.
     members: BTreeMap<u64, String>,
+    join: Vec<String>,
     fsync: Fsync,
     tick_ms: Option<u64>,
     snapshot: SnapshotPolicy,
@@ -360,7 +379,33 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
     if id == 0 {
         bail!("--id must be at least 1");
     }
+    let join: Vec<String> = args
+        .join
+        .clone()
+        .or(file.join)
+        .map(|text| {
+            text.split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    if args.join.is_some() && join.is_empty() {
+        bail!("--join needs at least one HOST:PORT of a member's peer port");
+    }
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from(format!("parliament-data/node-{id}")));
+    let founded = data_dir.join("cluster").exists();
+    let default_peer = || -> Result<String> {
+        let port = port_plus(CLIENT_PORT + PEER_PORT_OFFSET, id, "peer")?;
+        Ok(format!("127.0.0.1:{port}"))
+    };
     let members = match (&args.members, file.members) {
+        _ if !join.is_empty() => BTreeMap::new(),
         (Some(text), _) => parse_members(text).context("--members")?,
         (None, Some(FileMembers::List(text))) => {
             parse_members(&text).context("members in the config file")?
@@ -369,19 +414,19 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
             let text: Vec<String> = table.iter().map(|(k, v)| format!("{k}={v}")).collect();
             parse_members(&text.join(",")).context("members in the config file")?
         }
-        (None, None) => {
-            let port = port_plus(CLIENT_PORT + PEER_PORT_OFFSET, id, "peer")?;
-            BTreeMap::from([(id, format!("127.0.0.1:{port}"))])
-        }
+        (None, None) if founded => BTreeMap::new(),
+        (None, None) => BTreeMap::from([(id, default_peer()?)]),
     };
-    let Some(own) = members.get(&id) else {
+    if !members.is_empty() && !members.contains_key(&id) {
         bail!("node {id} is not among the members");
+    }
+    let peer_addr = match args.peer_addr.clone().or(file.peer_addr) {
+        Some(addr) => addr,
+        None => match members.get(&id) {
+            Some(own) => own.clone(),
+            None => default_peer()?,
+        },
     };
-    let peer_addr = args
-        .peer_addr
-        .clone()
-        .or(file.peer_addr)
-        .unwrap_or_else(|| own.clone());
     let client_addr = match args.client_addr.clone().or(file.client_addr) {
         Some(addr) => addr,
         None => format!("127.0.0.1:{}", port_plus(CLIENT_PORT, id, "client")?),
@@ -393,11 +438,6 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
             port_plus(CLIENT_PORT + HTTP_PORT_OFFSET, id, "HTTP")?
         ),
     };
-    let data_dir = args
-        .data_dir
-        .clone()
-        .or(file.data_dir)
-        .unwrap_or_else(|| PathBuf::from(format!("parliament-data/node-{id}")));
     Ok(Settings {
         id,
         data_dir,
@@ -405,6 +445,7 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
         peer_addr,
         http_addr,
         members,
+        join,
         fsync: args.fsync.or(file.fsync).unwrap_or(Fsync::Always),
         tick_ms: args.tick_ms.or(file.tick_ms),
         snapshot: snapshot_policy(
@@ -466,6 +507,7 @@ async fn serve(settings: Settings, rejoin: bool, stop_on_stdin_eof: bool) -> Res
     let http_addr = http.local_addr().context("HTTP listener")?;
 
     let mut config = NodeConfig::new(id, settings.data_dir.clone(), settings.members);
+    config.join = settings.join;
     config.client_addr = client_addr.to_string();
     config.http_addr = http_addr.to_string();
     config.fsync = match settings.fsync {

@@ -49,6 +49,7 @@ pub fn gather(addr: &str, timeout: Duration) -> Result<Vec<Row>> {
     if !members.iter().any(|m| m.id == first.id) {
         members.push(MemberStatus {
             id: first.id,
+            role: String::new(),
             peer_addr: String::new(),
             client_addr: Some(first.client_addr.clone()),
             http_addr: Some(first.http_addr.clone()),
@@ -215,6 +216,7 @@ mod tests {
     fn member(id: u64, http_addr: Option<&str>) -> MemberStatus {
         MemberStatus {
             id,
+            role: "voter".to_owned(),
             peer_addr: format!("127.0.0.1:{}", 7000 + id),
             client_addr: None,
             http_addr: http_addr.map(str::to_owned),

@@ -586,8 +586,15 @@ pub fn run(config: &KvSimConfig, seed: u64, keep_trace: bool) -> KvRun {
         // Spares start only when they join.
         let founder = i < config.nodes;
         let host = founder.then(|| {
-            Host::restore(host_config.clone(), c.clone(), Durable::default(), None, 1, None)
-                .expect("the simulator's config is valid")
+            Host::restore(
+                host_config.clone(),
+                c.clone(),
+                Durable::default(),
+                None,
+                1,
+                None,
+            )
+            .expect("the simulator's config is valid")
         });
         nodes.push(Node {
             up: founder,

@@ -1,0 +1,272 @@
+//! Where the members are, and what a node keeps of its cluster beside the
+//! log.
+//!
+//! The membership itself lives in the replicated log and in snapshots
+//! (`paxos::replica::membership`); a member's entry carries opaque `info`,
+//! which the node fills with the member's addresses ([`Addrs`]). Two things
+//! are not in the log and live in `DIR/cluster` ([`ClusterFile`]), written
+//! once, durably, before the node first speaks to a peer:
+//!
+//! - the founding voters and their addresses, from `--members`, for a node
+//!   that bootstrapped the cluster (the log's first slots are governed by
+//!   them, and `--members` may later be edited or dropped: the file wins);
+//! - for a node that joined with `--join`, the memberships and addresses a
+//!   member told it, which govern until a snapshot or the log says more.
+//!
+//! The same record answers a joining node's request on the peer port: the
+//! memberships the answering member knows, and every address it knows.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use codec::{DecodeError, Reader, crc32c, put_bytes, put_count, put_varint};
+use paxos::NodeId;
+use paxos::replica::Configs;
+
+use crate::config::NODE_ID_MAX;
+use crate::datadir::CLUSTER_FILE;
+
+const CLUSTER_FILE_FORMAT: u8 = 1;
+/// Longest address kept.
+const ADDR_BYTES_MAX: usize = 512;
+
+/// A member's addresses: where peers reach it, and where clients do.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Addrs {
+    pub peer: String,
+    pub client: String,
+}
+
+impl Addrs {
+    /// The form kept in a membership entry's `info`.
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.peer.len() + self.client.len() + 4);
+        put_bytes(&mut out, self.peer.as_bytes());
+        put_bytes(&mut out, self.client.as_bytes());
+        out.freeze()
+    }
+
+    /// Decodes [`Addrs::encode`]; `None` for anything else (a founder's
+    /// empty info, or info written by another host).
+    pub fn decode(info: &[u8]) -> Option<Addrs> {
+        let mut r = Reader::new(info);
+        let peer = r.utf8("peer address").ok()?.to_owned();
+        let client = r.utf8("client address").ok()?.to_owned();
+        r.finish().ok()?;
+        (!peer.is_empty()).then_some(Addrs { peer, client })
+    }
+}
+
+/// What `DIR/cluster` holds, and what a member tells a joining node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterFile {
+    /// The founding voters; empty for a node that joined.
+    pub founders: Vec<NodeId>,
+    /// Every address known, by member id.
+    pub book: BTreeMap<NodeId, Addrs>,
+    /// The memberships a member told a joining node (`host::cluster`'s
+    /// encoding).
+    pub configs: Option<Bytes>,
+}
+
+/// Why `DIR/cluster` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterFileError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: String, source: io::Error },
+    #[error("{path} is damaged ({reason}); restore it from a copy of this node's data directory")]
+    Damaged { path: String, reason: String },
+}
+
+impl ClusterFile {
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(256);
+        out.put_u8(CLUSTER_FILE_FORMAT);
+        put_count(&mut out, self.founders.len());
+        for &id in &self.founders {
+            put_varint(&mut out, id);
+        }
+        put_count(&mut out, self.book.len());
+        for (&id, addrs) in &self.book {
+            put_varint(&mut out, id);
+            put_bytes(&mut out, addrs.peer.as_bytes());
+            put_bytes(&mut out, addrs.client.as_bytes());
+        }
+        match &self.configs {
+            Some(configs) => {
+                out.put_u8(1);
+                put_bytes(&mut out, configs);
+            }
+            None => out.put_u8(0),
+        }
+        let crc = crc32c(&out);
+        out.put_u32(crc);
+        out.freeze()
+    }
+
+    /// Decodes [`ClusterFile::encode`], checking its checksum and every id
+    /// and address; never panics.
+    pub fn decode(input: &Bytes) -> Result<ClusterFile, DecodeError> {
+        let invalid = |what, reason| DecodeError::Invalid { what, reason };
+        let Some(body_len) = input.len().checked_sub(4) else {
+            return Err(invalid("cluster record", "too short"));
+        };
+        let (body, crc) = input.split_at(body_len);
+        if crc32c(body) != u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]]) {
+            return Err(invalid("cluster record", "checksum mismatch"));
+        }
+        let mut r = Reader::with_format(body, "cluster record", CLUSTER_FILE_FORMAT)?;
+        let id = |r: &mut Reader<'_>| -> Result<NodeId, DecodeError> {
+            let id = r.varint("a member id")?;
+            if id == 0 || id > NODE_ID_MAX {
+                return Err(invalid("a member id", "outside 1..=65535"));
+            }
+            Ok(id)
+        };
+        let n = r.count("founders", 1)?;
+        let mut founders = Vec::with_capacity(n);
+        for _ in 0..n {
+            founders.push(id(&mut r)?);
+        }
+        let n = r.count("addresses", 3)?;
+        let mut book = BTreeMap::new();
+        for _ in 0..n {
+            let member = id(&mut r)?;
+            let peer = r.utf8("a peer address")?.to_owned();
+            let client = r.utf8("a client address")?.to_owned();
+            if peer.len() > ADDR_BYTES_MAX || client.len() > ADDR_BYTES_MAX {
+                return Err(invalid("an address", "too long"));
+            }
+            book.insert(member, Addrs { peer, client });
+        }
+        let configs = if r.bool("memberships present")? {
+            let bytes = input.slice_ref(r.bytes("memberships")?);
+            host::cluster::decode(&bytes)?;
+            Some(bytes)
+        } else {
+            None
+        };
+        r.finish()?;
+        Ok(ClusterFile {
+            founders,
+            book,
+            configs,
+        })
+    }
+
+    /// The memberships a joining node was told, decoded.
+    pub fn joined_configs(&self) -> Option<Configs> {
+        // Checked when decoded.
+        self.configs
+            .as_ref()
+            .and_then(|bytes| host::cluster::decode(bytes).ok())
+    }
+
+    /// Reads `DIR/cluster`; `None` if the node never wrote one.
+    pub fn load(dir: &Path) -> Result<Option<ClusterFile>, ClusterFileError> {
+        let path = dir.join(CLUSTER_FILE);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => Bytes::from(bytes),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(ClusterFileError::Io {
+                    path: path.display().to_string(),
+                    source,
+                });
+            }
+        };
+        ClusterFile::decode(&bytes)
+            .map(Some)
+            .map_err(|e| ClusterFileError::Damaged {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })
+    }
+}
+
+/// Every address the node knows: those of `file`, then those the
+/// memberships of `configs` carry (newer ones win).
+pub fn address_book(file: &ClusterFile, configs: &Configs) -> BTreeMap<NodeId, Addrs> {
+    let mut book = file.book.clone();
+    for (_, membership) in configs.entries() {
+        for (&id, member) in &membership.members {
+            if let Some(addrs) = Addrs::decode(&member.info) {
+                book.insert(id, addrs);
+            }
+        }
+    }
+    book
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use paxos::replica::Membership;
+
+    fn sample() -> ClusterFile {
+        let mut book = BTreeMap::new();
+        book.insert(
+            1,
+            Addrs {
+                peer: "127.0.0.1:7001".into(),
+                client: "127.0.0.1:6001".into(),
+            },
+        );
+        book.insert(
+            2,
+            Addrs {
+                peer: "127.0.0.1:7002".into(),
+                client: String::new(),
+            },
+        );
+        ClusterFile {
+            founders: vec![1, 2],
+            book,
+            configs: Some(host::cluster::encode(&Configs::new(Membership::founding(
+                [1, 2],
+                8,
+            )))),
+        }
+    }
+
+    #[test]
+    fn the_cluster_record_round_trips_and_refuses_damage() {
+        let file = sample();
+        let bytes = file.encode();
+        assert_eq!(ClusterFile::decode(&bytes).expect("decodes"), file);
+        assert!(file.joined_configs().is_some());
+        // Every single flipped bit and every truncation is refused.
+        for i in 0..bytes.len() {
+            let mut bad = bytes.to_vec();
+            bad[i] ^= 0x10;
+            assert!(ClusterFile::decode(&Bytes::from(bad)).is_err(), "bit {i}");
+            assert!(ClusterFile::decode(&bytes.slice(..i)).is_err(), "cut {i}");
+        }
+    }
+
+    #[test]
+    fn addresses_in_member_info_round_trip_and_override_the_file() {
+        let addrs = Addrs {
+            peer: "10.0.0.9:7009".into(),
+            client: "10.0.0.9:6009".into(),
+        };
+        assert_eq!(Addrs::decode(&addrs.encode()), Some(addrs.clone()));
+        assert_eq!(Addrs::decode(b""), None, "a founder's info is empty");
+        assert_eq!(Addrs::decode(b"node-3"), None);
+        let file = sample();
+        let mut m = Membership::founding([1, 2], 8);
+        m = m
+            .apply(&paxos::replica::Change::Add {
+                id: 9,
+                info: addrs.encode(),
+                promote: true,
+            })
+            .expect("valid");
+        let book = address_book(&file, &Configs::new(m));
+        assert_eq!(book.get(&9), Some(&addrs));
+        assert_eq!(book.get(&1), file.book.get(&1));
+    }
+}
