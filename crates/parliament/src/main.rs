@@ -33,6 +33,12 @@ enum Command {
     Cluster(cli::cluster::ClusterArgs),
     /// Show every member of a running parliament, read from any member's HTTP port.
     Status(cli::status::StatusArgs),
+    /// List, add, promote or remove members of a running parliament.
+    #[command(subcommand)]
+    Member(cli::member::MemberCommand),
+    /// Move the leadership of a running parliament.
+    #[command(subcommand)]
+    Leader(cli::member::LeaderCommand),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +51,8 @@ fn main() -> ExitCode {
         Command::Serve(args) => cli::serve::run(args),
         Command::Cluster(args) => cli::cluster::run(args),
         Command::Status(args) => cli::status::run(args),
+        Command::Member(command) => cli::member::run_member(command),
+        Command::Leader(command) => cli::member::run_leader(command),
     };
     match result {
         Ok(code) => code,

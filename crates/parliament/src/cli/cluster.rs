@@ -6,6 +6,12 @@
 //! keeps its data in `DIR/node-i`, so running the command again finds the
 //! same data.
 //!
+//! `--add ID` grows a cluster already running with the same settings: it
+//! starts node `ID` (on the same port scheme) joining nodes 1 to
+//! `--nodes`, asks them to add it (`PAXOS MEMBER ADD`), and runs it until
+//! Ctrl-C. The new member is promoted to voter once it has caught up. Run
+//! the same command again to start it again later.
+//!
 //! The nodes never outlive this process: each child reads its standard
 //! input, a pipe from here, and stops when it closes, which the operating
 //! system does however this process ends (even on `kill -9`). On Ctrl-C or
@@ -41,6 +47,10 @@ pub struct ClusterArgs {
     /// Passed to every node.
     #[arg(long)]
     tick_ms: Option<u64>,
+    /// Add node ID to the cluster already running with these settings
+    /// (started by another `parliament cluster`), and run it here.
+    #[arg(long, value_name = "ID", value_parser = clap::value_parser!(u16).range(1..=999))]
+    add: Option<u16>,
 }
 
 /// One node's addresses.
@@ -91,29 +101,32 @@ impl Drop for Children {
 }
 
 fn plan(args: &ClusterArgs) -> Result<Vec<Plan>> {
-    let last = u32::from(args.port) + u32::from(HTTP_PORT_OFFSET) + u32::from(args.nodes) - 1;
+    (1..=args.nodes).map(|i| plan_node(args, i)).collect()
+}
+
+/// Node `i`'s addresses and directory.
+fn plan_node(args: &ClusterArgs, i: u16) -> Result<Plan> {
+    let last = u32::from(args.port) + u32::from(HTTP_PORT_OFFSET) + u32::from(i) - 1;
     if last > u32::from(u16::MAX) {
         bail!(
-            "--port {} leaves no room for {} nodes' HTTP ports (up to {last})",
-            args.port,
-            args.nodes
+            "--port {} leaves no room for node {i}'s HTTP port (up to {last})",
+            args.port
         );
     }
-    Ok((1..=args.nodes)
-        .map(|i| {
-            let port = u32::from(args.port) + u32::from(i) - 1;
-            Plan {
-                id: u64::from(i),
-                client: format!("127.0.0.1:{port}"),
-                peer: format!("127.0.0.1:{}", port + u32::from(PEER_PORT_OFFSET)),
-                http: format!("127.0.0.1:{}", port + u32::from(HTTP_PORT_OFFSET)),
-                data_dir: args.dir.join(format!("node-{i}")),
-            }
-        })
-        .collect())
+    let port = u32::from(args.port) + u32::from(i) - 1;
+    Ok(Plan {
+        id: u64::from(i),
+        client: format!("127.0.0.1:{port}"),
+        peer: format!("127.0.0.1:{}", port + u32::from(PEER_PORT_OFFSET)),
+        http: format!("127.0.0.1:{}", port + u32::from(HTTP_PORT_OFFSET)),
+        data_dir: args.dir.join(format!("node-{i}")),
+    })
 }
 
 pub fn run(args: ClusterArgs) -> Result<ExitCode> {
+    if let Some(id) = args.add {
+        return add(&args, id);
+    }
     let plans = plan(&args)?;
     let exe = std::env::current_exe().context("cannot find this program's executable")?;
     let members: Vec<String> = plans
@@ -132,7 +145,7 @@ pub fn run(args: ClusterArgs) -> Result<ExitCode> {
             p.client.clone(),
             p.peer.clone(),
             p.http.clone(),
-            members.clone(),
+            ("--members", members.clone()),
             args.fsync,
             args.tick_ms,
         );
@@ -165,6 +178,84 @@ pub fn run(args: ClusterArgs) -> Result<ExitCode> {
     }
     println!("stop:     Ctrl-C");
 
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let code = runtime.block_on(watch(&mut children));
+    children.stop();
+    code
+}
+
+/// `--add ID`: starts node `id` joining the running cluster, asks the
+/// cluster to add it, and runs it until Ctrl-C.
+fn add(args: &ClusterArgs, id: u16) -> Result<ExitCode> {
+    let others = plan(args)?;
+    if others.iter().any(|p| p.id == u64::from(id)) {
+        bail!(
+            "node {id} is one of the first --nodes {}; pick an id above them",
+            args.nodes
+        );
+    }
+    let me = plan_node(args, id)?;
+    let exe = std::env::current_exe().context("cannot find this program's executable")?;
+    let seeds: Vec<String> = others.iter().map(|p| p.peer.clone()).collect();
+    let serve = ServeArgs::for_cluster(
+        me.id,
+        me.data_dir.clone(),
+        me.client.clone(),
+        me.peer.clone(),
+        me.http.clone(),
+        ("--join", seeds.join(",")),
+        args.fsync,
+        args.tick_ms,
+    );
+    let mut child = Command::new(&exe)
+        .args(&serve)
+        .stdin(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start node {id}"))?;
+    let stdin = child.stdin.take();
+    let mut children = Children {
+        running: vec![(me.id, child, stdin)],
+    };
+    println!(
+        "  node {}: client {}  peer {}  http {}  (joining)",
+        me.id, me.client, me.peer, me.http
+    );
+    let id_text = id.to_string();
+    let request = ["PAXOS", "MEMBER", "ADD", &id_text, &me.peer, &me.client];
+    let mut added = false;
+    for p in &others {
+        let target = super::member::Target::at(&p.client);
+        match super::member::call(&target, &request) {
+            Ok(resp::Reply::Simple(_)) => {
+                println!("node {id} added; it becomes a voter once it has caught up");
+                added = true;
+                break;
+            }
+            Ok(resp::Reply::Error(e)) if e.contains("already a member") => {
+                println!("node {id} is a member already");
+                added = true;
+                break;
+            }
+            Ok(resp::Reply::Error(e)) => {
+                children.stop();
+                bail!("node {} refused to add node {id}: {e}", p.id);
+            }
+            Ok(_) | Err(_) => continue,
+        }
+    }
+    if !added {
+        children.stop();
+        bail!(
+            "no member of the cluster on ports {}.. answered; start it first with \
+             `parliament cluster --nodes {}`",
+            args.port,
+            args.nodes
+        );
+    }
+    println!("stop:     Ctrl-C");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

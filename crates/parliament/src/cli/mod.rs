@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod check;
 pub mod cluster;
+pub mod member;
 pub mod model;
 pub mod serve;
 pub mod sim;

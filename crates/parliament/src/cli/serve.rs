@@ -205,7 +205,8 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    /// The flags `parliament cluster` gives node `id`.
+    /// The flags `parliament cluster` gives node `id`; `membership` is
+    /// `("--members", founders)` or `("--join", seeds)`.
     #[allow(clippy::too_many_arguments)]
     pub fn for_cluster(
         id: u64,
@@ -213,7 +214,7 @@ impl ServeArgs {
         client_addr: String,
         peer_addr: String,
         http_addr: String,
-        members: String,
+        membership: (&str, String),
         fsync: Option<Fsync>,
         tick_ms: Option<u64>,
     ) -> Vec<String> {
@@ -229,8 +230,8 @@ impl ServeArgs {
             peer_addr,
             "--http-addr".to_owned(),
             http_addr,
-            "--members".to_owned(),
-            members,
+            membership.0.to_owned(),
+            membership.1,
             "--stop-on-stdin-eof".to_owned(),
         ];
         if let Some(fsync) = fsync {
