@@ -31,7 +31,7 @@ use std::sync::Arc;
 use host::{Host, HostStats};
 use kv::Store;
 use paxos::NodeId;
-use paxos::replica::{Durable, Record};
+use paxos::replica::{Configs, Durable, Record};
 use storage::replica::{FileStorage, ReplicaStorage, StorageError};
 use storage::snapshot::{OpenReport, SnapshotMeta};
 use storage::wal::Options;
@@ -124,9 +124,15 @@ impl Node {
         } else {
             Some(join(&config).instrument(span.clone()).await?)
         };
+        // A node told it lost its state checks that it may rejoin.
+        let now = if config.rejoin {
+            Some(membership_now(&config).instrument(span.clone()).await)
+        } else {
+            None
+        };
         // Opening replays the whole log: blocking work, off the runtime.
         let opening = config.clone();
-        let opened = tokio::task::spawn_blocking(move || open(&opening, told))
+        let opened = tokio::task::spawn_blocking(move || open(&opening, told, now))
             .await
             .map_err(|e| StartError::Thread(io::Error::other(e.to_string())))??;
         let Opened {
@@ -359,7 +365,11 @@ struct Opened {
     cluster: ClusterFile,
 }
 
-fn open(config: &NodeConfig, told: Option<ClusterFile>) -> Result<Opened, StartError> {
+fn open(
+    config: &NodeConfig,
+    told: Option<ClusterFile>,
+    now: Option<Result<Configs, String>>,
+) -> Result<Opened, StartError> {
     let data_dir = DataDir::open(&config.data_dir, config.id)?;
     let cluster = cluster_file(config, &data_dir, told)?;
     let mut moved_aside = Vec::new();
@@ -367,6 +377,7 @@ fn open(config: &NodeConfig, told: Option<ClusterFile>) -> Result<Opened, StartE
         // The operator says this node's state is lost: whatever is damaged
         // goes aside, kept, and the node starts empty.
         Err(e @ (StartError::Storage(_) | StartError::Snapshot(_))) if config.rejoin => {
+            may_rejoin(config.id, &cluster, now.as_ref())?;
             let suffix = format!(
                 "damaged-{}",
                 std::time::SystemTime::now()
@@ -383,6 +394,7 @@ fn open(config: &NodeConfig, told: Option<ClusterFile>) -> Result<Opened, StartE
     // should the node stop before it completes, it restarts rejoining even
     // without the flag, never as an empty voter.
     if config.rejoin && opened.storage.durable() == &Durable::default() {
+        may_rejoin(config.id, &cluster, now.as_ref())?;
         if opened.loaded.is_some() {
             return Err(StartError::SnapshotsWithoutLog {
                 dir: config.data_dir.clone(),
@@ -398,6 +410,89 @@ fn open(config: &NodeConfig, told: Option<ClusterFile>) -> Result<Opened, StartE
         client_epoch,
         cluster,
     })
+}
+
+/// Whether node `id`, which lost its state, may rejoin under its old id:
+/// only while the membership is still the founding one. The rejoin rule
+/// (`paxos::replica::rejoin`) counts on every member of a fixed membership;
+/// once members changed, the node must be replaced instead (removed, and a
+/// new node with a new id joined).
+fn may_rejoin(
+    id: NodeId,
+    cluster: &ClusterFile,
+    now: Option<&Result<Configs, String>>,
+) -> Result<(), StartError> {
+    let replace = |why: String| {
+        StartError::Config(format!(
+            "{why}; a node that lost its state cannot rejoin under its old id then. Replace \
+             it: run PAXOS MEMBER REMOVE {id} on a member, then start a new node with a new \
+             id and --join, and add it with PAXOS MEMBER ADD"
+        ))
+    };
+    let configs = match now {
+        None => return Ok(()),
+        Some(Err(e)) => {
+            return Err(StartError::Config(format!(
+                "--rejoin needs the other members to answer, and none did ({e}); start it \
+                 again once they are up"
+            )));
+        }
+        Some(Ok(configs)) => configs,
+    };
+    let latest = configs.latest();
+    if latest.retired.contains(&id) {
+        return Err(replace(format!("node {id} was removed from the cluster")));
+    }
+    let voters: Vec<NodeId> = latest.voters().collect();
+    if voters != cluster.founders
+        || latest.learners().next().is_some()
+        || !latest.retired.is_empty()
+    {
+        return Err(replace(format!(
+            "the membership changed since the cluster was founded by {:?} (voters now {voters:?})",
+            cluster.founders
+        )));
+    }
+    Ok(())
+}
+
+/// Asks the other members this node knows of for the membership, for a
+/// rejoin: the first answer, or why none came.
+async fn membership_now(config: &NodeConfig) -> Result<Configs, String> {
+    let file = ClusterFile::load(&config.data_dir).ok().flatten();
+    let mut addrs: Vec<String> = config
+        .members
+        .iter()
+        .filter(|(id, _)| **id != config.id)
+        .map(|(_, a)| a.clone())
+        .collect();
+    if let Some(file) = &file {
+        addrs.extend(
+            file.book
+                .iter()
+                .filter(|(id, _)| **id != config.id)
+                .map(|(_, a)| a.peer.clone()),
+        );
+    }
+    addrs.sort();
+    addrs.dedup();
+    let identity = Identity {
+        id: config.id,
+        client_addr: config.client_addr.clone(),
+        http_addr: config.http_addr.clone(),
+    };
+    let mut last = "no other member is known".to_owned();
+    for addr in &addrs {
+        match net::ask_membership(&identity, addr, &config.transport).await {
+            Ok(bytes) => match ClusterFile::decode(&bytes).map(|f| f.joined_configs()) {
+                Ok(Some(configs)) => return Ok(configs),
+                Ok(None) => last = format!("{addr} answered without a membership"),
+                Err(e) => last = format!("{addr}: {e}"),
+            },
+            Err(e) => last = format!("{addr}: {e}"),
+        }
+    }
+    Err(last)
 }
 
 /// The data directory's `cluster` record: read, or written on the first

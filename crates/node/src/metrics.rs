@@ -315,6 +315,21 @@ impl Collector for StatusMetrics {
                 "Seconds since the node started",
                 s.uptime_seconds,
             ),
+            (
+                "parliament_voters",
+                "Voters of the membership in force",
+                s.voters.len() as u64,
+            ),
+            (
+                "parliament_learners",
+                "Learners of the membership in force",
+                s.learners.len() as u64,
+            ),
+            (
+                "parliament_config_slot",
+                "The first slot the membership in force governs",
+                s.config_slot,
+            ),
         ];
         for (name, help, value) in gauge_values {
             gauge(&mut out, name, help, value)?;
@@ -330,6 +345,17 @@ impl Collector for StatusMetrics {
                 peers
                     .iter()
                     .map(|p| (p.id.to_string(), u64::from(p.connected))),
+            )?;
+        }
+        if !peers.is_empty() {
+            gauges(
+                &mut out,
+                "parliament_peer_voter",
+                "1 if the peer is a voter of the newest membership, 0 if a learner",
+                "peer",
+                peers
+                    .iter()
+                    .map(|p| (p.id.to_string(), u64::from(p.role == "voter"))),
             )?;
         }
         let lags: Vec<(String, u64)> = peers

@@ -455,6 +455,57 @@ async fn a_node_that_lost_its_disk_rejoins_as_a_learner() {
     );
 }
 
+/// Asks node `h` for a membership request and returns the reply.
+async fn admin(h: &NodeHandle, request: node::api::Admin) -> Reply {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    h.send(node::api::Op::Admin { request, reply })
+        .await
+        .unwrap();
+    answer.await.unwrap().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_membership_change_a_node_that_lost_its_disk_must_be_replaced() {
+    let mut c = Cluster::new("rejoin-after-change", 3, &[1, 2, 3]).await;
+    let leader = c.leader().await;
+    write_ok(&c.handle(leader), 1, set("k", "v")).await;
+    // A learner joins the membership (it never needs to run for this).
+    let change = paxos::replica::Change::Add {
+        id: 9,
+        info: node::cluster::Addrs {
+            peer: "127.0.0.1:9".into(),
+            client: "127.0.0.1:9".into(),
+        }
+        .encode(),
+        promote: false,
+    };
+    assert_eq!(
+        admin(&c.handle(leader), node::api::Admin::Change(change)).await,
+        Reply::ok()
+    );
+    let lost = (1..=3).find(|&id| id != leader).unwrap();
+    c.stop(lost).await;
+    std::fs::remove_dir_all(c.config(lost).data_dir).unwrap();
+    let mut config = c.config(lost);
+    config.rejoin = true;
+    let addr = c.members[&lost].clone();
+    let refused = Node::start(config, TcpListener::bind(&addr).await.unwrap()).await;
+    let Err(error) = refused else {
+        panic!("a rejoin after a membership change must be refused");
+    };
+    let text = error.to_string();
+    assert!(text.contains("membership changed"), "{text}");
+    assert!(
+        text.contains(&format!("PAXOS MEMBER REMOVE {lost}")),
+        "{text}"
+    );
+    // No rejoin mark was written: asked again, it refuses again.
+    let mut config = c.config(lost);
+    config.rejoin = true;
+    let again = Node::start(config, TcpListener::bind(&addr).await.unwrap()).await;
+    assert!(again.is_err(), "refused again");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_node_refuses_promptly_with_cluster_down() {
     let c = Cluster::new("lone", 3, &[1]).await;

@@ -420,6 +420,9 @@ fn metrics_are_valid_exposition_text_and_follow_the_node() {
         "the node is not its own peer"
     );
     assert!(!text.contains("parliament_peer_lag_slots"), "no lag known");
+    assert_eq!(before["parliament_peer_voter{peer=\"2\"}"], 1.0);
+    assert!(before.contains_key("parliament_voters"));
+    assert!(before.contains_key("parliament_config_slot"));
     assert_eq!(before["parliament_fsync_seconds_count"], 0.0);
 
     let m = &server.metrics;
