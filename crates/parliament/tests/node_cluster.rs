@@ -507,6 +507,93 @@ async fn after_a_membership_change_a_node_that_lost_its_disk_must_be_replaced() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_joins_after_compaction_gets_a_snapshot_and_becomes_a_voter() {
+    let mut c = Cluster::with("join-snapshot", 3, &[1, 2, 3], tiny_snapshots).await;
+    let leader = c.leader().await;
+    for i in 0..300 {
+        write_ok(
+            &c.handle(leader),
+            1,
+            set(&format!("k{i}"), &format!("v{i}")),
+        )
+        .await;
+    }
+    eventually("the leader compacted its log", || async {
+        (c.handle(leader).status().log_start > 0).then_some(())
+    })
+    .await;
+
+    // Node 4 starts first, joining: it waits until it is added.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peer_addr = listener.local_addr().unwrap().to_string();
+    let mut config = NodeConfig::new(4, c.dir.0.join("node-4"), BTreeMap::new());
+    config.client_addr = "127.0.0.1:16004".to_owned();
+    config.http_addr = "127.0.0.1:18004".to_owned();
+    config.fsync = FsyncPolicy::Never;
+    tiny_snapshots(&mut config);
+    config.join = c.members.values().cloned().collect();
+    let joining = tokio::spawn(Node::start(config.clone(), listener));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!joining.is_finished(), "it waits to be added");
+
+    let change = paxos::replica::Change::Add {
+        id: 4,
+        info: node::cluster::Addrs {
+            peer: peer_addr.clone(),
+            client: "127.0.0.1:16004".into(),
+        }
+        .encode(),
+        promote: true,
+    };
+    // (The replica task of a follower refuses it, naming the leader: the
+    // client port forwards it there, which the process tests cover.)
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let request = node::api::Admin::Change(change.clone());
+    c.handle(follower)
+        .send(node::api::Op::Admin { request, reply })
+        .await
+        .unwrap();
+    assert!(matches!(
+        answer.await.unwrap(),
+        Err(node::api::AdminRefusal::NotLeader(Some((l, _)))) if l == leader
+    ));
+    assert_eq!(
+        admin(&c.handle(leader), node::api::Admin::Change(change.clone())).await,
+        Reply::ok()
+    );
+    let node = joining.await.unwrap().unwrap();
+    let h = node.handle();
+    c.nodes.insert(4, node);
+    eventually("node 4 is promoted to voter", || async {
+        let s = c.handle(leader).status();
+        s.voters.contains(&4).then_some(())
+    })
+    .await;
+    assert!(h.stats().snapshots_installed >= 1, "it needed the snapshot");
+    for i in [0, 150, 299] {
+        assert_eq!(
+            read(&h, Command::Get(b(&format!("k{i}")))).await,
+            bulk(&format!("v{i}"))
+        );
+    }
+    // Adding it again is refused with a reason; a restart needs no flags.
+    match admin(&c.handle(leader), node::api::Admin::Change(change)).await {
+        Reply::Error(e) => assert!(e.contains("already a member"), "{e}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    c.stop(4).await;
+    config.join.clear();
+    let listener = TcpListener::bind(&peer_addr).await.unwrap();
+    let node = Node::start(config, listener).await.unwrap();
+    assert_eq!(
+        read(&node.handle(), Command::Get(b("k299"))).await,
+        bulk("v299")
+    );
+    c.nodes.insert(4, node);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_node_refuses_promptly_with_cluster_down() {
     let c = Cluster::new("lone", 3, &[1]).await;
     let h = c.handle(1);
