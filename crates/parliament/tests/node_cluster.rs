@@ -594,6 +594,40 @@ async fn a_node_that_joins_after_compaction_gets_a_snapshot_and_becomes_a_voter(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_that_would_leave_no_working_quorum_is_refused_with_the_missing_members() {
+    let mut c = Cluster::new("refused-change", 3, &[1, 2, 3]).await;
+    let leader = c.leader().await;
+    let others: Vec<u64> = (1..=3).filter(|&id| id != leader).collect();
+    let (down, remove) = (others[0], others[1]);
+    c.stop(down).await;
+    eventually("the leader sees the stopped node go", || async {
+        let s = c.handle(leader).status();
+        let m = s.members.iter().find(|m| m.id == down)?;
+        (!m.connected).then_some(())
+    })
+    .await;
+    // The leader counts a voter as answering for an election timeout
+    // (200 to 400 ms here) after it last heard it.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Removing the other follower would leave the leader and a stopped
+    // node: no quorum of two could answer.
+    let request = node::api::Admin::Change(paxos::replica::Change::Remove { id: remove });
+    match admin(&c.handle(leader), request).await {
+        Reply::Error(e) => {
+            assert!(
+                e.contains(&format!("[{down}]")),
+                "names the missing node: {e}"
+            );
+            assert!(e.contains("quorum of 2"), "{e}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Nothing changed: the cluster still has three voters and serves.
+    assert_eq!(c.handle(leader).status().voters, vec![1, 2, 3]);
+    write_ok(&c.handle(leader), 1, set("after", "yes")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_node_refuses_promptly_with_cluster_down() {
     let c = Cluster::new("lone", 3, &[1]).await;
     let h = c.handle(1);
