@@ -317,3 +317,8 @@ pub fn run(program: &str, args: &[&str], input: &str) -> (bool, String, String) 
     let err = err.join().unwrap().unwrap();
     (status.success(), out, err)
 }
+
+/// The `/status` of the node serving HTTP on `http_port`, if it answers.
+pub fn node_status(http_port: u16) -> Option<StatusReport> {
+    fetch_status(&format!("127.0.0.1:{http_port}"), Duration::from_secs(2)).ok()
+}

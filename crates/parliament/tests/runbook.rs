@@ -1,0 +1,254 @@
+//! The runbooks of `docs/operations.md` ("Changing the members"), run as
+//! written: the commands are read from the document's code blocks, the
+//! example addresses (10.0.0.N with ports 6379, 7379 and 8379) are mapped
+//! to free loopback ports, and each command runs as a real process. A
+//! `# wait for: N voter` note after `parliament member list` waits until
+//! the list shows it. Were the document to name a command or flag the
+//! binary does not have, these tests would fail.
+
+#![allow(clippy::unwrap_used)] // a test fails loudly, which is its job
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use common::{BIN, Proc, Scratch, eventually, free_ports, get_all, set_until_ok};
+
+const DOC: &str = include_str!("../../../docs/operations.md");
+
+/// The commands of every code block under the heading `### {title}`,
+/// continuation lines joined.
+fn runbook(title: &str) -> Vec<String> {
+    let heading = format!("### {title}");
+    let start = DOC
+        .find(&heading)
+        .unwrap_or_else(|| panic!("docs/operations.md has no section '{heading}'"));
+    let section = &DOC[start + heading.len()..];
+    let section = &section[..section.find("\n### ").unwrap_or(section.len())];
+    let mut commands = Vec::new();
+    let mut inside = false;
+    let mut pending = String::new();
+    for line in section.lines() {
+        let line = line.trim();
+        if line.starts_with("```") {
+            inside = !inside;
+            continue;
+        }
+        if !inside || line.is_empty() {
+            continue;
+        }
+        if let Some(head) = line.strip_suffix('\\') {
+            pending.push_str(head.trim_end());
+            pending.push(' ');
+            continue;
+        }
+        pending.push_str(line);
+        commands.push(std::mem::take(&mut pending));
+    }
+    assert!(!commands.is_empty(), "no commands under '{heading}'");
+    commands
+}
+
+/// Loopback ports for the example machines 10.0.0.1 to 10.0.0.5.
+struct Machines {
+    client: BTreeMap<u64, u16>,
+    peer: BTreeMap<u64, u16>,
+    http: BTreeMap<u64, u16>,
+    dir: Scratch,
+    nodes: BTreeMap<u64, Proc>,
+}
+
+impl Machines {
+    fn new(name: &str) -> Machines {
+        let ports = free_ports(15);
+        let pick = |base: usize| (1..=5).map(|n| (n, ports[base + n as usize - 1])).collect();
+        Machines {
+            client: pick(0),
+            peer: pick(5),
+            http: pick(10),
+            dir: Scratch::new(name),
+            nodes: BTreeMap::new(),
+        }
+    }
+
+    /// `text` with the example addresses replaced by this test's.
+    fn map(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for n in 1..=5u64 {
+            for (port, real) in [
+                (6379, self.client[&n]),
+                (7379, self.peer[&n]),
+                (8379, self.http[&n]),
+            ] {
+                out = out.replace(&format!("10.0.0.{n}:{port}"), &format!("127.0.0.1:{real}"));
+            }
+        }
+        out
+    }
+
+    fn serve(&mut self, id: u64, args: Vec<String>) {
+        let mut args = args;
+        let dir = self.dir.0.join(format!("node-{id}"));
+        for a in &mut args {
+            if a == "/var/lib/parliament" {
+                *a = dir.display().to_string();
+            }
+        }
+        args.push("--stop-on-stdin-eof".to_owned());
+        let log = self.dir.0.join(format!("node-{id}.log"));
+        self.nodes.insert(id, Proc::spawn(&args, &log));
+    }
+
+    /// The founding three, as "One node of a deployment" starts each.
+    fn found(&mut self) {
+        for id in 1..=3u64 {
+            let line = format!(
+                "serve --id {id} --data-dir /var/lib/parliament --client-addr 10.0.0.{id}:6379 \
+                 --peer-addr 10.0.0.{id}:7379 --http-addr 10.0.0.{id}:8379 \
+                 --members 1=10.0.0.1:7379,2=10.0.0.2:7379,3=10.0.0.3:7379"
+            );
+            let args = self
+                .map(&line)
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect();
+            self.serve(id, args);
+        }
+        set_until_ok(self.client[&1], "founded", "yes");
+    }
+
+    /// Runs one runbook line.
+    fn run(&mut self, line: &str) {
+        let (command, note) = match line.split_once('#') {
+            Some((command, note)) => (command.trim(), note.trim()),
+            None => (line.trim(), ""),
+        };
+        if command.is_empty() {
+            return; // a step done by hand, described in a comment
+        }
+        let words: Vec<String> = self
+            .map(command)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(
+            words[0], "parliament",
+            "a runbook line that is not ours: {line}"
+        );
+        let args = words[1..].to_vec();
+        if args[0] == "serve" {
+            let id: u64 = args[args.iter().position(|a| a == "--id").unwrap() + 1]
+                .parse()
+                .unwrap();
+            self.serve(id, args);
+            return;
+        }
+        if let Some(wanted) = note.strip_prefix("wait for:") {
+            let wanted: Vec<&str> = wanted.split_whitespace().collect();
+            eventually(&format!("'{line}' shows {wanted:?}"), || {
+                let out = Command::new(BIN).args(&args).output().ok()?;
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                text.lines()
+                    .any(|l| l.split_whitespace().take(2).eq(wanted.iter().copied()))
+                    .then_some(())
+            });
+            return;
+        }
+        // A change may meet a leader that is still settling: retry while the
+        // cluster says to.
+        let out = eventually(&format!("'{line}' succeeds"), || {
+            let out = Command::new(BIN).args(&args).output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            if out.status.success() {
+                return Some(out);
+            }
+            assert!(
+                err.contains("TRYAGAIN")
+                    || err.contains("CLUSTERDOWN")
+                    || err.contains("in progress"),
+                "'{line}' failed: {err}"
+            );
+            None
+        });
+        assert!(out.status.success());
+    }
+
+    fn voters(&self, via: u64) -> Vec<u64> {
+        let out = Command::new(BIN)
+            .args(["member", "list", "--addr"])
+            .arg(format!("127.0.0.1:{}", self.client[&via]))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.split_whitespace().nth(1) == Some("voter"))
+            .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+            .collect()
+    }
+}
+
+#[test]
+fn the_runbook_to_replace_a_dead_machine_works_as_written() {
+    let mut m = Machines::new("runbook-replace");
+    m.found();
+    set_until_ok(m.client[&1], "before", "1");
+    // Node 3 is gone for good.
+    m.nodes.get_mut(&3).unwrap().kill9();
+    for line in runbook("Runbook: replace a dead machine") {
+        m.run(&line);
+    }
+    assert_eq!(m.voters(1), vec![1, 2, 4]);
+    assert_eq!(
+        get_all(m.client[&4], &["before".to_owned(), "founded".to_owned()]),
+        vec![Some("1".to_owned()), Some("yes".to_owned())]
+    );
+}
+
+#[test]
+fn the_runbooks_to_grow_shrink_and_restart_work_as_written() {
+    let mut m = Machines::new("runbook-grow");
+    m.found();
+    // "Start nodes 4 and 5 with --join as in step 1 above": step 1's
+    // command, for each new machine.
+    let step1 = runbook("Runbook: replace a dead machine")
+        .into_iter()
+        .find(|l| l.contains(" serve "))
+        .unwrap();
+    for n in [4u64, 5] {
+        let line = step1
+            .replace("--id 4", &format!("--id {n}"))
+            .replace("10.0.0.4:", &format!("10.0.0.{n}:"));
+        m.run(&line);
+    }
+    for line in runbook("Runbook: grow from three to five") {
+        m.run(&line);
+    }
+    assert_eq!(m.voters(1), vec![1, 2, 3, 4, 5]);
+    set_until_ok(m.client[&5], "grown", "yes");
+
+    for line in runbook("Runbook: shrink") {
+        m.run(&line);
+    }
+    assert_eq!(m.voters(1), vec![1, 2, 3]);
+
+    // The rolling restart's commands, with node 1 leading first.
+    let leader = eventually("a leader", || {
+        common::node_status(m.http[&1]).and_then(|s| s.leader_id)
+    });
+    if leader != 1 {
+        m.run(&format!(
+            "parliament leader transfer --to 1 --addr 10.0.0.{leader}:6379"
+        ));
+    }
+    for line in runbook("Runbook: rolling restart") {
+        m.run(&line);
+    }
+    eventually("node 2 leads", || {
+        (common::node_status(m.http[&1])?.leader_id == Some(2)).then_some(())
+    });
+    assert_eq!(
+        get_all(m.client[&1], &["grown".to_owned()]),
+        vec![Some("yes".to_owned())]
+    );
+}
