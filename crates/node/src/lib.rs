@@ -576,7 +576,12 @@ async fn join(config: &NodeConfig) -> Result<ClusterFile, StartError> {
             let answer = net::ask_membership(&identity, addr, &config.transport)
                 .await
                 .map_err(|e| e.to_string())
-                .and_then(|bytes| ClusterFile::decode(&bytes).map_err(|e| e.to_string()));
+                .and_then(|bytes| {
+                    if bytes.is_empty() {
+                        return Err("this member was removed from the cluster".to_owned());
+                    }
+                    ClusterFile::decode(&bytes).map_err(|e| e.to_string())
+                });
             let file = match answer {
                 Ok(file) => file,
                 Err(e) => {

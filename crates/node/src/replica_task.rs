@@ -328,7 +328,14 @@ impl ReplicaTask {
             book: book.clone(),
             configs: Some(host::cluster::encode(configs)),
         };
-        self.peers.set_directory(directory.encode());
+        // A removed member tells joining nodes nothing: its membership is
+        // out of date, and they go on to ask another.
+        let removed = configs.latest().retired.contains(&self.config.id);
+        self.peers.set_directory(if removed {
+            bytes::Bytes::new()
+        } else {
+            directory.encode()
+        });
         let latest = configs.latest();
         info!(
             voters = ?latest.voters().collect::<Vec<_>>(),
