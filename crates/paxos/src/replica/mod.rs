@@ -137,6 +137,10 @@ pub enum Flaw {
     /// ignores the commit point the promise reports, and proposes in slots
     /// that voter knows are chosen (and may have compacted).
     LatePromiseIgnoresCommit,
+    /// A leader takes a new change while the previous one is not yet in
+    /// force, and checks it against the membership without the pending
+    /// one, so its quorum check no longer describes what will run.
+    OverlappingChanges,
 }
 
 impl Config {
@@ -830,10 +834,11 @@ impl Replica {
         // A change proposed and not known chosen yet (once chosen, the
         // membership it makes is the latest, checked below).
         let proposed = leader.change_slot.is_some_and(|slot| slot > self.commit);
-        if leader.change.is_some() || proposed {
+        let overlap = self.config.flaw == Some(Flaw::OverlappingChanges);
+        if (leader.change.is_some() || proposed) && !overlap {
             return Err(ChangeError::InProgress(self.configs.latest_from()));
         }
-        if self.configs.latest_from() > self.commit + 1 {
+        if self.configs.latest_from() > self.commit + 1 && !overlap {
             return Err(ChangeError::InProgress(self.configs.latest_from()));
         }
         let next = self.configs.latest().apply(&change)?;

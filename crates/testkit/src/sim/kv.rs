@@ -115,6 +115,9 @@ pub enum KvBug {
     /// A leader ignores the commit point of a promise it asked for after
     /// its election.
     LatePromiseIgnoresCommit,
+    /// A leader takes a membership change while the previous one is
+    /// pending, checked against a membership that will never run.
+    OverlappingChanges,
 }
 
 impl Variant for KvBug {
@@ -130,6 +133,7 @@ impl Variant for KvBug {
         KvBug::ConfigBeforeChosen,
         KvBug::RemovedStillVotes,
         KvBug::LatePromiseIgnoresCommit,
+        KvBug::OverlappingChanges,
     ];
 
     fn name(self) -> &'static str {
@@ -145,6 +149,7 @@ impl Variant for KvBug {
             KvBug::ConfigBeforeChosen => "config-before-chosen",
             KvBug::RemovedStillVotes => "removed-still-votes",
             KvBug::LatePromiseIgnoresCommit => "late-promise-ignores-commit",
+            KvBug::OverlappingChanges => "overlapping-changes",
         }
     }
 
@@ -173,6 +178,9 @@ impl Variant for KvBug {
             KvBug::LatePromiseIgnoresCommit => {
                 "a leader that ignores the commit point of a promise that comes after its election"
             }
+            KvBug::OverlappingChanges => {
+                "a membership change taken while another is pending, its quorum check made against a membership that never runs"
+            }
         }
     }
 }
@@ -191,7 +199,8 @@ impl KvBug {
             | KvBug::PersistedBeforeSync
             | KvBug::ConfigBeforeChosen
             | KvBug::RemovedStillVotes
-            | KvBug::LatePromiseIgnoresCommit => None,
+            | KvBug::LatePromiseIgnoresCommit
+            | KvBug::OverlappingChanges => None,
         }
     }
 
@@ -201,6 +210,7 @@ impl KvBug {
             KvBug::ConfigBeforeChosen => Some(PaxosFlaw::ConfigBeforeChosen),
             KvBug::RemovedStillVotes => Some(PaxosFlaw::RemovedStillVotes),
             KvBug::LatePromiseIgnoresCommit => Some(PaxosFlaw::LatePromiseIgnoresCommit),
+            KvBug::OverlappingChanges => Some(PaxosFlaw::OverlappingChanges),
             _ => None,
         }
     }
