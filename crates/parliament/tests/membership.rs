@@ -23,12 +23,12 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::workload::{Reconnect, Workload, assert_linearizable, text};
 use common::{BIN, Proc, ServeCluster, eventually, free_ports, get_all, run, set_until_ok, tool};
 use node::api::StatusReport;
 use node::http::client::fetch_status;
-use testkit::check::{self, History, Op, Outcome, Ret};
 
 /// One test of this file at a time (see the module comment).
 fn serial() -> MutexGuard<'static, ()> {
@@ -249,14 +249,6 @@ struct Member {
     client_addr: String,
     match_slot: Option<i64>,
     connected: String,
-}
-
-fn text(v: &redis::Value) -> Option<String> {
-    match v {
-        redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        redis::Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
 }
 
 /// `PAXOS MEMBERS` at `port`, or `None` if it cannot answer now.
@@ -839,161 +831,6 @@ fn a_rolling_restart_with_leadership_transfer_loses_no_write() {
 
 // ----- a history recorded while the membership changes --------------------
 
-const CLIENTS: u64 = 6;
-const KEYS: u64 = 3;
-
-/// A tiny deterministic generator per client (xorshift).
-struct Dice(u64);
-
-impl Dice {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
-/// How a request ended, as far as the client can tell.
-enum Answer {
-    Value(redis::Value),
-    /// The server said no (`CLUSTERDOWN`, `BUSY`, `REMOVED`, ...): nothing
-    /// was applied.
-    Refused,
-    /// No answer, or the server said it does not know.
-    Unknown,
-}
-
-fn ask(con: &mut redis::Connection, cmd: &redis::Cmd) -> Answer {
-    match cmd.query::<redis::Value>(con) {
-        Ok(v) => Answer::Value(v),
-        Err(e) if e.code() == Some("UNCERTAIN") => Answer::Unknown,
-        Err(e) if e.code().is_some() => Answer::Refused,
-        Err(_) => Answer::Unknown,
-    }
-}
-
-/// Clients that read, write, compare-and-swap and increment a few keys
-/// through the nodes whose client ports are in `ports` (read anew for each
-/// connection), recording what they see.
-fn record(
-    ports: Arc<Mutex<Vec<u16>>>,
-    history: Arc<Mutex<History>>,
-    stop: Arc<AtomicBool>,
-) -> Vec<std::thread::JoinHandle<()>> {
-    let next_process = Arc::new(AtomicU64::new(CLIENTS));
-    let started = Instant::now();
-    (0..CLIENTS)
-        .map(|c| {
-            let (ports, history, stop, next_process) = (
-                ports.clone(),
-                history.clone(),
-                stop.clone(),
-                next_process.clone(),
-            );
-            std::thread::spawn(move || {
-                let now = move || started.elapsed().as_nanos() as u64;
-                let mut dice = Dice(0x9E37_79B9_7F4A_7C15 ^ (c + 1));
-                let mut process = c;
-                let mut con: Option<redis::Connection> = None;
-                let mut counter = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let Some(connection) = con.as_mut() else {
-                        let port = {
-                            let ports = ports.lock().unwrap();
-                            ports[dice.below(ports.len() as u64) as usize]
-                        };
-                        let client =
-                            redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
-                        match client.get_connection_with_timeout(Duration::from_millis(500)) {
-                            Ok(c) => {
-                                c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-                                con = Some(c);
-                            }
-                            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-                        }
-                        continue;
-                    };
-                    let key = format!("k{}", dice.below(KEYS));
-                    counter += 1;
-                    let unique = format!("{}", (c + 1) * 1_000_000 + counter);
-                    let (op, cmd) = match dice.below(10) {
-                        0..=3 => (Op::Read, redis::cmd("GET").arg(&key).clone()),
-                        4..=6 => (
-                            Op::Write(unique.clone()),
-                            redis::cmd("SET").arg(&key).arg(&unique).clone(),
-                        ),
-                        7 | 8 => {
-                            // Compare against a value this client may have seen.
-                            let expected = (dice.below(3) > 0).then(|| {
-                                format!(
-                                    "{}",
-                                    (dice.below(CLIENTS) + 1) * 1_000_000 + dice.below(counter + 1)
-                                )
-                            });
-                            let cmd = match &expected {
-                                Some(e) => redis::cmd("CAS").arg(&key).arg(e).arg(&unique).clone(),
-                                None => redis::cmd("SETNX").arg(&key).arg(&unique).clone(),
-                            };
-                            (
-                                Op::Cas {
-                                    expected,
-                                    new: unique.clone(),
-                                },
-                                cmd,
-                            )
-                        }
-                        _ => (Op::Incr(1), redis::cmd("INCRBY").arg(&key).arg(1).clone()),
-                    };
-                    let id =
-                        history
-                            .lock()
-                            .unwrap()
-                            .invoke(process, op.clone(), key.clone(), now());
-                    let answer = ask(connection, &cmd);
-                    // After anything but an answer, try another node.
-                    let move_on = !matches!(answer, Answer::Value(_));
-                    let outcome = match (&op, answer) {
-                        (Op::Read, Answer::Value(redis::Value::Nil)) => {
-                            Outcome::Ok(Ret::Read(None))
-                        }
-                        (Op::Read, Answer::Value(v)) => match text(&v) {
-                            Some(s) => Outcome::Ok(Ret::Read(Some(s))),
-                            None => panic!("GET answered {v:?}"),
-                        },
-                        (Op::Read, _) => Outcome::Fail,
-                        (Op::Write(_), Answer::Value(_)) => Outcome::Ok(Ret::Write),
-                        (Op::Cas { .. }, Answer::Value(redis::Value::Int(1))) => {
-                            Outcome::Ok(Ret::Cas)
-                        }
-                        (Op::Cas { .. }, Answer::Value(redis::Value::Int(0))) => Outcome::Fail,
-                        (Op::Incr(_), Answer::Value(redis::Value::Int(n))) => {
-                            Outcome::Ok(Ret::Incr(n))
-                        }
-                        (_, Answer::Value(v)) => panic!("{op:?} answered {v:?}"),
-                        (_, Answer::Refused) => Outcome::Fail,
-                        (_, Answer::Unknown) => Outcome::Info,
-                    };
-                    let in_doubt = outcome == Outcome::Info;
-                    history
-                        .lock()
-                        .unwrap()
-                        .complete(id, outcome, now())
-                        .unwrap();
-                    if in_doubt {
-                        // Jepsen's rule: a process with an operation in doubt
-                        // is done; the client goes on as a new one.
-                        process = next_process.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if move_on {
-                        con = None;
-                    }
-                }
-            })
-        })
-        .collect()
-}
-
 /// Waits until node `at` has every slot the leader `leader` had chosen
 /// when asked.
 fn wait_caught_up(at: &At, leader: &At) {
@@ -1012,10 +849,16 @@ fn a_history_recorded_during_membership_changes_is_linearizable() {
     set_until_ok(c.client_ports[0], "warm", "up");
     let mut nodes = founders(&c);
 
-    let history = Arc::new(Mutex::new(History::new()));
-    let stop = Arc::new(AtomicBool::new(false));
+    // Clients connect to the nodes in `ports`, read anew for each
+    // connection, and try another node after anything but an answer.
     let ports = Arc::new(Mutex::new(c.client_ports.clone()));
-    let clients = record(ports.clone(), history.clone(), stop.clone());
+    let workload = {
+        let ports = ports.clone();
+        Workload::start(
+            move |dice| dice.pick(&ports.lock().unwrap()),
+            Reconnect::UnlessAnswered,
+        )
+    };
     let pause = || std::thread::sleep(Duration::from_millis(700));
     let client_ports = |nodes: &[At]| nodes.iter().map(|n| n.client).collect::<Vec<u16>>();
     let mut changes = Vec::new();
@@ -1073,10 +916,7 @@ fn a_history_recorded_during_membership_changes_is_linearizable() {
     changes.push(format!("remove the leader {leader}, {new} leads"));
 
     pause();
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        client.join().unwrap();
-    }
+    let history = workload.stop();
     // The removed nodes say so.
     removed(gone.client, gone.id, "k0");
     removed(
@@ -1085,25 +925,5 @@ fn a_history_recorded_during_membership_changes_is_linearizable() {
         "k0",
     );
 
-    let history = history.lock().unwrap();
-    let count = |f: fn(&Outcome) -> bool| {
-        history
-            .operations()
-            .iter()
-            .filter(|o| f(o.outcome()))
-            .count()
-    };
-    let acknowledged = count(|o| matches!(o, Outcome::Ok(_)));
-    let in_doubt = count(|o| matches!(o, Outcome::Info));
-    eprintln!(
-        "{} operations, {acknowledged} acknowledged, {in_doubt} in doubt, during: {}",
-        history.len(),
-        changes.join("; ")
-    );
-    assert!(
-        acknowledged > 200,
-        "only {acknowledged} operations were acknowledged"
-    );
-    let verdict = check::check_history(&history, &check::Options::default());
-    assert!(verdict.linearizable, "{verdict}");
+    assert_linearizable(&history, 200, &changes.join("; "));
 }

@@ -1,6 +1,7 @@
 //! What the process-level tests share: scratch directories, child
 //! processes that die with the test, polling, free ports, and a cluster of
-//! `parliament serve` processes driven over loopback.
+//! `parliament serve` processes driven over loopback; in [`workload`], the
+//! clients that record a history to check for linearizability.
 //!
 //! Each test crate uses a different part of it.
 #![allow(dead_code)]
@@ -16,6 +17,8 @@ use std::time::{Duration, Instant};
 use node::api::StatusReport;
 use node::http::client::fetch_status;
 use redis::Commands;
+
+pub mod workload;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_parliament");
 pub const PATIENCE: Duration = Duration::from_secs(30);
