@@ -28,7 +28,7 @@ enum Command {
     #[command(subcommand)]
     Bench(cli::bench::BenchCommand),
     /// Run one node of a cluster.
-    Serve(cli::serve::ServeArgs),
+    Serve(Box<cli::serve::ServeArgs>),
     /// Run a local cluster of nodes on 127.0.0.1 until Ctrl-C.
     Cluster(cli::cluster::ClusterArgs),
     /// Show every member of a running parliament, read from any member's HTTP port.
@@ -48,7 +48,7 @@ fn main() -> ExitCode {
         Command::Model(command) => cli::model::run(command),
         Command::Check(args) => cli::check::run(args),
         Command::Bench(command) => cli::bench::run(command),
-        Command::Serve(args) => cli::serve::run(args),
+        Command::Serve(args) => cli::serve::run(*args),
         Command::Cluster(args) => cli::cluster::run(args),
         Command::Status(args) => cli::status::run(args),
         Command::Member(command) => cli::member::run_member(command),

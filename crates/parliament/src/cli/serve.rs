@@ -3,6 +3,7 @@
 //! Settings come from flags, or from a TOML file (`--config`) with the same
 //! names (`id`, `data-dir`, `client-addr`, `peer-addr`, `http-addr`,
 //! `members`, `join`, `fsync`, `tick-ms`, `snapshot-entries`, `snapshot-bytes`,
+//! `promote-within-slots`,
 //! and the client limits `connections-max`,
 //! `key-bytes-max`, `value-bytes-max`, `pipeline-depth-max`,
 //! `transaction-commands-max`, `watched-keys-max`, `command-bytes-max`,
@@ -190,6 +191,10 @@ pub struct ServeArgs {
     /// this trigger off [default: 67108864].
     #[arg(long, value_name = "N")]
     snapshot_bytes: Option<u64>,
+    /// When leading, promote a learner added to become a voter once it is
+    /// within this many slots of the commit point [default: 64].
+    #[arg(long, value_name = "N")]
+    promote_within_slots: Option<u64>,
     /// This node's log or snapshots were lost or damaged: a damaged log and
     /// snapshots are moved aside (kept, renamed `.damaged-TIME`), and the
     /// node starts empty and rejoins as a learner that votes again only once
@@ -273,6 +278,7 @@ const FILE_KEYS: &[&str] = &[
     "tick-ms",
     "snapshot-entries",
     "snapshot-bytes",
+    "promote-within-slots",
     "connections-max",
     "key-bytes-max",
     "value-bytes-max",
@@ -297,6 +303,7 @@ struct FileSettings {
     tick_ms: Option<u64>,
     snapshot_entries: Option<u64>,
     snapshot_bytes: Option<u64>,
+    promote_within_slots: Option<u64>,
     #[serde(flatten)]
     limits: ClientLimits,
 }
@@ -316,6 +323,7 @@ struct Settings {
     fsync: Fsync,
     tick_ms: Option<u64>,
     snapshot: SnapshotPolicy,
+    promote_within_slots: Option<u64>,
     limits: ClientLimits,
 }
 
@@ -453,6 +461,7 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
             args.snapshot_entries.or(file.snapshot_entries),
             args.snapshot_bytes.or(file.snapshot_bytes),
         ),
+        promote_within_slots: args.promote_within_slots.or(file.promote_within_slots),
         limits: args.limits.clone().or(file.limits),
     })
 }
@@ -525,6 +534,9 @@ async fn serve(settings: Settings, rejoin: bool, stop_on_stdin_eof: bool) -> Res
         config.tick_ms = tick_ms;
     }
     config.snapshot = settings.snapshot;
+    if let Some(slots) = settings.promote_within_slots {
+        config.promote_within_slots = slots;
+    }
     if config.snapshot.entries_max == u64::MAX && config.snapshot.bytes_max == u64::MAX {
         warn!(
             id,
