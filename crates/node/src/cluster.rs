@@ -61,8 +61,10 @@ impl Addrs {
 }
 
 /// What `DIR/cluster` holds, and what a member tells a joining node.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterFile {
+    /// The window α of the cluster, fixed when it was founded.
+    pub alpha: u64,
     /// The founding voters; empty for a node that joined.
     pub founders: Vec<NodeId>,
     /// Every address known, by member id.
@@ -85,6 +87,7 @@ impl ClusterFile {
     pub fn encode(&self) -> Bytes {
         let mut out = BytesMut::with_capacity(256);
         out.put_u8(CLUSTER_FILE_FORMAT);
+        put_varint(&mut out, self.alpha);
         put_count(&mut out, self.founders.len());
         for &id in &self.founders {
             put_varint(&mut out, id);
@@ -126,6 +129,10 @@ impl ClusterFile {
             }
             Ok(id)
         };
+        let alpha = r.varint("alpha")?;
+        if alpha == 0 || alpha > paxos::replica::ALPHA_MAX {
+            return Err(invalid("alpha", "outside 1..=1048576"));
+        }
         let n = r.count("founders", 1)?;
         let mut founders = Vec::with_capacity(n);
         for _ in 0..n {
@@ -151,6 +158,7 @@ impl ClusterFile {
         };
         r.finish()?;
         Ok(ClusterFile {
+            alpha,
             founders,
             book,
             configs,
@@ -185,6 +193,22 @@ impl ClusterFile {
                 reason: e.to_string(),
             })
     }
+}
+
+/// What node `me` tells a joining node: the memberships of `configs` and
+/// every address known; nothing once `me` was removed (its membership is
+/// out of date, and the joining node asks another member).
+pub fn directory(file: &ClusterFile, configs: &Configs, me: NodeId) -> Bytes {
+    if configs.latest().retired.contains(&me) {
+        return Bytes::new();
+    }
+    ClusterFile {
+        alpha: configs.alpha(),
+        founders: file.founders.clone(),
+        book: address_book(file, configs),
+        configs: Some(host::cluster::encode(configs)),
+    }
+    .encode()
 }
 
 /// Every address the node knows: those of `file`, then those the
@@ -223,6 +247,7 @@ mod tests {
             },
         );
         ClusterFile {
+            alpha: 8,
             founders: vec![1, 2],
             book,
             configs: Some(host::cluster::encode(&Configs::new(Membership::founding(

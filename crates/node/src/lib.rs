@@ -24,6 +24,7 @@ mod replica_task;
 pub mod server;
 mod snapshots;
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -188,6 +189,7 @@ impl Node {
         // whatever `--members` says now.
         let mut paxos = config.paxos(election_seed(id));
         paxos.members = cluster.founders.clone();
+        paxos.alpha = cluster.alpha;
         let host = Host::restore(
             config.host(),
             paxos,
@@ -235,6 +237,10 @@ impl Node {
                 source,
             })?
         };
+        // Joining nodes are told the membership from the first moment.
+        transport
+            .table()
+            .set_directory(cluster::directory(&cluster, host.configs(), id));
         let peer_addr = transport.local_addr();
         let disk = disk::Disk::start(storage, Arc::clone(&metrics), span.clone(), id)
             .map_err(StartError::Thread)?;
@@ -456,43 +462,69 @@ fn may_rejoin(
     Ok(())
 }
 
-/// Asks the other members this node knows of for the membership, for a
-/// rejoin: the first answer, or why none came.
+/// Asks every other member this node knows of for the membership, for a
+/// rejoin: the newest membership any of them reports. Every other founder
+/// must answer (the rejoin needs them all anyway), so that one that lags
+/// behind a change cannot hide it.
 async fn membership_now(config: &NodeConfig) -> Result<Configs, String> {
     let file = ClusterFile::load(&config.data_dir).ok().flatten();
-    let mut addrs: Vec<String> = config
+    let mut addrs: BTreeMap<NodeId, String> = config
         .members
         .iter()
         .filter(|(id, _)| **id != config.id)
-        .map(|(_, a)| a.clone())
+        .map(|(&id, a)| (id, a.clone()))
         .collect();
     if let Some(file) = &file {
-        addrs.extend(
-            file.book
-                .iter()
-                .filter(|(id, _)| **id != config.id)
-                .map(|(_, a)| a.peer.clone()),
-        );
+        for (&id, a) in &file.book {
+            if id != config.id {
+                addrs.entry(id).or_insert_with(|| a.peer.clone());
+            }
+        }
     }
-    addrs.sort();
-    addrs.dedup();
+    if addrs.is_empty() {
+        return Err("no other member is known".to_owned());
+    }
     let identity = Identity {
         id: config.id,
         client_addr: config.client_addr.clone(),
         http_addr: config.http_addr.clone(),
     };
-    let mut last = "no other member is known".to_owned();
-    for addr in &addrs {
-        match net::ask_membership(&identity, addr, &config.transport).await {
-            Ok(bytes) => match ClusterFile::decode(&bytes).map(|f| f.joined_configs()) {
-                Ok(Some(configs)) => return Ok(configs),
-                Ok(None) => last = format!("{addr} answered without a membership"),
-                Err(e) => last = format!("{addr}: {e}"),
-            },
-            Err(e) => last = format!("{addr}: {e}"),
+    let mut newest: Option<Configs> = None;
+    let mut silent = Vec::new();
+    for (id, addr) in &addrs {
+        let answer = net::ask_membership(&identity, addr, &config.transport)
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| {
+                if bytes.is_empty() {
+                    // Removed itself: whatever it knows is out of date.
+                    return Ok(None);
+                }
+                ClusterFile::decode(&bytes)
+                    .map(|f| f.joined_configs())
+                    .map_err(|e| e.to_string())
+            });
+        match answer {
+            Ok(Some(configs)) => {
+                let later = newest
+                    .as_ref()
+                    .is_none_or(|n| configs.latest_from() > n.latest_from());
+                if later {
+                    newest = Some(configs);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => silent.push(format!("node {id} at {addr}: {e}")),
         }
     }
-    Err(last)
+    let founders_silent = config
+        .members
+        .keys()
+        .any(|id| *id != config.id && silent.iter().any(|s| s.starts_with(&format!("node {id} "))));
+    match newest {
+        Some(configs) if !founders_silent => Ok(configs),
+        _ => Err(silent.join("; ")),
+    }
 }
 
 /// The data directory's `cluster` record: read, or written on the first
@@ -511,6 +543,20 @@ fn cluster_file(
     if let Some(file) = found {
         if !config.members.is_empty() {
             let flags: Vec<NodeId> = config.members.keys().copied().collect();
+            let moved: Vec<NodeId> = config
+                .members
+                .iter()
+                .filter(|(id, addr)| file.book.get(id).is_some_and(|a| &a.peer != *addr))
+                .map(|(&id, _)| id)
+                .collect();
+            if !moved.is_empty() {
+                warn!(
+                    ?moved,
+                    "--members gives other peer addresses than this node keeps for these \
+                     founders; the kept ones are used (a founder cannot move: replace it \
+                     by a new member at the new address)"
+                );
+            }
             if flags != file.founders {
                 warn!(
                     members_flag = ?flags,
@@ -545,6 +591,7 @@ fn cluster_file(
             })
             .collect();
         ClusterFile {
+            alpha: config.alpha,
             founders: config.members.keys().copied().collect(),
             book,
             configs: None,
@@ -602,9 +649,21 @@ async fn join(config: &NodeConfig) -> Result<ClusterFile, StartError> {
                     config.id
                 )));
             }
+            let ever_voted = configs.entries().iter().any(|(_, m)| m.is_voter(config.id));
+            if ever_voted || file.founders.contains(&config.id) {
+                // A voter that starts empty would break promises it no
+                // longer remembers.
+                return Err(StartError::Config(format!(
+                    "node {} is (or was) a voter of this cluster, and this data directory is \
+                     empty: it cannot join again under its old id. Replace it: run PAXOS \
+                     MEMBER REMOVE {} on a member, then start a new node with a new id",
+                    config.id, config.id
+                )));
+            }
             if latest.is_member(config.id) {
                 info!(%addr, voters = ?latest.voters().collect::<Vec<_>>(), "joined: the membership names this node");
                 return Ok(ClusterFile {
+                    alpha: configs.alpha(),
                     founders: Vec::new(),
                     ..file
                 });

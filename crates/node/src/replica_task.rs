@@ -323,19 +323,11 @@ impl ReplicaTask {
             .map(|(&id, addrs)| (id, addrs.peer.clone()))
             .collect();
         self.outbox.set_peers(&peers);
-        let directory = ClusterFile {
-            founders: self.membership.file.founders.clone(),
-            book: book.clone(),
-            configs: Some(host::cluster::encode(configs)),
-        };
-        // A removed member tells joining nodes nothing: its membership is
-        // out of date, and they go on to ask another.
-        let removed = configs.latest().retired.contains(&self.config.id);
-        self.peers.set_directory(if removed {
-            bytes::Bytes::new()
-        } else {
-            directory.encode()
-        });
+        self.peers.set_directory(cluster::directory(
+            &self.membership.file,
+            configs,
+            self.config.id,
+        ));
         let latest = configs.latest();
         info!(
             voters = ?latest.voters().collect::<Vec<_>>(),
@@ -347,12 +339,15 @@ impl ReplicaTask {
         self.membership.seen = seen;
     }
 
-    /// The client address of member `id`, if known.
+    /// The client address of member `id`, if known. A member listening on
+    /// every interface (0.0.0.0 or [::]) is reached at its peer address's
+    /// host.
     fn client_addr_of(&self, id: NodeId) -> Option<String> {
         if id == self.config.id {
             return Some(self.config.client_addr.clone());
         }
-        self.membership
+        let addr = self
+            .membership
             .book
             .get(&id)
             .map(|a| a.client.clone())
@@ -362,21 +357,30 @@ impl ReplicaTask {
                     .snapshot()
                     .get(&id)
                     .and_then(|p| p.client_addr.clone())
-            })
+            })?;
+        let (host, port) = addr.rsplit_once(':')?;
+        if !matches!(host, "0.0.0.0" | "[::]" | "::" | "") {
+            return Some(addr);
+        }
+        let peer = &self.membership.book.get(&id)?.peer;
+        let (peer_host, _) = peer.rsplit_once(':')?;
+        Some(format!("{peer_host}:{port}"))
     }
 
     fn on_admin(&mut self, request: Admin, reply: AdminAnswer) {
         let status = self.host.status();
         if status.role != RoleName::Leader {
-            let leader = status
-                .leader
-                .filter(|&l| l != self.config.id)
-                .and_then(|l| self.client_addr_of(l).map(|addr| (l, addr)));
-            if request == Admin::Members && leader.is_none() {
-                let _ = reply.send(Ok(self.members_reply()));
-            } else {
-                let _ = reply.send(Err(AdminRefusal::NotLeader(leader)));
-            }
+            let leader = status.leader.filter(|&l| l != self.config.id);
+            let addr = leader.and_then(|l| self.client_addr_of(l).map(|addr| (l, addr)));
+            let answer = match (leader, addr) {
+                (None, _) if request == Admin::Members => Ok(self.members_reply()),
+                (Some(l), None) => Ok(Reply::Error(format!(
+                    "TRYAGAIN node {l} leads, but its client address is not known here yet; \
+                     retry, or ask node {l}"
+                ))),
+                (_, addr) => Err(AdminRefusal::NotLeader(addr)),
+            };
+            let _ = reply.send(answer);
             return;
         }
         let (result, goal, ms) = match request {

@@ -577,6 +577,17 @@ async fn a_node_that_joins_after_compaction_gets_a_snapshot_and_becomes_a_voter(
             bulk(&format!("v{i}"))
         );
     }
+    // A voter that lost its data cannot come back by joining under its
+    // old id: it would vote with promises it forgot.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut lost = NodeConfig::new(2, c.dir.0.join("node-2-wiped"), BTreeMap::new());
+    lost.fsync = FsyncPolicy::Never;
+    lost.join = c.members.values().cloned().collect();
+    let refused = Node::start(lost, listener).await;
+    let Err(error) = refused else {
+        panic!("an empty voter must not join");
+    };
+    assert!(error.to_string().contains("cannot join again"), "{error}");
     // Adding it again is refused with a reason; a restart needs no flags.
     match admin(&c.handle(leader), node::api::Admin::Change(change)).await {
         Reply::Error(e) => assert!(e.contains("already a member"), "{e}"),

@@ -67,6 +67,10 @@ const SNAPSHOT_FRAME_BYTES_MAX: u32 = (host::transfer::CHUNK_BYTES_LIMIT
     + host::transfer::CHUNK_FRAME_OVERHEAD_BYTES
     + KIND_FRAME_OVERHEAD_BYTES) as u32;
 
+/// The largest membership answer a joining node reads: thousands of
+/// members with their addresses.
+const JOIN_ANSWER_BYTES_MAX: u32 = 4 << 20;
+
 /// Limits and timings of the transport.
 #[derive(Clone, Debug)]
 pub struct TransportConfig {
@@ -600,7 +604,7 @@ where
     timeout(limit, writer.write_all(&out))
         .await
         .map_err(|_| FrameError::Handshake("join answer timed out"))??;
-    info!(peer, "told a joining node the membership");
+    debug!(peer, "told a joining node the membership");
     Ok(())
 }
 
@@ -641,7 +645,7 @@ pub async fn ask_membership(
                 "the answer was meant for another node",
             ));
         }
-        let Some(frame) = read_frame(&mut reader, config.frame_bytes_max).await? else {
+        let Some(frame) = read_frame(&mut reader, JOIN_ANSWER_BYTES_MAX).await? else {
             return Err(FrameError::Handshake(
                 "the member closed the connection without an answer (is this node's id a member's?)",
             ));

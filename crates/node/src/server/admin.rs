@@ -33,6 +33,14 @@ use crate::api::{Admin, AdminRefusal, NodeError, NodeHandle, Op};
 use crate::cluster::Addrs;
 use crate::config::NODE_ID_MAX;
 
+/// `PAXOS` requests in flight at once, over every connection of the
+/// process (each may hold a connection to the leader for a while).
+const IN_FLIGHT_MAX: usize = 64;
+
+/// Permits for `PAXOS` requests in flight (see [`IN_FLIGHT_MAX`]).
+pub(crate) static FORWARDS: std::sync::LazyLock<std::sync::Arc<tokio::sync::Semaphore>> =
+    std::sync::LazyLock::new(|| std::sync::Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_MAX)));
+
 /// The name of a connection that carries forwarded requests.
 pub(crate) const FORWARDED: &str = "parliament-forwarded";
 

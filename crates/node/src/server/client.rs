@@ -184,14 +184,27 @@ impl Connection {
                     .name
                     .as_ref()
                     .is_some_and(|n| n.as_ref() == super::admin::FORWARDED.as_bytes());
-                tokio::spawn(super::admin::run(
-                    self.node.clone(),
-                    request,
-                    args,
-                    forwarded,
-                    self.config.password.clone(),
-                    reply,
-                ));
+                match super::admin::FORWARDS.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let run = super::admin::run(
+                            self.node.clone(),
+                            request,
+                            args,
+                            forwarded,
+                            self.config.password.clone(),
+                            reply,
+                        );
+                        tokio::spawn(async move {
+                            run.await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        let _ = reply.send(Err(NodeError::Busy(
+                            "too many PAXOS requests in flight; retry".to_owned(),
+                        )));
+                    }
+                }
                 self.queue.push_back(Pending::Waiting {
                     answer,
                     write: false,

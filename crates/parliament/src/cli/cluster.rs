@@ -226,25 +226,34 @@ fn add(args: &ClusterArgs, id: u16) -> Result<ExitCode> {
     let id_text = id.to_string();
     let request = ["PAXOS", "MEMBER", "ADD", &id_text, &me.peer, &me.client];
     let mut added = false;
-    for p in &others {
-        let target = super::member::Target::at(&p.client);
-        match super::member::call(&target, &request) {
-            Ok(resp::Reply::Simple(_)) => {
-                println!("node {id} added; it becomes a voter once it has caught up");
-                added = true;
-                break;
+    'rounds: for _ in 0..10 {
+        for p in &others {
+            let target = super::member::Target::at(&p.client);
+            match super::member::call(&target, &request) {
+                Ok(resp::Reply::Simple(_)) => {
+                    println!("node {id} added; it becomes a voter once it has caught up");
+                    added = true;
+                    break 'rounds;
+                }
+                Ok(resp::Reply::Error(e)) if e.contains("already a member") => {
+                    println!("node {id} is a member already");
+                    added = true;
+                    break 'rounds;
+                }
+                // No leader for a moment, or a change in progress: ask
+                // again.
+                Ok(resp::Reply::Error(e))
+                    if e.starts_with("CLUSTERDOWN")
+                        || e.starts_with("TRYAGAIN")
+                        || e.contains("in progress") => {}
+                Ok(resp::Reply::Error(e)) => {
+                    children.stop();
+                    bail!("node {} refused to add node {id}: {e}", p.id);
+                }
+                Ok(_) | Err(_) => {}
             }
-            Ok(resp::Reply::Error(e)) if e.contains("already a member") => {
-                println!("node {id} is a member already");
-                added = true;
-                break;
-            }
-            Ok(resp::Reply::Error(e)) => {
-                children.stop();
-                bail!("node {} refused to add node {id}: {e}", p.id);
-            }
-            Ok(_) | Err(_) => continue,
         }
+        std::thread::sleep(Duration::from_millis(500));
     }
     if !added {
         children.stop();

@@ -413,6 +413,9 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
         let port = port_plus(CLIENT_PORT + PEER_PORT_OFFSET, id, "peer")?;
         Ok(format!("127.0.0.1:{port}"))
     };
+    if !join.is_empty() && (args.members.is_some() || file.members.is_some()) {
+        bail!("give members to found a new cluster, or join to join a running one, not both");
+    }
     let members = match (&args.members, file.members) {
         _ if !join.is_empty() => BTreeMap::new(),
         (Some(text), _) => parse_members(text).context("--members")?,
@@ -553,9 +556,28 @@ async fn serve(settings: Settings, rejoin: bool, stop_on_stdin_eof: bool) -> Res
             "values larger than the command limit will be refused by the node"
         );
     }
-    let mut node = Node::start(config, peer)
-        .await
-        .with_context(|| format!("cannot start node {id}"))?;
+    // A joining node may wait long for an operator to add it: it still
+    // stops on a signal, or when standard input closes.
+    let stdin_closed_early = async {
+        if stop_on_stdin_eof {
+            stdin_eof().await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let mut node = tokio::select! {
+        started = Node::start(config, peer) => {
+            started.with_context(|| format!("cannot start node {id}"))?
+        }
+        signal = shutdown_signal() => {
+            info!(id, signal, "stopping before the node started");
+            return Ok(ExitCode::SUCCESS);
+        }
+        () = stdin_closed_early => {
+            info!(id, "standard input closed before the node started; stopping");
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     info!(
         id,
         client = %client_addr,
