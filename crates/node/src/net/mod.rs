@@ -275,34 +275,38 @@ impl Outbox {
                 continue;
             }
             self.ctx.table.update(peer, |_| {});
-            let (tx, rx) = mpsc::channel(self.ctx.config.outbound_queue_max.max(1));
+            let tx = self.spawn_link(links, peer, addr, self.ctx.config.outbound_queue_max);
             links.messages.insert(peer, (addr.clone(), tx));
-            links.seed = links.seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let task = outbound(
-                Arc::clone(&self.ctx),
-                peer,
-                addr.clone(),
-                rx,
-                Rng::new(links.seed),
-            );
-            links.tasks.spawn(task.instrument(self.span.clone()));
-            let (tx, rx) = mpsc::channel(SNAPSHOT_QUEUE_FRAMES);
+            let tx = self.spawn_link(links, peer, addr, SNAPSHOT_QUEUE_FRAMES);
             links.frames.insert(peer, tx);
-            links.seed = links.seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let task = outbound(
-                Arc::clone(&self.ctx),
-                peer,
-                addr.clone(),
-                rx,
-                Rng::new(links.seed),
-            );
-            links.tasks.spawn(task.instrument(self.span.clone()));
         }
         *self
             .ctx
             .members
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = peers.keys().copied().collect();
+    }
+
+    /// Starts a link of payload `P` to `peer` at `addr`, with a queue of
+    /// `queue_max`; its sending end.
+    fn spawn_link<P: Payload>(
+        &self,
+        links: &mut Links,
+        peer: NodeId,
+        addr: &str,
+        queue_max: usize,
+    ) -> mpsc::Sender<P> {
+        let (tx, rx) = mpsc::channel(queue_max.max(1));
+        links.seed = links.seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let task = outbound(
+            Arc::clone(&self.ctx),
+            peer,
+            addr.to_owned(),
+            rx,
+            Rng::new(links.seed),
+        );
+        links.tasks.spawn(task.instrument(self.span.clone()));
+        tx
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Links> {

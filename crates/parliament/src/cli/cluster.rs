@@ -176,8 +176,12 @@ pub fn run(args: ClusterArgs) -> Result<ExitCode> {
         );
         println!("status:   parliament status --http {}", first.http);
     }
-    println!("stop:     Ctrl-C");
+    run_until_stopped(children)
+}
 
+/// Runs until Ctrl-C, SIGTERM or every child exits, then stops them all.
+fn run_until_stopped(mut children: Children) -> Result<ExitCode> {
+    println!("stop:     Ctrl-C");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -264,14 +268,7 @@ fn add(args: &ClusterArgs, id: u16) -> Result<ExitCode> {
             args.nodes
         );
     }
-    println!("stop:     Ctrl-C");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let code = runtime.block_on(watch(&mut children));
-    children.stop();
-    code
+    run_until_stopped(children)
 }
 
 /// Waits for a signal, reporting children that die meanwhile.
