@@ -426,28 +426,25 @@ impl Transport {
 
     /// Stops every task and waits until they are gone (their sockets closed).
     pub async fn shutdown(self) {
-        let mut tasks = {
-            let mut links = self
-                .links
-                .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            links.messages.clear();
-            links.frames.clear();
-            std::mem::take(&mut links.tasks)
-        };
-        tasks.shutdown().await;
+        self.close().shutdown().await;
     }
-}
 
-impl Drop for Transport {
-    fn drop(&mut self) {
+    /// Closes every queue and hands back the tasks, to stop or abort.
+    fn close(&self) -> JoinSet<()> {
         let mut links = self
             .links
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         links.messages.clear();
         links.frames.clear();
-        links.tasks.abort_all();
+        std::mem::take(&mut links.tasks)
+    }
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        // Dropping the set aborts whatever is still running.
+        drop(self.close());
     }
 }
 

@@ -62,6 +62,35 @@ struct Plan {
     data_dir: PathBuf,
 }
 
+impl Plan {
+    /// Starts this node as a child `serve` process with `membership`
+    /// (`--members` or `--join` and its value).
+    fn spawn(
+        &self,
+        exe: &std::path::Path,
+        membership: (&str, String),
+        args: &ClusterArgs,
+    ) -> Result<(u64, Child, Option<ChildStdin>)> {
+        let serve = ServeArgs::for_cluster(
+            self.id,
+            self.data_dir.clone(),
+            self.client.clone(),
+            self.peer.clone(),
+            self.http.clone(),
+            membership,
+            args.fsync,
+            args.tick_ms,
+        );
+        let mut child = Command::new(exe)
+            .args(&serve)
+            .stdin(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start node {}", self.id))?;
+        let stdin = child.stdin.take();
+        Ok((self.id, child, stdin))
+    }
+}
+
 /// Running children; dropping this stops them all, whatever the exit path.
 struct Children {
     running: Vec<(u64, Child, Option<ChildStdin>)>,
@@ -139,23 +168,9 @@ pub fn run(args: ClusterArgs) -> Result<ExitCode> {
         running: Vec::new(),
     };
     for p in &plans {
-        let serve = ServeArgs::for_cluster(
-            p.id,
-            p.data_dir.clone(),
-            p.client.clone(),
-            p.peer.clone(),
-            p.http.clone(),
-            ("--members", members.clone()),
-            args.fsync,
-            args.tick_ms,
-        );
-        let mut child = Command::new(&exe)
-            .args(&serve)
-            .stdin(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("cannot start node {}", p.id))?;
-        let stdin = child.stdin.take();
-        children.running.push((p.id, child, stdin));
+        children
+            .running
+            .push(p.spawn(&exe, ("--members", members.clone()), &args)?);
     }
 
     println!(
@@ -204,24 +219,8 @@ fn add(args: &ClusterArgs, id: u16) -> Result<ExitCode> {
     let me = plan_node(args, id)?;
     let exe = std::env::current_exe().context("cannot find this program's executable")?;
     let seeds: Vec<String> = others.iter().map(|p| p.peer.clone()).collect();
-    let serve = ServeArgs::for_cluster(
-        me.id,
-        me.data_dir.clone(),
-        me.client.clone(),
-        me.peer.clone(),
-        me.http.clone(),
-        ("--join", seeds.join(",")),
-        args.fsync,
-        args.tick_ms,
-    );
-    let mut child = Command::new(&exe)
-        .args(&serve)
-        .stdin(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start node {id}"))?;
-    let stdin = child.stdin.take();
     let mut children = Children {
-        running: vec![(me.id, child, stdin)],
+        running: vec![me.spawn(&exe, ("--join", seeds.join(",")), args)?],
     };
     println!(
         "  node {}: client {}  peer {}  http {}  (joining)",
