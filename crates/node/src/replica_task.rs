@@ -312,10 +312,12 @@ impl ReplicaTask {
     /// told in step with the memberships the log holds.
     fn follow_membership(&mut self) {
         let configs = self.host.configs();
-        let seen: Vec<Slot> = configs.entries().iter().map(|(from, _)| *from).collect();
-        if seen == self.membership.seen {
+        // Called every turn: compare without allocating.
+        let firsts = || configs.entries().iter().map(|(from, _)| *from);
+        if firsts().eq(self.membership.seen.iter().copied()) {
             return;
         }
+        let seen: Vec<Slot> = firsts().collect();
         let book = cluster::address_book(&self.membership.file, configs);
         let peers: BTreeMap<NodeId, String> = book
             .iter()
@@ -462,20 +464,7 @@ impl ReplicaTask {
             .members
             .iter()
             .map(|(&id, member)| {
-                let role = if member.role == paxos::replica::MemberRole::Voter {
-                    "voter"
-                } else {
-                    "learner"
-                };
-                let peer_addr = if id == me {
-                    self.config
-                        .members
-                        .get(&me)
-                        .cloned()
-                        .or_else(|| self.membership.book.get(&id).map(|a| a.peer.clone()))
-                } else {
-                    self.membership.book.get(&id).map(|a| a.peer.clone())
-                };
+                let peer_addr = self.membership.book.get(&id).map(|a| a.peer.clone());
                 let match_slot = if id == me {
                     Some(status.commit)
                 } else {
@@ -487,7 +476,7 @@ impl ReplicaTask {
                     bulk("id"),
                     Reply::Integer(id as i64),
                     bulk("role"),
-                    bulk(role),
+                    bulk(role_name(member)),
                     bulk("peer_addr"),
                     bulk(&peer_addr.unwrap_or_default()),
                     bulk("client_addr"),
@@ -581,11 +570,7 @@ impl ReplicaTask {
                 let peer = peers.get(&id);
                 MemberStatus {
                     id,
-                    role: if member.role == paxos::replica::MemberRole::Voter {
-                        "voter".to_owned()
-                    } else {
-                        "learner".to_owned()
-                    },
+                    role: role_name(member).to_owned(),
                     peer_addr: self
                         .membership
                         .book
@@ -659,6 +644,15 @@ impl ReplicaTask {
                 true
             }
         });
+    }
+}
+
+/// `voter` or `learner`, as `PAXOS MEMBERS` and `/status` say it.
+fn role_name(member: &paxos::replica::Member) -> &'static str {
+    if member.role == paxos::replica::MemberRole::Voter {
+        "voter"
+    } else {
+        "learner"
     }
 }
 
