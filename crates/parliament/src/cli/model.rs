@@ -5,13 +5,92 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use testkit::bugs::{SynodBug, Variant};
+use testkit::model::replica::{ReplicaModel, Scenario};
 use testkit::model::synod::SynodModel;
-use testkit::model::{Expectation, Options, explore};
+use testkit::model::{Expectation, Model, Options, Report, explore};
+use testkit::sim::kv::KvBug;
 
 #[derive(Subcommand, Debug)]
 pub enum ModelCommand {
     /// Single-decree Paxos: 3 acceptors, some proposers, one learner.
     Synod(SynodArgs),
+    /// Multi-Paxos: the real replica, 3 of them, with their hosts, disks,
+    /// clocks and clients. Flags left out take the defaults, or with
+    /// `--bug` the configuration in which that variant shows.
+    Replica(ReplicaArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ReplicaArgs {
+    /// Founding voters.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(3..=5))]
+    replicas: Option<u8>,
+    /// Global clock ticks in a run.
+    #[arg(long)]
+    ticks: Option<u8>,
+    /// Single-replica clock ticks in a run (clock drift).
+    #[arg(long)]
+    skew: Option<u8>,
+    /// Every clock but the first leader's runs as fast as the drift bound
+    /// allows (with --leases).
+    #[arg(long)]
+    fast_clocks: bool,
+    /// Client writes.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=8))]
+    writes: Option<u8>,
+    /// Writes proposed a second time, as a client retries.
+    #[arg(long)]
+    retries: Option<u8>,
+    /// Client reads.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=8))]
+    reads: Option<u8>,
+    /// Crashes (restarts from disk, torn writes included).
+    #[arg(long)]
+    crashes: Option<u8>,
+    /// Lost disks (the replica rejoins).
+    #[arg(long)]
+    wipes: Option<u8>,
+    /// Messages delivered and kept for another delivery.
+    #[arg(long)]
+    dups: Option<u8>,
+    /// Reads under leader leases (with timings that allow them).
+    #[arg(long)]
+    leases: bool,
+    /// Disks sync by steps of their own, so durability reports lag.
+    #[arg(long)]
+    lag: bool,
+    /// Deliver messages in rounds (every message sent so far at once)
+    /// instead of one at a time: fewer interleavings, longer runs.
+    #[arg(long)]
+    rounds: bool,
+    /// Replicas that may be cut off from the others for good.
+    #[arg(long)]
+    isolations: Option<u8>,
+    /// Start from a cluster that just started, not one with a leader.
+    #[arg(long)]
+    from_start: bool,
+    /// A membership change asked once: "add" (a fourth replica) or
+    /// "remove" (the third).
+    #[arg(long)]
+    change: Option<String>,
+    /// How many of the scenario's changes are asked for (remove and
+    /// replace have two).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=2))]
+    changes: Option<u8>,
+    /// The window α of membership changes.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=8))]
+    alpha: Option<u64>,
+    /// Check in every state that a new write is still chosen once the
+    /// faults stop (slow).
+    #[arg(long)]
+    liveness: bool,
+    /// Check a deliberately broken variant ("list" names them).
+    #[arg(long)]
+    bug: Option<String>,
+    /// Stop after this many distinct states (the search holds a few KB per
+    /// state waiting to be explored: a million states can take 5 GB).
+    #[arg(long, default_value_t = 1_000_000)]
+    max_states: usize,
 }
 
 #[derive(Args, Debug)]
@@ -36,7 +115,58 @@ pub struct SynodArgs {
 pub fn run(command: ModelCommand) -> Result<ExitCode> {
     match command {
         ModelCommand::Synod(args) => synod(args),
+        ModelCommand::Replica(args) => replica(args),
     }
+}
+
+fn replica(args: ReplicaArgs) -> Result<ExitCode> {
+    let bug = match super::choose_bug::<KvBug>(args.bug.as_deref())? {
+        super::BugChoice::Listed => return Ok(ExitCode::SUCCESS),
+        choice => choice.bug().copied(),
+    };
+    let mut model = bug.map_or_else(ReplicaModel::default, ReplicaModel::for_bug);
+    let set = |field: &mut u8, value: Option<u8>| {
+        if let Some(v) = value {
+            *field = v;
+        }
+    };
+    if let Some(n) = args.replicas {
+        model.replicas = usize::from(n);
+    }
+    set(&mut model.ticks, args.ticks);
+    set(&mut model.skew, args.skew);
+    set(&mut model.writes, args.writes);
+    set(&mut model.retries, args.retries);
+    set(&mut model.reads, args.reads);
+    set(&mut model.crashes, args.crashes);
+    set(&mut model.wipes, args.wipes);
+    set(&mut model.dups, args.dups);
+    set(&mut model.isolations, args.isolations);
+    set(&mut model.changes, args.changes);
+    model.rounds |= args.rounds;
+    model.fast_clocks |= args.fast_clocks;
+    model.leases |= args.leases;
+    model.lag |= args.lag;
+    model.elected &= !args.from_start;
+    model.liveness |= args.liveness;
+    if let Some(alpha) = args.alpha {
+        model.alpha = alpha;
+    }
+    if let Some(name) = &args.change {
+        match Scenario::parse(name) {
+            Some(scenario) => model.scenario = Some(scenario),
+            None => anyhow::bail!("unknown change '{name}'; use add or remove"),
+        }
+    }
+    println!("exploring the replica: {}", model.summary());
+    let options = Options {
+        max_states: args.max_states,
+        stop_at_violation: bug.is_some(),
+    };
+    let report = explore(&model, options);
+    Ok(verdict(&report, &model.legend(), |state| {
+        println!("{}", model.describe(state));
+    }))
 }
 
 fn synod(args: SynodArgs) -> Result<ExitCode> {
@@ -59,6 +189,28 @@ fn synod(args: SynodArgs) -> Result<ExitCode> {
         stop_at_violation: bug.is_some(),
     };
     let report = explore(&model, options);
+    Ok(verdict(&report, &model.legend(), |last| {
+        println!("chosen at the end: {:?}", model.chosen(last));
+        if let Some(w) = model.misled_learner(last) {
+            let received: Vec<String> = w
+                .received
+                .iter()
+                .map(|(b, v, a)| format!("{a} -> learner Accepted({b}, {v:?})"))
+                .collect();
+            println!(
+                "a learner that received [{}] learned {:?}",
+                received.join(", "),
+                w.learned
+            );
+        }
+    }))
+}
+
+/// Prints a search's figures and findings, with each counterexample step by
+/// step and `describe` of its last state; the exit code: failure when a
+/// property is violated, or a sanity property went unwitnessed in a
+/// complete search.
+fn verdict<M: Model>(report: &Report<M>, legend: &str, describe: impl Fn(&M::State)) -> ExitCode {
     println!(
         "{} states, {} transitions, max depth {}, {:.2?}{}",
         report.states,
@@ -85,28 +237,11 @@ fn synod(args: SynodArgs) -> Result<ExitCode> {
             && let Some(trace) = &f.trace
         {
             violated = true;
-            println!(
-                "counterexample ({} steps; {}):",
-                trace.steps.len(),
-                model.legend()
-            );
+            println!("counterexample ({} steps; {legend}):", trace.steps.len());
             for (i, (action, _)) in trace.steps.iter().enumerate() {
                 println!("  {:>3}. {action:?}", i + 1);
             }
-            let last = trace.last_state();
-            println!("chosen at the end: {:?}", model.chosen(last));
-            if let Some(w) = model.misled_learner(last) {
-                let received: Vec<String> = w
-                    .received
-                    .iter()
-                    .map(|(b, v, a)| format!("{a} -> learner Accepted({b}, {v:?})"))
-                    .collect();
-                println!(
-                    "a learner that received [{}] learned {:?}",
-                    received.join(", "),
-                    w.learned
-                );
-            }
+            describe(trace.last_state());
         }
     }
     let sanity_failed = report.complete
@@ -114,9 +249,9 @@ fn synod(args: SynodArgs) -> Result<ExitCode> {
             .findings
             .iter()
             .any(|f| f.expectation == Expectation::Sometimes && !f.ok());
-    Ok(if violated || sanity_failed {
+    if violated || sanity_failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
-    })
+    }
 }

@@ -7,7 +7,7 @@ use crate::ballot::Ballot;
 
 /// Everything a replica must find again after a restart. The host rebuilds it
 /// by replaying, in order, the records it persisted ([`Durable::apply`]).
-#[derive(Clone, PartialEq, Eq, Debug, Default)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug, Default)]
 pub struct Durable {
     /// The highest ballot promised.
     ///

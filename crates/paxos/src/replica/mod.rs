@@ -79,7 +79,7 @@ use crate::ballot::{Ballot, NodeId};
 use crate::rng::Rng;
 
 /// How a replica behaves. Times are in ticks of the host's clock.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Config {
     /// This replica.
     pub id: NodeId,
@@ -240,14 +240,14 @@ pub enum ProposeError {
 
 /// A read that may now be answered: linearizable once entries up to `index`
 /// are applied.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ReadState {
     pub ctx: u64,
     pub index: Slot,
 }
 
 /// What the replica asks its host to do; see the module notes for the order.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Ready {
     /// Durable writes, in order, after every record of earlier `Ready`s.
     pub records: Vec<Record>,
@@ -333,7 +333,7 @@ pub struct Status {
 }
 
 /// What a slot holds here.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 struct Entry {
     /// This replica's latest acceptance for the slot.
     accepted: Option<(Ballot, Value)>,
@@ -342,7 +342,7 @@ struct Entry {
 }
 
 /// A proposal of the leader that is not chosen yet.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct InFlight {
     value: Value,
     /// Acceptors that accepted it in the leader's ballot.
@@ -350,7 +350,7 @@ struct InFlight {
 }
 
 /// A read waiting for its leadership check.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct PendingRead {
     ctx: u64,
     /// Where to send the answer; `None` for a read of this replica's host.
@@ -360,7 +360,7 @@ struct PendingRead {
     index: Slot,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Leader {
     ballot: Ballot,
     /// Phase 1 covers every slot from here on.
@@ -419,7 +419,7 @@ struct Leader {
     own_votes: VecDeque<(RecordNo, Slot)>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Role {
     Follower,
     PreCandidate {
@@ -436,14 +436,17 @@ enum Role {
 }
 
 /// What a candidate heard from one acceptor.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Promised {
     commit: Slot,
     entries: Vec<PromisedEntry>,
 }
 
 /// A Multi-Paxos replica: acceptor, proposer and learner for every slot.
-#[derive(Clone, Debug)]
+///
+/// Comparable and hashable as a whole, so that a model checker can tell
+/// two states of a cluster apart.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Replica {
     config: Config,
     rng: Rng,

@@ -41,7 +41,7 @@ use super::{Replica, Role};
 use crate::ballot::{Ballot, NodeId};
 
 /// Progress of a rejoin; see the module notes.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub(super) struct Rejoin {
     /// The promise each peer reported.
     reported: BTreeMap<NodeId, Ballot>,

@@ -205,7 +205,7 @@ impl KvBug {
     }
 
     /// The protocol's flaw this variant is, if it is one.
-    fn paxos_flaw(self) -> Option<PaxosFlaw> {
+    pub(crate) fn paxos_flaw(self) -> Option<PaxosFlaw> {
         match self {
             KvBug::ConfigBeforeChosen => Some(PaxosFlaw::ConfigBeforeChosen),
             KvBug::RemovedStillVotes => Some(PaxosFlaw::RemovedStillVotes),
@@ -1895,7 +1895,7 @@ fn frame_name(frame: &SnapshotFrame) -> String {
 }
 
 /// Why `message` reports something `durable` does not hold, if it does.
-fn uncovered(durable: &Durable, message: &Message) -> Option<String> {
+pub(crate) fn uncovered(durable: &Durable, message: &Message) -> Option<String> {
     match message {
         Message::Promise { ballot, .. }
         | Message::HeartbeatAck { ballot, .. }
