@@ -50,6 +50,9 @@ pub struct ReplicaArgs {
     /// Lost disks (the replica rejoins).
     #[arg(long)]
     wipes: Option<u8>,
+    /// Snapshots taken (the log compacted behind them).
+    #[arg(long)]
+    compactions: Option<u8>,
     /// Messages delivered and kept for another delivery.
     #[arg(long)]
     dups: Option<u8>,
@@ -141,6 +144,7 @@ fn replica(args: ReplicaArgs) -> Result<ExitCode> {
     set(&mut model.crashes, args.crashes);
     set(&mut model.wipes, args.wipes);
     set(&mut model.dups, args.dups);
+    set(&mut model.compactions, args.compactions);
     set(&mut model.isolations, args.isolations);
     set(&mut model.changes, args.changes);
     model.rounds |= args.rounds;
@@ -164,9 +168,25 @@ fn replica(args: ReplicaArgs) -> Result<ExitCode> {
         stop_at_violation: bug.is_some(),
     };
     let report = explore(&model, options);
-    Ok(verdict(&report, &model.legend(), |state| {
+    let code = verdict(&report, &model.legend(), |state| {
         println!("{}", model.describe(state));
-    }))
+    });
+    if let Some(bug) = bug
+        && report.ok()
+    {
+        println!(
+            "{} is not caught within these bounds{}; the simulator catches it: \
+             parliament sim kv --bug {} --seeds 10000 --stop-at-first",
+            bug.name(),
+            if ReplicaModel::caught_by_the_model(bug) {
+                ""
+            } else {
+                " (its path is deeper than a search that finishes reaches)"
+            },
+            bug.name()
+        );
+    }
+    Ok(code)
 }
 
 fn synod(args: SynodArgs) -> Result<ExitCode> {
