@@ -87,6 +87,13 @@ pub struct ReplicaArgs {
     /// faults stop (slow).
     #[arg(long)]
     liveness: bool,
+    /// Turn off a reduction, to measure it: a message sent again while an
+    /// identical one is undelivered is a second copy.
+    #[arg(long)]
+    every_send_counts: bool,
+    /// Turn off a reduction, to measure it: writes in any order.
+    #[arg(long)]
+    writes_any_order: bool,
     /// Check a deliberately broken variant ("list" names them).
     #[arg(long)]
     bug: Option<String>,
@@ -149,6 +156,8 @@ fn replica(args: ReplicaArgs) -> Result<ExitCode> {
     set(&mut model.changes, args.changes);
     model.rounds |= args.rounds;
     model.fast_clocks |= args.fast_clocks;
+    model.every_send_counts |= args.every_send_counts;
+    model.writes_any_order |= args.writes_any_order;
     model.leases |= args.leases;
     model.lag |= args.lag;
     model.elected &= !args.from_start;

@@ -137,7 +137,7 @@ impl Default for Options {
 
 /// A 64-bit fingerprint of a state: foldhash's quality hasher with a fixed
 /// seed, so the same state has the same fingerprint in every run.
-fn fingerprint<S: Hash>(state: &S) -> u64 {
+pub(crate) fn fingerprint<S: Hash>(state: &S) -> u64 {
     foldhash::quality::FixedState::default().hash_one(state)
 }
 

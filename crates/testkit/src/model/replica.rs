@@ -76,6 +76,9 @@
 //!   interchangeable, and no property tells them apart.
 //! - **Crash and restart are one step**: a replica that is down is one that
 //!   receives nothing, which the network already allows.
+//! - Each of the first and third can be turned off (`every_send_counts`,
+//!   `writes_any_order`) to measure what it saves; `docs/protocol.md` gives
+//!   the figures.
 //! - **Not used: symmetry of replica ids.** Ids are not interchangeable here:
 //!   they break ties between ballots, seed the election jitter, and decide
 //!   who is a founder, so permuting them would merge states that behave
@@ -89,7 +92,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -98,7 +100,7 @@ use paxos::replica::{
     Change, Config, Configs, Durable, Message, Record, RecordNo, Replica, RoleName, Slot, Value,
 };
 
-use super::explorer::{Expectation, Model, Property};
+use super::explorer::{Expectation, Model, Property, fingerprint};
 use crate::sim::kv::{KvBug, uncovered};
 
 /// How many rounds a calm run may take before the liveness check gives up.
@@ -207,6 +209,12 @@ pub struct ReplicaModel {
     /// Whether the first leader may be cut off for good (a partition): from
     /// then on nothing reaches it and nothing it sends arrives.
     pub isolations: u8,
+    /// Turns off a reduction, to measure it: a message sent while an
+    /// identical one is undelivered is a second copy in the network.
+    pub every_send_counts: bool,
+    /// Turns off a reduction, to measure it: writes may be proposed in any
+    /// order, not `a` before `b`.
+    pub writes_any_order: bool,
     /// Check in every state that a write can still be chosen.
     pub liveness: bool,
     pub bug: Option<KvBug>,
@@ -238,6 +246,8 @@ impl Default for ReplicaModel {
             elected: true,
             rounds: false,
             isolations: 0,
+            every_send_counts: false,
+            writes_any_order: false,
             liveness: false,
             bug: None,
             first_leader: std::sync::OnceLock::new(),
@@ -280,9 +290,18 @@ pub struct ReadOp {
     pub node: NodeId,
     /// Writes acknowledged before it began.
     pub required: u32,
-    pub answer: Option<u32>,
+    pub answer: Option<Answer>,
     /// Answered in the step that asked it (a lease read on the leader).
     pub at_once: bool,
+}
+
+/// How a read ended.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Answer {
+    /// It returned these writes, by bit.
+    Saw(u32),
+    /// Its replica crashed first, and the client's connection with it.
+    Lost,
 }
 
 /// A property broken by an event (the rest are read off the state).
@@ -314,7 +333,8 @@ pub struct ReplicaState {
     pub dups: u8,
     pub retries: u8,
     pub compactions: u8,
-    pub writes: u8,
+    /// Writes proposed, by bit.
+    pub issued: u32,
     pub changes: u8,
     /// Replicas cut off, by bit (of their id).
     pub isolated: u32,
@@ -417,10 +437,6 @@ fn write_of(command: &Bytes) -> Option<u8> {
         [c] if c.is_ascii_lowercase() => Some(c - b'a'),
         _ => None,
     }
-}
-
-fn fingerprint<T: Hash>(value: &T) -> u64 {
-    foldhash::quality::FixedState::default().hash_one(value)
 }
 
 impl ReplicaModel {
@@ -714,7 +730,7 @@ impl ReplicaModel {
 
     fn answer(&self, state: &mut ReplicaState, ctx: u8, seen: u32) {
         let read = &mut state.reads[usize::from(ctx)];
-        read.answer = Some(seen);
+        read.answer = Some(Answer::Saw(seen));
         if read.required & !seen != 0 {
             let line = format!(
                 "read {ctx} at node {} returned writes {} but {} were acknowledged before it began",
@@ -775,10 +791,11 @@ impl ReplicaModel {
         }
         let entry = (fingerprint(&(from, to, &message)), from, to, message);
         let at = state.network.partition_point(|e| e.0 < entry.0);
-        if state.network[at..]
-            .iter()
-            .take_while(|e| e.0 == entry.0)
-            .any(|e| e == &entry)
+        if !self.every_send_counts
+            && state.network[at..]
+                .iter()
+                .take_while(|e| e.0 == entry.0)
+                .any(|e| e == &entry)
         {
             return;
         }
@@ -828,7 +845,7 @@ impl ReplicaModel {
         node.applied.truncate(node.snapshot.0.0 as usize);
         for (ctx, _) in node.reads.drain(..) {
             // The client's connection went down with the node.
-            state.reads[usize::from(ctx)].answer = Some(u32::MAX);
+            state.reads[usize::from(ctx)].answer = Some(Answer::Lost);
         }
         self.carry_out(state, id);
     }
@@ -1006,6 +1023,12 @@ impl ReplicaModel {
         if self.liveness {
             parts.push("liveness".into());
         }
+        if self.every_send_counts {
+            parts.push("every send a copy (reduction off)".into());
+        }
+        if self.writes_any_order {
+            parts.push("writes in any order (reduction off)".into());
+        }
         if let Some(bug) = self.bug {
             parts.push(format!("bug {}", crate::bugs::Variant::name(bug)));
         }
@@ -1109,7 +1132,7 @@ impl Model for ReplicaModel {
             dups: 0,
             retries: 0,
             compactions: 0,
-            writes: 0,
+            issued: 0,
             changes: 0,
             isolated: 0,
             installed: 0,
@@ -1168,15 +1191,21 @@ impl Model for ReplicaModel {
             if state.skews < self.skew {
                 actions.push(ReplicaAction::Skew(id));
             }
-            if state.writes < self.writes {
-                actions.push(ReplicaAction::Write {
-                    write: state.writes,
-                    at: id,
-                    retry: false,
-                });
+            for write in 0..self.writes {
+                let issued = state.issued & (1 << write) != 0;
+                // Writes go in order unless told otherwise (a reduction).
+                let next = state.issued.count_ones() == u32::from(write);
+                if !issued && (next || self.writes_any_order) {
+                    actions.push(ReplicaAction::Write {
+                        write,
+                        at: id,
+                        retry: false,
+                    });
+                }
             }
             if state.retries < self.retries {
-                for write in 0..state.writes {
+                let issued = (0..self.writes).filter(|w| state.issued & (1 << w) != 0);
+                for write in issued {
                     actions.push(ReplicaAction::Write {
                         write,
                         at: id,
@@ -1314,7 +1343,7 @@ impl Model for ReplicaModel {
                 if *retry {
                     next.retries += 1;
                 } else {
-                    next.writes += 1;
+                    next.issued |= 1 << write;
                 }
                 self.carry_out(&mut next, *at);
             }
@@ -1442,7 +1471,7 @@ impl Model for ReplicaModel {
                 holds: |_, s: &ReplicaState| {
                     s.reads
                         .iter()
-                        .any(|r| r.answer.is_some_and(|a| a != u32::MAX))
+                        .any(|r| matches!(r.answer, Some(Answer::Saw(_))))
                 },
             });
         }
@@ -1546,6 +1575,37 @@ mod tests {
             liveness: true,
             ..ReplicaModel::default()
         });
+    }
+
+    #[test]
+    fn the_reductions_only_merge_states() {
+        let reduced = ReplicaModel {
+            ticks: 1,
+            ..ReplicaModel::default()
+        };
+        let full = ReplicaModel {
+            every_send_counts: true,
+            writes_any_order: true,
+            writes: 2,
+            rounds: true,
+            ..reduced.clone()
+        };
+        let reduced_two = ReplicaModel {
+            writes: 2,
+            rounds: true,
+            ..reduced.clone()
+        };
+        let count = |m: &ReplicaModel| {
+            let report = explore(m, Options::default());
+            assert!(report.ok() && report.complete, "{}", m.summary());
+            report.states
+        };
+        assert!(count(&reduced_two) < count(&full));
+        let unreduced = ReplicaModel {
+            every_send_counts: true,
+            ..reduced.clone()
+        };
+        assert!(count(&reduced) < count(&unreduced));
     }
 
     #[test]
