@@ -1005,29 +1005,23 @@ impl ReplicaModel {
                 parts.push(format!("{n} {what}"));
             }
         }
-        if self.leases {
-            parts.push("leases".into());
-        }
-        if self.fast_clocks {
-            parts.push("fast clocks but the leader's".into());
-        }
-        if self.lag {
-            parts.push("lagging disks".into());
-        }
-        if self.rounds {
-            parts.push("delivery in rounds".into());
-        }
+        let switches = [
+            (self.leases, "leases"),
+            (self.fast_clocks, "fast clocks but the leader's"),
+            (self.lag, "lagging disks"),
+            (self.rounds, "delivery in rounds"),
+            (self.liveness, "liveness"),
+            (self.every_send_counts, "every send a copy (reduction off)"),
+            (self.writes_any_order, "writes in any order (reduction off)"),
+        ];
+        parts.extend(
+            switches
+                .iter()
+                .filter(|(on, _)| *on)
+                .map(|(_, what)| what.to_string()),
+        );
         if let Some(scenario) = self.scenario {
             parts.push(format!("{scenario:?} (alpha {})", self.alpha).to_lowercase());
-        }
-        if self.liveness {
-            parts.push("liveness".into());
-        }
-        if self.every_send_counts {
-            parts.push("every send a copy (reduction off)".into());
-        }
-        if self.writes_any_order {
-            parts.push("writes in any order (reduction off)".into());
         }
         if let Some(bug) = self.bug {
             parts.push(format!("bug {}", crate::bugs::Variant::name(bug)));
