@@ -347,6 +347,13 @@ pub struct ReplicaState {
     pub broken: Vec<(Broken, String)>,
 }
 
+impl ReplicaState {
+    /// Whether no event has broken the property `kind` stands for.
+    fn intact(&self, kind: Broken) -> bool {
+        self.broken.iter().all(|(k, _)| *k != kind)
+    }
+}
+
 /// A step of the system.
 #[derive(Clone, PartialEq, Eq)]
 pub enum ReplicaAction {
@@ -1390,7 +1397,7 @@ impl Model for ReplicaModel {
             Property {
                 name: "agreement: every state machine applies the same value in each slot",
                 expectation: Expectation::Always,
-                holds: |_, s: &ReplicaState| s.broken.iter().all(|(k, _)| *k != Broken::Agreement),
+                holds: |_, s: &ReplicaState| s.intact(Broken::Agreement),
             },
             Property {
                 name: "a chosen value never changes",
@@ -1406,26 +1413,22 @@ impl Model for ReplicaModel {
             Property {
                 name: "a value is applied only once a quorum's durable votes chose it",
                 expectation: Expectation::Always,
-                holds: |_, s: &ReplicaState| {
-                    s.broken.iter().all(|(k, _)| *k != Broken::AppliedUnchosen)
-                },
+                holds: |_, s: &ReplicaState| s.intact(Broken::AppliedUnchosen),
             },
             Property {
                 name: "nothing is sent before the records it reports are durable",
                 expectation: Expectation::Always,
-                holds: |_, s: &ReplicaState| s.broken.iter().all(|(k, _)| *k != Broken::SentEarly),
+                holds: |_, s: &ReplicaState| s.intact(Broken::SentEarly),
             },
             Property {
                 name: "a read returns every write acknowledged before it began",
                 expectation: Expectation::Always,
-                holds: |_, s: &ReplicaState| s.broken.iter().all(|(k, _)| *k != Broken::StaleRead),
+                holds: |_, s: &ReplicaState| s.intact(Broken::StaleRead),
             },
             Property {
                 name: "a write takes effect once, however often it is proposed",
                 expectation: Expectation::Always,
-                holds: |_, s: &ReplicaState| {
-                    s.broken.iter().all(|(k, _)| *k != Broken::AppliedTwice)
-                },
+                holds: |_, s: &ReplicaState| s.intact(Broken::AppliedTwice),
             },
             Property {
                 name: "membership changes are chosen at least alpha slots apart",
