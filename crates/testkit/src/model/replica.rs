@@ -30,6 +30,12 @@
 //!   to `reads` linearizable reads at any replica, and, in a reconfiguration
 //!   scenario, one membership change asked of any replica.
 //!
+//! A search starts from a cluster that just started, one that elected a
+//! leader, or one deeper still that a scripted prefix of the same steps
+//! reaches (see [`Start`]): some paths to harm are longer than a search
+//! that finishes can walk from the beginning, and the prefix walks the
+//! part of them that needs no choice.
+//!
 //! # What is checked, in every state
 //!
 //! - agreement: every state machine applies the same value in each slot;
@@ -167,6 +173,49 @@ impl Scenario {
     }
 }
 
+/// Where a search begins. Every start but `Fresh` is reached by a scripted
+/// prefix of the same steps the search takes, without faults but the cuts
+/// it names; the search then explores everything from there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// A cluster that has just started: nobody leads.
+    Fresh,
+    /// A leader elected and its no-op applied everywhere.
+    Elected,
+    /// A replacement that two founders missed. The leader adds replica 4
+    /// as a learner, then replaces the highest founder that does not lead
+    /// by it while that founder is cut off; the change and the no-op that
+    /// brings it into force are chosen with the third founder. With that
+    /// one cut off too, write `a` is chosen in the first slot the new
+    /// membership governs, by the leader and replica 4 alone, and 4
+    /// snapshots and compacts its log. Then the leader is cut off for good
+    /// and the two founders come back: a quorum of the old membership that
+    /// never saw `a` chosen. A leader they elect learns that `a`'s slot is
+    /// chosen only from replica 4's promise, which it asks for after its
+    /// election, and which reports the slot as its commit point, not as a
+    /// vote (4 compacted it).
+    ReplacedBehind,
+}
+
+impl Start {
+    pub fn parse(name: &str) -> Option<Start> {
+        match name {
+            "fresh" => Some(Start::Fresh),
+            "elected" => Some(Start::Elected),
+            "replaced-behind" => Some(Start::ReplacedBehind),
+            _ => None,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Start::Fresh => " just started",
+            Start::Elected => " with a leader elected",
+            Start::ReplacedBehind => " after a replacement that two founders missed",
+        }
+    }
+}
+
 /// The configuration to explore.
 #[derive(Clone, Debug)]
 pub struct ReplicaModel {
@@ -199,9 +248,8 @@ pub struct ReplicaModel {
     /// Disks sync by steps of their own (otherwise a batch is durable as
     /// soon as it is written, as a host that writes synchronously does).
     pub lag: bool,
-    /// Start from a cluster that has elected a leader and committed its
-    /// no-op without faults (otherwise from a cluster that just started).
-    pub elected: bool,
+    /// Where the search begins.
+    pub start: Start,
     /// The network delivers in rounds: a `Round` step delivers every
     /// message sent before it (and syncs every disk), instead of one
     /// message per step. Fewer interleavings, so longer runs.
@@ -243,7 +291,7 @@ impl Default for ReplicaModel {
             changes: 1,
             alpha: 2,
             lag: false,
-            elected: true,
+            start: Start::Elected,
             rounds: false,
             isolations: 0,
             every_send_counts: false,
@@ -453,16 +501,6 @@ impl ReplicaModel {
         (1..=(self.replicas + spares) as NodeId).collect()
     }
 
-    /// Whether the search finds `bug` in its configuration. The one it does
-    /// not: a leader that ignores the commit point of a late promise does
-    /// harm only when the promiser compacted slots the leader never saw
-    /// chosen, which takes a promotion, a change of leader and a
-    /// compaction, deeper than a search that finishes reaches. The
-    /// simulator catches it.
-    pub fn caught_by_the_model(bug: KvBug) -> bool {
-        bug != KvBug::LatePromiseIgnoresCommit
-    }
-
     /// A configuration in which the broken variant `bug` shows.
     pub fn for_bug(bug: KvBug) -> ReplicaModel {
         let base = ReplicaModel {
@@ -489,7 +527,7 @@ impl ReplicaModel {
             },
             KvBug::ApplyBeforeChosen => ReplicaModel {
                 ticks: 2,
-                elected: false,
+                start: Start::Fresh,
                 ..base
             },
             KvBug::RetryAppliedTwice => ReplicaModel {
@@ -505,13 +543,13 @@ impl ReplicaModel {
             KvBug::PersistedBeforeSync => ReplicaModel {
                 ticks: 2,
                 lag: true,
-                elected: false,
+                start: Start::Fresh,
                 ..base
             },
             KvBug::HostSendsBeforeDurable => ReplicaModel {
                 ticks: 2,
                 lag: true,
-                elected: false,
+                start: Start::Fresh,
                 ..base
             },
             KvBug::ConfigBeforeChosen => ReplicaModel {
@@ -525,12 +563,14 @@ impl ReplicaModel {
                 scenario: Some(Scenario::Remove),
                 ..base
             },
-            // Not caught within bounds a search can finish: see
-            // `caught_by_the_model`.
+            // Harm takes a replacement, a change of leader and a
+            // compaction: the search starts after the first and the last.
             KvBug::LatePromiseIgnoresCommit => ReplicaModel {
-                ticks: 3,
-                rounds: true,
-                scenario: Some(Scenario::Add),
+                ticks: 1,
+                writes: 0,
+                start: Start::ReplacedBehind,
+                scenario: Some(Scenario::Replace),
+                changes: 2,
                 ..base
             },
             KvBug::OverlappingChanges => ReplicaModel {
@@ -972,6 +1012,97 @@ impl ReplicaModel {
         panic!("a calm start elected no leader in {CALM_ROUNDS} rounds")
     }
 
+    /// Calm rounds, in which the replicas of `cut` (a mask of ids) send and
+    /// receive nothing, until `done`.
+    fn settle_until(
+        &self,
+        s: &mut ReplicaState,
+        cut: u32,
+        what: &str,
+        done: impl Fn(&ReplicaState) -> bool,
+    ) {
+        s.isolated = cut;
+        let reaches = |e: &(u64, NodeId, NodeId, Message)| cut & (1 << e.1 | 1 << e.2) == 0;
+        s.network.retain(reaches);
+        for _ in 0..CALM_ROUNDS {
+            if done(s) {
+                return;
+            }
+            self.calm_round(s);
+        }
+        panic!("the scripted start did not get {what} in {CALM_ROUNDS} rounds");
+    }
+
+    /// The start [`Start::ReplacedBehind`] describes, from an elected
+    /// cluster of three.
+    fn replaced_behind(&self, mut s: ReplicaState) -> ReplicaState {
+        assert_eq!(
+            self.replicas, 3,
+            "the replaced-behind start has three founders"
+        );
+        let leader = self.first_leader(&s);
+        let changes = Scenario::Replace.changes(self.replicas, leader);
+        let [join, replace] = &changes[..] else {
+            unreachable!("a replacement is two changes");
+        };
+        let Change::Replace { old, new: spare } = *replace else {
+            unreachable!("the second change of a replacement replaces");
+        };
+        let other = (1..=3)
+            .find(|&id| id != leader && id != old)
+            .unwrap_or(leader);
+        let applied = |s: &ReplicaState, id: NodeId, value: &Value| {
+            s.nodes[self.index(id)]
+                .applied
+                .iter()
+                .position(|v| v == value)
+        };
+        for change in [join, replace] {
+            Arc::make_mut(&mut s.nodes[self.index(leader)])
+                .replica
+                .propose_change(change.clone())
+                .expect("the scripted start's change is valid");
+            s.changes += 1;
+            self.carry_out(&mut s, leader);
+            if change == join {
+                // Every replica, the learner included, applies the join.
+                let join = Value::Change(join.clone());
+                self.settle_until(&mut s, 0, "the learner caught up", |s| {
+                    self.ids()
+                        .into_iter()
+                        .all(|id| applied(s, id, &join).is_some())
+                });
+            }
+        }
+        // The replacement and the slots before it takes force, chosen by the
+        // leader and `other` while `old` hears nothing.
+        let replaced = Value::Change(replace.clone());
+        let alpha = self.alpha as usize;
+        self.settle_until(&mut s, 1 << old, "the replacement chosen", |s| {
+            let node = &s.nodes[self.index(leader)];
+            applied(s, leader, &replaced).is_some_and(|at| node.applied.len() >= at + alpha)
+        });
+        // Write `a`, chosen by the new membership without `other` or `old`.
+        let write = command(0);
+        Arc::make_mut(&mut s.nodes[self.index(leader)])
+            .replica
+            .propose(write.clone())
+            .expect("the leader takes a write");
+        s.issued |= 1;
+        self.carry_out(&mut s, leader);
+        let cut = 1 << old | 1 << other;
+        self.settle_until(&mut s, cut, "write a applied by the spare", |s| {
+            s.nodes[self.index(spare)]
+                .applied
+                .iter()
+                .any(|v| v.commands().contains(&write))
+        });
+        self.compact(&mut s, spare);
+        // The old leader is gone for good; `other` and `old` are back.
+        self.settle_until(&mut s, 1 << leader, "the old leader cut off", |_| true);
+        s
+    }
+
     fn deliver(&self, state: &mut ReplicaState, from: NodeId, to: NodeId, mut message: Message) {
         if self.bug == Some(KvBug::IgnorePromisedValues)
             && let Message::Promise { entries, .. } = &mut message
@@ -989,11 +1120,7 @@ impl ReplicaModel {
         let mut parts = vec![format!(
             "{} replicas{}, {} write(s), {} read(s), {} tick(s)",
             self.replicas,
-            if self.elected {
-                " with a leader elected"
-            } else {
-                " just started"
-            },
+            self.start.describe(),
             self.writes,
             self.reads,
             self.ticks
@@ -1141,10 +1268,10 @@ impl Model for ReplicaModel {
             reads: Vec::new(),
             broken: Vec::new(),
         };
-        vec![if self.elected {
-            self.elected(start)
-        } else {
-            start
+        vec![match self.start {
+            Start::Fresh => start,
+            Start::Elected => self.elected(start),
+            Start::ReplacedBehind => self.replaced_behind(self.elected(start)),
         }]
     }
 
@@ -1547,7 +1674,7 @@ mod tests {
         check_all(&ReplicaModel {
             ticks: 2,
             writes: 0,
-            elected: false,
+            start: Start::Fresh,
             ..ReplicaModel::default()
         });
     }
@@ -1603,6 +1730,34 @@ mod tests {
             ..reduced.clone()
         };
         assert!(count(&reduced) < count(&unreduced));
+    }
+
+    /// From the replaced-behind start, one configuration that the correct
+    /// replica passes in a complete search and that a leader ignoring a late
+    /// promise's commit point fails.
+    #[test]
+    fn a_late_promise_is_heeded_after_a_missed_replacement() {
+        let correct = ReplicaModel {
+            ticks: 6,
+            rounds: true,
+            ..ReplicaModel::for_bug(KvBug::LatePromiseIgnoresCommit)
+        };
+        let correct = ReplicaModel {
+            bug: None,
+            ..correct
+        };
+        check_all(&correct);
+        let broken = ReplicaModel {
+            bug: Some(KvBug::LatePromiseIgnoresCommit),
+            ..correct
+        };
+        let report = explore(&broken, Options::default());
+        let agreement = report
+            .findings
+            .iter()
+            .find(|f| f.name.starts_with("agreement"))
+            .expect("agreement is checked");
+        assert!(!agreement.ok(), "the broken leader was not caught");
     }
 
     #[test]
