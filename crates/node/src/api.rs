@@ -100,6 +100,9 @@ pub struct StatusReport {
     pub http_addr: String,
     pub data_dir: String,
     pub version: String,
+    /// The cluster this node belongs to (`crate::cluster::ClusterId`).
+    #[serde(default)]
+    pub cluster_id: String,
     pub uptime_seconds: u64,
     pub members: Vec<MemberStatus>,
     /// The voters and learners of the membership in force (the log's, which

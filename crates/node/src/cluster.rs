@@ -15,6 +15,17 @@
 //!
 //! The same record answers a joining node's request on the peer port: the
 //! memberships the answering member knows, and every address it knows.
+//!
+//! # The cluster id
+//!
+//! A cluster is named by a random 128-bit id made when it is founded, kept in
+//! `DIR/cluster` by every member and checked in every peer handshake
+//! (`crate::net`), so that a node never joins or answers a cluster other
+//! than its own, even when addresses are reused. The founder with the lowest
+//! id makes it on its first start; every other founder asks that one for
+//! it before its own first start completes, a joining node is told it with
+//! the membership, and a node that rejoins asks the members. A data
+//! directory written before ids existed (format 1) gets one the same way.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -29,7 +40,8 @@ use paxos::replica::Configs;
 use crate::config::NODE_ID_MAX;
 use crate::datadir::CLUSTER_FILE;
 
-const CLUSTER_FILE_FORMAT: u8 = 1;
+/// Format 2 added the cluster id; format 1 is still read.
+const CLUSTER_FILE_FORMAT: u8 = 2;
 /// Longest address kept.
 const ADDR_BYTES_MAX: usize = 512;
 
@@ -60,9 +72,59 @@ impl Addrs {
     }
 }
 
+/// The name of one cluster (see the module notes). Never zero: zero on the
+/// wire means "no cluster yet".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClusterId(u128);
+
+impl ClusterId {
+    /// A fresh random id. The randomness is the operating system's, through
+    /// the standard library's hash keys: each `RandomState` is seeded from
+    /// it, so hashing the time under two fresh states yields 128 bits no
+    /// other cluster will draw.
+    pub fn generate() -> ClusterId {
+        use std::hash::{BuildHasher, Hasher};
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let mut halves = [0u64; 2];
+        for half in &mut halves {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(now);
+            h.write_u32(std::process::id());
+            *half = h.finish();
+        }
+        let id = u128::from(halves[0]) << 64 | u128::from(halves[1]);
+        ClusterId(id.max(1))
+    }
+
+    /// The id from its wire form; `None` for zero.
+    pub fn from_u128(id: u128) -> Option<ClusterId> {
+        (id != 0).then_some(ClusterId(id))
+    }
+
+    pub fn as_u128(self) -> u128 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for ClusterId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+/// The wire form of an optional id: zero for none.
+pub fn id_on_wire(id: Option<ClusterId>) -> u128 {
+    id.map_or(0, ClusterId::as_u128)
+}
+
 /// What `DIR/cluster` holds, and what a member tells a joining node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterFile {
+    /// The cluster's id; `None` only in a file of format 1, until the node
+    /// learns or makes one.
+    pub id: Option<ClusterId>,
     /// The window α of the cluster, fixed when it was founded.
     pub alpha: u64,
     /// The founding voters; empty for a node that joined.
@@ -87,6 +149,7 @@ impl ClusterFile {
     pub fn encode(&self) -> Bytes {
         let mut out = BytesMut::with_capacity(256);
         out.put_u8(CLUSTER_FILE_FORMAT);
+        out.put_u128(id_on_wire(self.id));
         put_varint(&mut out, self.alpha);
         put_count(&mut out, self.founders.len());
         for &id in &self.founders {
@@ -121,7 +184,23 @@ impl ClusterFile {
         if crc32c(body) != u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]]) {
             return Err(invalid("cluster record", "checksum mismatch"));
         }
-        let mut r = Reader::with_format(body, "cluster record", CLUSTER_FILE_FORMAT)?;
+        let mut r = Reader::new(body);
+        let format = r.u8("cluster record format")?;
+        if !(1..=CLUSTER_FILE_FORMAT).contains(&format) {
+            return Err(DecodeError::UnknownFormat {
+                what: "cluster record",
+                found: format,
+                expected: CLUSTER_FILE_FORMAT,
+            });
+        }
+        let cluster_id = if format >= 2 {
+            let bytes = r.take("the cluster id", 16)?;
+            let mut raw = [0u8; 16];
+            raw.copy_from_slice(bytes);
+            ClusterId::from_u128(u128::from_be_bytes(raw))
+        } else {
+            None
+        };
         let id = |r: &mut Reader<'_>| -> Result<NodeId, DecodeError> {
             let id = r.varint("a member id")?;
             if id == 0 || id > NODE_ID_MAX {
@@ -158,6 +237,7 @@ impl ClusterFile {
         };
         r.finish()?;
         Ok(ClusterFile {
+            id: cluster_id,
             alpha,
             founders,
             book,
@@ -203,6 +283,7 @@ pub fn directory(file: &ClusterFile, configs: &Configs, me: NodeId) -> Bytes {
         return Bytes::new();
     }
     ClusterFile {
+        id: file.id,
         alpha: configs.alpha(),
         founders: file.founders.clone(),
         book: address_book(file, configs),
@@ -247,6 +328,7 @@ mod tests {
             },
         );
         ClusterFile {
+            id: Some(ClusterId::generate()),
             alpha: 8,
             founders: vec![1, 2],
             book,
@@ -270,6 +352,45 @@ mod tests {
             assert!(ClusterFile::decode(&Bytes::from(bad)).is_err(), "bit {i}");
             assert!(ClusterFile::decode(&bytes.slice(..i)).is_err(), "cut {i}");
         }
+    }
+
+    #[test]
+    fn a_record_of_format_1_reads_without_a_cluster_id() {
+        // Format 1, as the release before cluster ids wrote it: alpha 8,
+        // founders [1, 2], no addresses, no memberships.
+        let mut old = BytesMut::new();
+        old.put_u8(1);
+        put_varint(&mut old, 8);
+        put_count(&mut old, 2);
+        put_varint(&mut old, 1);
+        put_varint(&mut old, 2);
+        put_count(&mut old, 0);
+        old.put_u8(0);
+        let crc = crc32c(&old);
+        old.put_u32(crc);
+        let file = ClusterFile::decode(&old.freeze()).expect("format 1 is read");
+        assert_eq!(file.id, None);
+        assert_eq!(file.founders, vec![1, 2]);
+        // Written again, it is format 2 and keeps the id it was given.
+        let named = ClusterFile {
+            id: Some(ClusterId::generate()),
+            ..file
+        };
+        let again = ClusterFile::decode(&named.encode()).expect("decodes");
+        assert_eq!(again, named);
+        assert_eq!(named.encode()[0], CLUSTER_FILE_FORMAT);
+    }
+
+    #[test]
+    fn cluster_ids_are_never_zero_and_differ() {
+        let ids: std::collections::BTreeSet<ClusterId> =
+            (0..1000).map(|_| ClusterId::generate()).collect();
+        assert_eq!(ids.len(), 1000);
+        assert!(ids.iter().all(|id| id.as_u128() != 0));
+        let id = *ids.iter().next().expect("a thousand ids");
+        assert_eq!(id.to_string().len(), 32);
+        assert_eq!(ClusterId::from_u128(id.as_u128()), Some(id));
+        assert_eq!(ClusterId::from_u128(0), None);
     }
 
     #[test]

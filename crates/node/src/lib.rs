@@ -41,7 +41,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{Instrument, info, warn};
 
 pub use self::api::NodeHandle;
-use self::cluster::ClusterFile;
+use self::cluster::{ClusterFile, ClusterId};
 pub use self::config::NodeConfig;
 use self::datadir::DataDir;
 use self::replica_task::{Channels, Published, ReplicaTask};
@@ -114,26 +114,51 @@ impl Node {
         let span = tracing::info_span!("node", id = config.id);
         let id = config.id;
 
+        // What the data directory says is checked before any peer is asked.
+        DataDir::open(&config.data_dir, config.id)?;
+        let kept = ClusterFile::load(&config.data_dir).map_err(|e| StartError::DataDir {
+            dir: config.data_dir.clone(),
+            reason: e.to_string(),
+        })?;
         // A node that joins asks a member for the membership first (only
         // on its first start: later its data directory has it).
-        let told = if config.join.is_empty()
-            || cluster::ClusterFile::load(&config.data_dir)
-                .map_err(|e| StartError::Config(e.to_string()))?
-                .is_some()
-        {
+        let told = if config.join.is_empty() || kept.is_some() {
             None
         } else {
             Some(join(&config).instrument(span.clone()).await?)
         };
         // A node told it lost its state checks that it may rejoin.
         let now = if config.rejoin {
-            Some(membership_now(&config).instrument(span.clone()).await)
+            Some(
+                membership_now(&config, kept.as_ref())
+                    .instrument(span.clone())
+                    .await,
+            )
         } else {
             None
         };
+        let cluster_id = match (kept.as_ref().and_then(|f| f.id), &told, &now) {
+            (Some(id), _, _) => id,
+            (None, Some(told), _) => told.id.ok_or_else(|| {
+                StartError::Config("the member that answered has no cluster id".to_owned())
+            })?,
+            (None, None, Some(Ok((_, Some(id))))) => *id,
+            (None, None, Some(Err(e))) => {
+                return Err(StartError::Config(format!(
+                    "--rejoin needs the other members to answer, and none did ({e}); start it \
+                     again once they are up"
+                )));
+            }
+            _ => {
+                find_cluster_id(&config, kept.as_ref())
+                    .instrument(span.clone())
+                    .await?
+            }
+        };
+        let now = now.map(|now| now.map(|(configs, _)| configs));
         // Opening replays the whole log: blocking work, off the runtime.
         let opening = config.clone();
-        let opened = tokio::task::spawn_blocking(move || open(&opening, told, now))
+        let opened = tokio::task::spawn_blocking(move || open(&opening, told, now, cluster_id))
             .await
             .map_err(|e| StartError::Thread(io::Error::other(e.to_string())))??;
         let Opened {
@@ -217,6 +242,7 @@ impl Node {
 
         let identity = Identity {
             id,
+            cluster: Some(cluster_id),
             client_addr: config.client_addr.clone(),
             http_addr: config.http_addr.clone(),
         };
@@ -375,9 +401,10 @@ fn open(
     config: &NodeConfig,
     told: Option<ClusterFile>,
     now: Option<Result<Configs, String>>,
+    cluster_id: ClusterId,
 ) -> Result<Opened, StartError> {
     let data_dir = DataDir::open(&config.data_dir, config.id)?;
-    let cluster = cluster_file(config, &data_dir, told)?;
+    let cluster = cluster_file(config, &data_dir, told, cluster_id)?;
     let mut moved_aside = Vec::new();
     let mut opened = match open_state(config, &data_dir) {
         // The operator says this node's state is lost: whatever is damaged
@@ -462,34 +489,97 @@ fn may_rejoin(
     Ok(())
 }
 
-/// Asks every other member this node knows of for the membership, for a
-/// rejoin: the newest membership any of them reports. Every other founder
-/// must answer (the rejoin needs them all anyway), so that one that lags
-/// behind a change cannot hide it.
-async fn membership_now(config: &NodeConfig) -> Result<Configs, String> {
-    let file = ClusterFile::load(&config.data_dir).ok().flatten();
+/// The peer addresses of every other member this node knows of: from
+/// `--members`, then from its `DIR/cluster`.
+fn other_members(config: &NodeConfig, kept: Option<&ClusterFile>) -> BTreeMap<NodeId, String> {
     let mut addrs: BTreeMap<NodeId, String> = config
         .members
         .iter()
         .filter(|(id, _)| **id != config.id)
         .map(|(&id, a)| (id, a.clone()))
         .collect();
-    if let Some(file) = &file {
-        for (&id, a) in &file.book {
-            if id != config.id {
-                addrs.entry(id).or_insert_with(|| a.peer.clone());
-            }
+    for (&id, a) in kept.iter().flat_map(|file| &file.book) {
+        if id != config.id {
+            addrs.entry(id).or_insert_with(|| a.peer.clone());
         }
     }
+    addrs
+}
+
+/// How node `config.id` introduces itself before it starts: as a member of
+/// the cluster its data directory names, if it names one.
+fn asking_identity(config: &NodeConfig, kept: Option<&ClusterFile>) -> Identity {
+    Identity {
+        id: config.id,
+        cluster: kept.and_then(|f| f.id),
+        client_addr: config.client_addr.clone(),
+        http_addr: config.http_addr.clone(),
+    }
+}
+
+/// The cluster id of a data directory that names none yet (a founder's
+/// first start, or a directory of format 1): the lowest founder makes it;
+/// every other node asks the members until one has it (see `cluster`).
+async fn find_cluster_id(
+    config: &NodeConfig,
+    kept: Option<&ClusterFile>,
+) -> Result<ClusterId, StartError> {
+    let founders: Vec<NodeId> = match kept {
+        Some(file) => file.founders.clone(),
+        None => config.members.keys().copied().collect(),
+    };
+    let lowest = founders.iter().min().copied();
+    if !config.rejoin && lowest == Some(config.id) {
+        let id = ClusterId::generate();
+        info!(cluster_id = %id, "made the cluster id, as the founder with the lowest id");
+        return Ok(id);
+    }
+    let addrs = other_members(config, kept);
+    if addrs.is_empty() {
+        return Err(StartError::Config(
+            "no other member is known to ask for the cluster id; give --members".to_owned(),
+        ));
+    }
+    let identity = asking_identity(config, kept);
+    let mut told_to_wait = false;
+    loop {
+        for (peer, addr) in &addrs {
+            let answer = net::ask_membership(&identity, addr, &config.transport).await;
+            let file = answer
+                .ok()
+                .and_then(|bytes| ClusterFile::decode(&bytes).ok());
+            if let Some(id) = file.and_then(|f| f.id) {
+                info!(cluster_id = %id, peer, "learned the cluster id");
+                return Ok(id);
+            }
+        }
+        if !told_to_wait {
+            info!(
+                founder = ?lowest,
+                "waiting for the cluster id: the founder with the lowest id makes it on its \
+                 first start, and no member has it yet"
+            );
+            told_to_wait = true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// Asks every other member this node knows of for the membership, for a
+/// rejoin: the newest membership any of them reports, and the cluster id
+/// they name. Every other founder must answer (the rejoin needs them all
+/// anyway), so that one that lags behind a change cannot hide it.
+async fn membership_now(
+    config: &NodeConfig,
+    kept: Option<&ClusterFile>,
+) -> Result<(Configs, Option<ClusterId>), String> {
+    let addrs = other_members(config, kept);
     if addrs.is_empty() {
         return Err("no other member is known".to_owned());
     }
-    let identity = Identity {
-        id: config.id,
-        client_addr: config.client_addr.clone(),
-        http_addr: config.http_addr.clone(),
-    };
+    let identity = asking_identity(config, kept);
     let mut newest: Option<Configs> = None;
+    let mut cluster_id: Option<ClusterId> = None;
     let mut silent = Vec::new();
     for (id, addr) in &addrs {
         let answer = net::ask_membership(&identity, addr, &config.transport)
@@ -501,9 +591,25 @@ async fn membership_now(config: &NodeConfig) -> Result<Configs, String> {
                     return Ok(None);
                 }
                 ClusterFile::decode(&bytes)
-                    .map(|f| f.joined_configs())
+                    .map(|f| Some((f.joined_configs(), f.id)))
                     .map_err(|e| e.to_string())
             });
+        let answer = match answer {
+            Ok(Some((configs, Some(theirs)))) => match cluster_id {
+                Some(ours) if ours != theirs => {
+                    return Err(format!(
+                        "the members name two clusters ({ours} and {theirs}); check --members"
+                    ));
+                }
+                _ => {
+                    cluster_id = Some(theirs);
+                    Ok(configs)
+                }
+            },
+            Ok(Some((configs, None))) => Ok(configs),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
         match answer {
             Ok(Some(configs)) => {
                 let later = newest
@@ -522,7 +628,7 @@ async fn membership_now(config: &NodeConfig) -> Result<Configs, String> {
         .keys()
         .any(|id| *id != config.id && silent.iter().any(|s| s.starts_with(&format!("node {id} "))));
     match newest {
-        Some(configs) if !founders_silent => Ok(configs),
+        Some(configs) if !founders_silent => Ok((configs, cluster_id)),
         _ => Err(silent.join("; ")),
     }
 }
@@ -534,6 +640,7 @@ fn cluster_file(
     config: &NodeConfig,
     data_dir: &DataDir,
     told: Option<ClusterFile>,
+    cluster_id: ClusterId,
 ) -> Result<ClusterFile, StartError> {
     let dir = data_dir.root();
     let found = ClusterFile::load(dir).map_err(|e| StartError::DataDir {
@@ -567,6 +674,16 @@ fn cluster_file(
                 );
             }
         }
+        if file.id.is_none() {
+            // Written before clusters had ids: name it now, durably.
+            let file = ClusterFile {
+                id: Some(cluster_id),
+                ..file
+            };
+            data_dir.write_cluster(&file.encode())?;
+            info!(%cluster_id, "the data directory names its cluster from now on");
+            return Ok(file);
+        }
         return Ok(file);
     }
     let file = if let Some(told) = told {
@@ -591,6 +708,7 @@ fn cluster_file(
             })
             .collect();
         ClusterFile {
+            id: Some(cluster_id),
             alpha: config.alpha,
             founders: config.members.keys().copied().collect(),
             book,
@@ -603,6 +721,10 @@ fn cluster_file(
                 .to_owned(),
         ));
     };
+    let file = ClusterFile {
+        id: Some(cluster_id),
+        ..file
+    };
     data_dir.write_cluster(&file.encode())?;
     Ok(file)
 }
@@ -611,11 +733,7 @@ fn cluster_file(
 /// with a membership that names this node (started before `PAXOS MEMBER
 /// ADD`, it waits for it).
 async fn join(config: &NodeConfig) -> Result<ClusterFile, StartError> {
-    let identity = Identity {
-        id: config.id,
-        client_addr: config.client_addr.clone(),
-        http_addr: config.http_addr.clone(),
-    };
+    let identity = asking_identity(config, None);
     let mut told_to_wait = false;
     let mut failures: std::collections::BTreeMap<String, String> = Default::default();
     loop {
@@ -642,6 +760,10 @@ async fn join(config: &NodeConfig) -> Result<ClusterFile, StartError> {
                 warn!(%addr, "the member answered without a membership; retrying");
                 continue;
             };
+            if file.id.is_none() {
+                warn!(%addr, "the member answered without a cluster id (an older release?); retrying");
+                continue;
+            }
             let latest = configs.latest();
             if latest.retired.contains(&config.id) {
                 return Err(StartError::Config(format!(

@@ -621,6 +621,11 @@ impl ReplicaTask {
             http_addr: self.config.http_addr.clone(),
             data_dir: self.data_dir.root().display().to_string(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            cluster_id: self
+                .membership
+                .file
+                .id
+                .map_or_else(String::new, |id| id.to_string()),
             uptime_seconds: self.started.elapsed().as_secs(),
             members,
             voters: in_force.voters().collect(),

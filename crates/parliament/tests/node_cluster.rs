@@ -20,6 +20,7 @@ use host::HostStats;
 use host::SnapshotPolicy;
 use kv::{Command, Reply, SetCondition};
 use node::api::{NodeError, NodeHandle, ReadMode};
+use node::cluster::{ClusterFile, ClusterId};
 use node::{Node, NodeConfig, StartError};
 use storage::wal::FsyncPolicy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -453,6 +454,67 @@ async fn a_node_that_lost_its_disk_rejoins_as_a_learner() {
         read(&c.handle(lost), Command::Get(b("k19"))).await,
         bulk("v")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_founders_share_one_cluster_id_and_refuse_a_node_of_another() {
+    // Founders 2 and 3 start first and wait for founder 1 to make the id.
+    let mut c = Cluster::new("cluster-id", 3, &[]).await;
+    let mut waiting = Vec::new();
+    for id in [2, 3] {
+        let config = c.config(id);
+        let listener = TcpListener::bind(&c.members[&id]).await.unwrap();
+        waiting.push((id, tokio::spawn(Node::start(config, listener))));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        waiting.iter().all(|(_, w)| !w.is_finished()),
+        "they wait for node 1"
+    );
+    c.start(1).await;
+    for (id, w) in waiting {
+        c.nodes.insert(id, w.await.unwrap().unwrap());
+    }
+    let ids: Vec<String> = (1..=3).map(|id| c.handle(id).status().cluster_id).collect();
+    assert_eq!(ids[0].len(), 32, "{ids:?}");
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    let leader = c.leader().await;
+    write_ok(&c.handle(leader), 1, set("k", "1")).await;
+
+    // Another cluster's node 3 comes up at node 3's address (here: node 3's
+    // own data, renamed to another cluster).
+    c.stop(3).await;
+    let dir = c.config(3).data_dir;
+    let mut file = ClusterFile::load(&dir).unwrap().unwrap();
+    file.id = Some(ClusterId::generate());
+    std::fs::write(dir.join("cluster"), file.encode()).unwrap();
+    c.start(3).await;
+    let stranger = c.handle(3);
+    let before = stranger.status().applied_slot;
+    let leader = eventually("nodes 1 and 2 agree on a leader of theirs", || async {
+        let views: Vec<Option<u64>> = [1, 2].map(|id| c.handle(id).status().leader_id).into();
+        let leader = views[0].filter(|&l| l != 3 && views[1] == Some(l))?;
+        (c.handle(leader).status().role == "leader").then_some(leader)
+    })
+    .await;
+    for i in 0..5 {
+        write_ok(&c.handle(leader), 1, set("k", &format!("v{i}"))).await;
+    }
+    // Nodes 1 and 2 moved on; nothing of theirs reaches node 3, and
+    // neither sees a live link to it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let s = stranger.status();
+    assert_eq!(
+        s.applied_slot, before,
+        "node 3 learned from another cluster"
+    );
+    assert_ne!(s.role, "leader");
+    assert!(c.handle(leader).status().commit_slot > before);
+    for id in [1, 2] {
+        let view = c.handle(id).status();
+        let three = view.members.iter().find(|m| m.id == 3).unwrap();
+        assert!(!three.connected, "node {id} keeps a link to node 3");
+    }
 }
 
 /// Asks node `h` for a membership request and returns the reply.

@@ -106,6 +106,7 @@ fn follower() -> StatusReport {
         http_addr: "127.0.0.1:8001".to_owned(),
         data_dir: "data/1".to_owned(),
         version: "0.1.0".to_owned(),
+        cluster_id: "000000000000000000000000000000c1".to_owned(),
         uptime_seconds: 7,
         members: vec![
             member(1, true, None),

@@ -9,7 +9,8 @@
 //! The handshake is the first frame in each direction:
 //!
 //! ```text
-//! magic "PRLM" | peer protocol u8 | wire format u8 | from u64 BE | to u64 BE
+//! magic "PRLM" | highest peer protocol u8 | wire format u8
+//! | lowest peer protocol u8 | cluster id u128 BE | from u64 BE | to u64 BE
 //! | client address (u16 BE length, UTF-8) | HTTP address (u16 BE length, UTF-8)
 //! ```
 //!
@@ -17,6 +18,17 @@
 //! address that points at the wrong node is caught on both ends. A node
 //! that is joining does not know who answers at the address it was given:
 //! it sends `to` 0 and may then only ask for the membership (a join frame).
+//! The cluster id (`crate::cluster::ClusterId`) must be the receiver's own;
+//! only a node that has none yet (joining, or founding) sends 0, and it too
+//! may then only ask for the membership.
+//!
+//! Versions are negotiated: the connecting side offers the range of peer
+//! protocols it speaks, the accepting side answers with the highest both
+//! speak (its reply's range is that one version), or refuses when the
+//! ranges do not meet. A release speaks its own protocol and the one
+//! before, so a rolling upgrade runs with members of both. Protocol 3 is the
+//! first that negotiates; nodes of protocol 2 and before are refused with
+//! the versions named, and a cluster of them is upgraded by stopping it.
 //!
 //! Every later frame starts with a kind byte ([`FrameKind`]) and then holds
 //! one payload of that kind:
@@ -43,8 +55,11 @@ use storage::wire;
 /// The first bytes of every handshake.
 pub const HANDSHAKE_MAGIC: [u8; 4] = *b"PRLM";
 /// Version of the framing and handshake. Bumped on any incompatible change
-/// (2: every frame after the handshake starts with its kind).
-pub const PEER_PROTOCOL: u8 = 2;
+/// (2: every frame after the handshake starts with its kind; 3: the
+/// handshake carries the cluster id and a range of versions).
+pub const PEER_PROTOCOL: u8 = 3;
+/// The oldest peer protocol this release still speaks.
+pub const PEER_PROTOCOL_MIN: u8 = 3;
 /// Largest handshake frame accepted: it arrives before the sender is known.
 pub const HANDSHAKE_BYTES_MAX: u32 = 4096;
 /// Bytes of the length prefix.
@@ -64,10 +79,18 @@ pub enum FrameError {
     #[error("not a parliament peer (bad handshake magic)")]
     BadMagic,
     #[error(
-        "peer speaks protocol {theirs} with wire format {their_wire}; this node speaks protocol {PEER_PROTOCOL} with wire format {}",
+        "peer speaks protocols {their_lowest}..={theirs} with wire format {their_wire}; this node speaks protocols {PEER_PROTOCOL_MIN}..={PEER_PROTOCOL} with wire format {}: run releases at most one apart, or stop every node to upgrade across more",
         wire::WIRE_FORMAT
     )]
-    Version { theirs: u8, their_wire: u8 },
+    Version {
+        their_lowest: u8,
+        theirs: u8,
+        their_wire: u8,
+    },
+    #[error(
+        "peer belongs to cluster {theirs}, this node to cluster {mine}: a node never talks to another cluster (a reused address, a copied data directory, or a restored backup)"
+    )]
+    OtherCluster { theirs: String, mine: String },
     #[error("malformed handshake: {0}")]
     Handshake(&'static str),
     #[error("undecodable message: {0}")]
@@ -139,6 +162,11 @@ pub fn split_kind(frame: Bytes) -> Result<(FrameKind, Bytes), FrameError> {
 /// The opening frame of a peer connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Handshake {
+    /// The peer protocols the sender speaks; in a reply, the one agreed.
+    pub lowest: u8,
+    pub highest: u8,
+    /// The sender's cluster id; 0 for a node that has none yet.
+    pub cluster: u128,
     pub from: NodeId,
     pub to: NodeId,
     pub client_addr: String,
@@ -149,8 +177,10 @@ impl Handshake {
     pub fn encode(&self) -> Bytes {
         let mut out = BytesMut::with_capacity(64);
         out.put_slice(&HANDSHAKE_MAGIC);
-        out.put_u8(PEER_PROTOCOL);
+        out.put_u8(self.highest);
         out.put_u8(wire::WIRE_FORMAT);
+        out.put_u8(self.lowest);
+        out.put_u128(self.cluster);
         out.put_u64(self.from);
         out.put_u64(self.to);
         for addr in [&self.client_addr, &self.http_addr] {
@@ -169,12 +199,20 @@ impl Handshake {
             return Err(FrameError::BadMagic);
         }
         let version = r.take("the versions", 2).map_err(short)?;
-        if version != [PEER_PROTOCOL, wire::WIRE_FORMAT] {
+        let (highest, their_wire) = (version[0], version[1]);
+        if highest < PEER_PROTOCOL_MIN || their_wire != wire::WIRE_FORMAT {
+            // Older handshakes have no range: what follows is not ours to read.
             return Err(FrameError::Version {
-                theirs: version[0],
-                their_wire: version[1],
+                their_lowest: highest,
+                theirs: highest,
+                their_wire,
             });
         }
+        let lowest = r.u8("the lowest version").map_err(short)?;
+        let cluster = r.take("the cluster id", 16).map_err(short)?;
+        let mut raw = [0u8; 16];
+        raw.copy_from_slice(cluster);
+        let cluster = u128::from_be_bytes(raw);
         let from = r.u64_be("the sender").map_err(short)?;
         let to = r.u64_be("the receiver").map_err(short)?;
         let client_addr = addr(&mut r)?;
@@ -182,11 +220,49 @@ impl Handshake {
         if r.finish().is_err() {
             return Err(FrameError::Handshake("bytes left over"));
         }
+        if lowest > highest {
+            return Err(FrameError::Handshake("an empty range of versions"));
+        }
         Ok(Handshake {
+            lowest,
+            highest,
+            cluster,
             from,
             to,
             client_addr,
             http_addr,
+        })
+    }
+
+    /// The highest peer protocol both this node and the sender speak.
+    pub fn agree(&self) -> Result<u8, FrameError> {
+        let top = self.highest.min(PEER_PROTOCOL);
+        if top < self.lowest.max(PEER_PROTOCOL_MIN) {
+            return Err(FrameError::Version {
+                their_lowest: self.lowest,
+                theirs: self.highest,
+                their_wire: wire::WIRE_FORMAT,
+            });
+        }
+        Ok(top)
+    }
+
+    /// Whether the sender belongs to cluster `mine`; a sender without a
+    /// cluster is let through only when `joining`.
+    pub fn check_cluster(&self, mine: u128, joining: bool) -> Result<(), FrameError> {
+        if self.cluster == mine || (self.cluster == 0 && joining) {
+            return Ok(());
+        }
+        let name = |id: u128| {
+            if id == 0 {
+                "none yet".to_owned()
+            } else {
+                format!("{id:032x}")
+            }
+        };
+        Err(FrameError::OtherCluster {
+            theirs: name(self.cluster),
+            mine: name(mine),
         })
     }
 }
@@ -242,6 +318,9 @@ mod tests {
 
     fn hello() -> Handshake {
         Handshake {
+            lowest: PEER_PROTOCOL_MIN,
+            highest: PEER_PROTOCOL,
+            cluster: 0x1234_5678_9abc_def0_0fed_cba9_8765_4321,
             from: 2,
             to: 3,
             client_addr: "127.0.0.1:6380".to_owned(),
@@ -255,13 +334,59 @@ mod tests {
     }
 
     #[test]
-    fn a_handshake_from_another_version_is_refused() {
-        let mut bytes = hello().encode().to_vec();
-        bytes[4] = PEER_PROTOCOL + 1;
+    fn versions_are_agreed_within_the_ranges_both_speak() {
+        let mut newer = hello();
+        newer.highest = PEER_PROTOCOL + 1;
+        let agreed = Handshake::decode(&newer.encode()).unwrap().agree().unwrap();
+        assert_eq!(agreed, PEER_PROTOCOL, "the highest both speak");
+        let mut far = hello();
+        far.lowest = PEER_PROTOCOL + 1;
+        far.highest = PEER_PROTOCOL + 2;
         assert!(matches!(
-            Handshake::decode(&bytes),
-            Err(FrameError::Version { theirs, .. }) if theirs == PEER_PROTOCOL + 1
+            Handshake::decode(&far.encode()).unwrap().agree(),
+            Err(FrameError::Version { their_lowest, .. }) if their_lowest == PEER_PROTOCOL + 1
         ));
+    }
+
+    #[test]
+    fn a_handshake_of_another_cluster_is_refused() {
+        let h = hello();
+        assert!(h.check_cluster(h.cluster, false).is_ok());
+        let err = h.check_cluster(7, false).unwrap_err();
+        assert!(matches!(err, FrameError::OtherCluster { .. }));
+        assert!(
+            err.to_string().contains(&format!("{:032x}", h.cluster)),
+            "{err}"
+        );
+        let stranger = Handshake {
+            cluster: 0,
+            ..hello()
+        };
+        assert!(
+            stranger.check_cluster(7, true).is_ok(),
+            "a joining node has none yet"
+        );
+        assert!(stranger.check_cluster(7, false).is_err());
+    }
+
+    #[test]
+    fn a_handshake_from_another_version_is_refused() {
+        // Protocol 2's handshake: no range, no cluster id.
+        let mut old = BytesMut::new();
+        old.put_slice(&HANDSHAKE_MAGIC);
+        old.put_u8(2);
+        old.put_u8(wire::WIRE_FORMAT);
+        old.put_u64(2);
+        old.put_u64(3);
+        old.put_u16(0);
+        old.put_u16(0);
+        let err = Handshake::decode(&old).unwrap_err();
+        assert!(
+            matches!(err, FrameError::Version { theirs: 2, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("protocols 2..=2"), "{err}");
+        let mut bytes = hello().encode().to_vec();
         bytes[0] = b'G';
         assert!(matches!(
             Handshake::decode(&bytes),

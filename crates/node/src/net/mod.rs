@@ -48,9 +48,10 @@ use tracing::{Instrument, debug, info, warn};
 use host::transfer::SnapshotFrame;
 
 use self::frame::{
-    FrameError, FrameKind, HANDSHAKE_BYTES_MAX, Handshake, KIND_FRAME_OVERHEAD_BYTES, put_frame,
-    put_kind_frame, read_frame, split_kind,
+    FrameError, FrameKind, HANDSHAKE_BYTES_MAX, Handshake, KIND_FRAME_OVERHEAD_BYTES,
+    PEER_PROTOCOL, PEER_PROTOCOL_MIN, put_frame, put_kind_frame, read_frame, split_kind,
 };
+use crate::cluster::{ClusterId, id_on_wire};
 use crate::config::SnapshotTransferConfig;
 use crate::metrics::Metrics;
 use storage::wire;
@@ -121,8 +122,27 @@ impl Default for TransportConfig {
 #[derive(Clone, Debug)]
 pub struct Identity {
     pub id: NodeId,
+    /// The node's cluster; `None` only before it has learned or made one
+    /// (a node asking for the membership to join or found a cluster).
+    pub cluster: Option<ClusterId>,
     pub client_addr: String,
     pub http_addr: String,
+}
+
+impl Identity {
+    /// This node's opening handshake to `to`, offering every protocol it
+    /// speaks.
+    fn hello(&self, to: NodeId) -> Handshake {
+        Handshake {
+            lowest: PEER_PROTOCOL_MIN,
+            highest: PEER_PROTOCOL,
+            cluster: id_on_wire(self.cluster),
+            from: self.id,
+            to,
+            client_addr: self.client_addr.clone(),
+            http_addr: self.http_addr.clone(),
+        }
+    }
 }
 
 /// What the transport knows of one peer.
@@ -463,12 +483,7 @@ struct Ctx {
 
 impl Ctx {
     fn hello(&self, to: NodeId) -> Handshake {
-        Handshake {
-            from: self.identity.id,
-            to,
-            client_addr: self.identity.client_addr.clone(),
-            http_addr: self.identity.http_addr.clone(),
-        }
+        self.identity.hello(to)
     }
 
     fn ms(ms: u64) -> Duration {
@@ -533,6 +548,19 @@ async fn inbound(ctx: &Ctx, stream: TcpStream) -> Result<(), FrameError> {
     };
     let me = ctx.identity.id;
     let joining = hello.to == 0;
+    let agreed = hello.agree()?;
+    let mut reply = BytesMut::new();
+    let mut answer = ctx.hello(hello.from);
+    answer.lowest = agreed;
+    answer.highest = agreed;
+    let mine = id_on_wire(ctx.identity.cluster);
+    if let Err(e) = hello.check_cluster(mine, joining) {
+        // Tell the other side who we are, so that it reports the mismatch
+        // too, then hang up.
+        put_frame(&mut reply, &answer.encode());
+        let _ = timeout(limit, writer.write_all(&reply)).await;
+        return Err(e);
+    }
     if hello.to != me && !joining {
         return Err(FrameError::Handshake(
             "the peer meant to reach another node id (check --members)",
@@ -551,8 +579,7 @@ async fn inbound(ctx: &Ctx, stream: TcpStream) -> Result<(), FrameError> {
         return Err(FrameError::Handshake("sender is not a member"));
     }
     let peer = hello.from;
-    let mut reply = BytesMut::new();
-    put_frame(&mut reply, &ctx.hello(peer).encode());
+    put_frame(&mut reply, &answer.encode());
     timeout(limit, writer.write_all(&reply))
         .await
         .map_err(|_| FrameError::Handshake("handshake reply timed out"))??;
@@ -625,13 +652,7 @@ pub async fn ask_membership(
     .map_err(|_| FrameError::Handshake("connect timed out"))??;
     let (mut reader, mut writer) = stream.into_split();
     let mut out = BytesMut::new();
-    let hello = Handshake {
-        from: identity.id,
-        to: 0,
-        client_addr: identity.client_addr.clone(),
-        http_addr: identity.http_addr.clone(),
-    };
-    put_frame(&mut out, &hello.encode());
+    put_frame(&mut out, &identity.hello(0).encode());
     put_kind_frame(&mut out, FrameKind::Join, &[]);
     timeout(limit, writer.write_all(&out))
         .await
@@ -641,6 +662,10 @@ pub async fn ask_membership(
             return Err(FrameError::Handshake("the member closed the connection"));
         };
         let reply = Handshake::decode(&reply)?;
+        reply.agree()?;
+        if identity.cluster.is_some() {
+            reply.check_cluster(id_on_wire(identity.cluster), false)?;
+        }
         if reply.to != identity.id {
             return Err(FrameError::Handshake(
                 "the answer was meant for another node",
@@ -822,6 +847,8 @@ async fn connect(ctx: &Ctx, peer: NodeId, addr: &str) -> Result<Halves, FrameErr
         Ok(Err(e)) => return Err(e),
         Err(_) => return Err(FrameError::Handshake("no handshake reply in time")),
     };
+    reply.agree()?;
+    reply.check_cluster(id_on_wire(ctx.identity.cluster), false)?;
     if reply.from != peer || reply.to != ctx.identity.id {
         warn!(
             peer,

@@ -273,9 +273,10 @@ fn info_section(
         "server" => write!(
             out,
             "# Server\r\nredis_version:{REDIS_VERSION}\r\nparliament_version:{VERSION}\r\n\
-             redis_mode:standalone\r\nnode_id:{}\r\nprocess_id:{}\r\ntcp_port:{}\r\n\
-             uptime_in_seconds:{}\r\nuptime_in_days:{}\r\n",
+             redis_mode:standalone\r\nnode_id:{}\r\ncluster_id:{}\r\nprocess_id:{}\r\n\
+             tcp_port:{}\r\nuptime_in_seconds:{}\r\nuptime_in_days:{}\r\n",
             ctx.config.node_id,
+            status.cluster_id,
             std::process::id(),
             state.local.map_or(0, |a| a.port()),
             status.uptime_seconds,

@@ -200,6 +200,7 @@ fn status_report(id: u64, store: &Store, index: u64) -> StatusReport {
         http_addr: String::new(),
         data_dir: String::new(),
         version: super::introspection::VERSION.to_owned(),
+        cluster_id: String::new(),
         uptime_seconds: 0,
         members: vec![MemberStatus {
             id,
