@@ -210,6 +210,70 @@ fn cluster_nodes_never_outlive_the_cluster_process() {
 }
 
 #[test]
+fn cluster_moves_off_taken_default_ports_and_names_what_holds_them() {
+    let dir = Scratch::new("ports");
+    let data = dir.0.join("data").display().to_string();
+    // Port 6379 is taken: by this test if it was free, else by whoever
+    // holds it (a Redis server, say).
+    let _held = TcpListener::bind("127.0.0.1:6379").ok();
+    let args: Vec<String> = [
+        "cluster", "--nodes", "1", "--dir", &data, "--fsync", "never",
+    ]
+    .map(String::from)
+    .into();
+    let mut p = Proc::spawn(&args, &dir.0.join("moved.log"));
+    let base: u16 = eventually("the cluster says where it listens", || {
+        let log = p.log();
+        let line = log.lines().find(|l| l.starts_with("connect:"))?;
+        line.rsplit(' ').next()?.parse().ok()
+    });
+    assert_ne!(base, 6379);
+    let log = p.log();
+    assert!(
+        log.contains("port 6379 (node 1's client port) is taken by"),
+        "{log}"
+    );
+    assert!(log.contains(&format!("using ports from {base}")), "{log}");
+    let recorded = std::fs::read_to_string(dir.0.join("data/ports")).unwrap();
+    assert_eq!(recorded.trim(), base.to_string());
+    eventually("node 1 listens", || accepting(base).then_some(()));
+    let pid = p.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(p.wait_exit().success(), "{}", p.log());
+
+    // A base given with --port that is taken: an error that names the
+    // port, what it is for, and what holds it.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let other = dir.0.join("other").display().to_string();
+    let args: Vec<String> = [
+        "cluster",
+        "--nodes",
+        "1",
+        "--dir",
+        &other,
+        "--port",
+        &port.to_string(),
+    ]
+    .map(String::from)
+    .into();
+    let mut p = Proc::spawn(&args, &dir.0.join("taken.log"));
+    assert!(!p.wait_exit().success());
+    let log = p.log();
+    assert!(
+        log.contains(&format!("port {port} (node 1's client port) is taken by")),
+        "{log}"
+    );
+    assert!(log.contains("--port"), "{log}");
+}
+
+#[test]
 fn a_node_with_a_damaged_log_stops_and_rejoins_with_the_flag() {
     let mut c = ServeCluster::start("damaged");
     c.leader(None);

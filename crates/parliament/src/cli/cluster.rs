@@ -6,6 +6,11 @@
 //! keeps its data in `DIR/node-i`, so running the command again finds the
 //! same data.
 //!
+//! Without `--port`, a new cluster takes the first base from 6379 up (in
+//! steps of ten) whose ports are all free, says which ones were taken and by
+//! what, and records the base in `DIR/ports`: the members keep each other's
+//! addresses, so later runs over the same data use the same ports.
+//!
 //! `--add ID` grows a cluster already running with the same settings: it
 //! starts node `ID` (on the same port scheme) joining nodes 1 to
 //! `--nodes`, asks them to add it (`PAXOS MEMBER ADD`), and runs it until
@@ -38,9 +43,11 @@ pub struct ClusterArgs {
     /// Directory for the nodes' data (node i in DIR/node-i).
     #[arg(long, default_value = "parliament-data")]
     dir: PathBuf,
-    /// Client port of node 1; peer ports start 1000 above, HTTP ports 2000 above.
-    #[arg(long, default_value_t = CLIENT_PORT)]
-    port: u16,
+    /// Client port of node 1; peer ports start 1000 above, HTTP ports 2000
+    /// above. Default: 6379, or the first free base above it for a new
+    /// cluster, or the one `DIR/ports` records for an existing one.
+    #[arg(long)]
+    port: Option<u16>,
     /// Passed to every node (`never` is unsafe; for benchmarks).
     #[arg(long, value_enum)]
     fsync: Option<Fsync>,
@@ -129,20 +136,142 @@ impl Drop for Children {
     }
 }
 
-fn plan(args: &ClusterArgs) -> Result<Vec<Plan>> {
-    (1..=args.nodes).map(|i| plan_node(args, i)).collect()
+fn plan(args: &ClusterArgs, base: u16) -> Result<Vec<Plan>> {
+    (1..=args.nodes).map(|i| plan_node(args, base, i)).collect()
+}
+
+/// Where the base port of the cluster in `dir` is recorded.
+fn ports_file(dir: &std::path::Path) -> PathBuf {
+    dir.join("ports")
+}
+
+/// The base port recorded for the cluster in `dir`, if one is.
+fn recorded_base(dir: &std::path::Path) -> Result<Option<u16>> {
+    let path = ports_file(dir);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map(Some)
+            .with_context(|| format!("{} should hold a port number", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Every port of `nodes` nodes from `base`, with what it is for.
+fn ports_of(base: u16, nodes: u16) -> Vec<(u16, String)> {
+    let mut ports = Vec::new();
+    for i in 1..=nodes {
+        for (offset, what) in [
+            (0, "client"),
+            (PEER_PORT_OFFSET, "peer"),
+            (HTTP_PORT_OFFSET, "HTTP"),
+        ] {
+            let port = u32::from(base) + u32::from(offset) + u32::from(i) - 1;
+            if let Ok(port) = u16::try_from(port) {
+                ports.push((port, format!("node {i}'s {what} port")));
+            }
+        }
+    }
+    ports
+}
+
+/// The ports of `nodes` nodes from `base` that cannot be bound, each with
+/// what it is for and what holds it.
+fn taken_ports(base: u16, nodes: u16) -> Vec<String> {
+    ports_of(base, nodes)
+        .into_iter()
+        .filter(|(port, _)| std::net::TcpListener::bind(("127.0.0.1", *port)).is_err())
+        .map(|(port, what)| format!("port {port} ({what}) is taken by {}", port_owner(port)))
+        .collect()
+}
+
+/// Which program listens on `port`, as far as this machine tells: the
+/// listening socket in `/proc/net/tcp*` and the process holding it.
+fn port_owner(port: u16) -> String {
+    let inode = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .find_map(|table| {
+            let text = std::fs::read_to_string(table).ok()?;
+            text.lines().skip(1).find_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let local = fields.get(1)?;
+                let listening = fields.get(3) == Some(&"0A");
+                let hex_port = local.rsplit(':').next()?;
+                let matches = u16::from_str_radix(hex_port, 16).ok() == Some(port);
+                (listening && matches).then(|| fields.get(9).map(|s| s.to_string()))?
+            })
+        });
+    let owner = inode.and_then(|inode| {
+        let target = format!("socket:[{inode}]");
+        std::fs::read_dir("/proc")
+            .ok()?
+            .flatten()
+            .find_map(|proc_dir| {
+                let pid: u32 = proc_dir.file_name().to_str()?.parse().ok()?;
+                let fds = std::fs::read_dir(proc_dir.path().join("fd")).ok()?;
+                let holds = fds.flatten().any(|fd| {
+                    std::fs::read_link(fd.path()).is_ok_and(|l| l.to_str() == Some(&target))
+                });
+                if !holds {
+                    return None;
+                }
+                let name = std::fs::read_to_string(proc_dir.path().join("comm")).ok()?;
+                Some(format!("{} (pid {pid})", name.trim()))
+            })
+    });
+    owner.unwrap_or_else(|| "another program".to_owned())
+}
+
+/// The base port: `--port`, else the one recorded for the cluster in
+/// `--dir`, else the first free one from the default up (a new cluster).
+/// Every port must be free, or this says which is not, what holds it, and
+/// what to do.
+fn choose_base(args: &ClusterArgs) -> Result<u16> {
+    let (base, why) = match (args.port, recorded_base(&args.dir)?) {
+        (Some(port), _) => (port, "pick another base with --port"),
+        (None, Some(port)) => (
+            port,
+            "the cluster in this directory was started on these ports and its members keep \
+             each other's addresses: stop what holds them, or use another --dir",
+        ),
+        (None, None) => {
+            let mut base = CLIENT_PORT;
+            for _ in 0..50 {
+                let taken = taken_ports(base, args.nodes);
+                if taken.is_empty() {
+                    if base != CLIENT_PORT {
+                        let first = taken_ports(CLIENT_PORT, args.nodes);
+                        println!(
+                            "{}; using ports from {base} instead (--port picks the base)",
+                            first.join("; ")
+                        );
+                    }
+                    return Ok(base);
+                }
+                base = base.saturating_add(10);
+            }
+            bail!(
+                "no free ports for {} nodes from {CLIENT_PORT} up; give --port",
+                args.nodes
+            );
+        }
+    };
+    let taken = taken_ports(base, args.nodes);
+    if !taken.is_empty() {
+        bail!("{}; {why}", taken.join("; "));
+    }
+    Ok(base)
 }
 
 /// Node `i`'s addresses and directory.
-fn plan_node(args: &ClusterArgs, i: u16) -> Result<Plan> {
-    let last = u32::from(args.port) + u32::from(HTTP_PORT_OFFSET) + u32::from(i) - 1;
+fn plan_node(args: &ClusterArgs, base: u16, i: u16) -> Result<Plan> {
+    let last = u32::from(base) + u32::from(HTTP_PORT_OFFSET) + u32::from(i) - 1;
     if last > u32::from(u16::MAX) {
-        bail!(
-            "--port {} leaves no room for node {i}'s HTTP port (up to {last})",
-            args.port
-        );
+        bail!("--port {base} leaves no room for node {i}'s HTTP port (up to {last})");
     }
-    let port = u32::from(args.port) + u32::from(i) - 1;
+    let port = u32::from(base) + u32::from(i) - 1;
     Ok(Plan {
         id: u64::from(i),
         client: format!("127.0.0.1:{port}"),
@@ -156,7 +285,11 @@ pub fn run(args: ClusterArgs) -> Result<ExitCode> {
     if let Some(id) = args.add {
         return add(&args, id);
     }
-    let plans = plan(&args)?;
+    let base = choose_base(&args)?;
+    let plans = plan(&args, base)?;
+    std::fs::create_dir_all(&args.dir)
+        .and_then(|()| std::fs::write(ports_file(&args.dir), format!("{base}\n")))
+        .with_context(|| format!("cannot record the ports in {}", args.dir.display()))?;
     let exe = std::env::current_exe().context("cannot find this program's executable")?;
     let members: Vec<String> = plans
         .iter()
@@ -209,14 +342,19 @@ fn run_until_stopped(mut children: Children) -> Result<ExitCode> {
 /// `--add ID`: starts node `id` joining the running cluster, asks the
 /// cluster to add it, and runs it until Ctrl-C.
 fn add(args: &ClusterArgs, id: u16) -> Result<ExitCode> {
-    let others = plan(args)?;
+    // The running cluster's ports: given, or recorded where it keeps its data.
+    let base = match args.port {
+        Some(port) => port,
+        None => recorded_base(&args.dir)?.unwrap_or(CLIENT_PORT),
+    };
+    let others = plan(args, base)?;
     if others.iter().any(|p| p.id == u64::from(id)) {
         bail!(
             "node {id} is one of the first --nodes {}; pick an id above them",
             args.nodes
         );
     }
-    let me = plan_node(args, id)?;
+    let me = plan_node(args, base, id)?;
     let exe = std::env::current_exe().context("cannot find this program's executable")?;
     let seeds: Vec<String> = others.iter().map(|p| p.peer.clone()).collect();
     let mut children = Children {
@@ -261,9 +399,8 @@ fn add(args: &ClusterArgs, id: u16) -> Result<ExitCode> {
     if !added {
         children.stop();
         bail!(
-            "no member of the cluster on ports {}.. answered; start it first with \
+            "no member of the cluster on ports {base}.. answered; start it first with \
              `parliament cluster --nodes {}`",
-            args.port,
             args.nodes
         );
     }
