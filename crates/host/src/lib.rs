@@ -280,6 +280,12 @@ impl<T> Host<T> {
     }
 
     /// The last slot applied to the store.
+    /// While the replica rejoins: the peers it still waits to hear from
+    /// (see `paxos::replica::Replica::rejoin_waiting_for`).
+    pub fn rejoin_waiting_for(&self) -> Option<Vec<NodeId>> {
+        self.replica.rejoin_waiting_for()
+    }
+
     pub fn applied(&self) -> Slot {
         self.applied
     }

@@ -114,6 +114,13 @@ pub struct StatusReport {
     pub learners: Vec<u64>,
     #[serde(default)]
     pub config_slot: u64,
+    /// The node lost its state (or was started with `--rejoin`) and does not
+    /// vote until the rejoin completes; it waits for these members to
+    /// answer (empty once all did).
+    #[serde(default)]
+    pub rejoining: bool,
+    #[serde(default)]
+    pub rejoin_waiting_for: Vec<u64>,
 }
 
 /// A cheap, clonable handle on the replica task.

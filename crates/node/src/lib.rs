@@ -144,10 +144,7 @@ impl Node {
             })?,
             (None, None, Some(Ok((_, Some(id))))) => *id,
             (None, None, Some(Err(e))) => {
-                return Err(StartError::Config(format!(
-                    "--rejoin needs the other members to answer, and none did ({e}); start it \
-                     again once they are up"
-                )));
+                return Err(StartError::Config(rejoin_blocked(e)));
             }
             _ => {
                 find_cluster_id(&config, kept.as_ref())
@@ -200,10 +197,10 @@ impl Node {
         {
             let _enter = span.enter();
             if durable.rejoining {
-                warn!("rejoining as a learner: this node votes again once it has caught up safely");
-            } else if config.rejoin {
-                info!(
-                    "the log on disk is whole; starting from it (--rejoin acts only on a lost or damaged log)"
+                warn!(
+                    "rejoining as a learner: this node votes again once every other member \
+                     has answered and it has caught up safely (do not keep --rejoin in a \
+                     service definition: every start with it rejoins again)"
                 );
             }
         }
@@ -423,12 +420,16 @@ fn open(
         }
         other => other?,
     };
-    // A rejoin starts with its mark made durable, before anything is sent:
-    // should the node stop before it completes, it restarts rejoining even
-    // without the flag, never as an empty voter.
-    if config.rejoin && opened.storage.durable() == &Durable::default() {
+    // `--rejoin` says the state on disk cannot be trusted: lost, damaged, or
+    // an old copy put back (a restored backup, whole but stale, has forgotten
+    // the promises made since). Whatever the log holds, the node rejoins:
+    // the mark forgets every vote it holds and keeps what it knows chosen.
+    // The mark is made durable before anything is sent: should the node
+    // stop before the rejoin completes, it restarts rejoining even without
+    // the flag, never as a voter with forgotten promises.
+    if config.rejoin && !opened.storage.durable().rejoining {
         may_rejoin(config.id, &cluster, now.as_ref())?;
-        if opened.loaded.is_some() {
+        if opened.loaded.is_some() && opened.storage.durable() == &Durable::default() {
             return Err(StartError::SnapshotsWithoutLog {
                 dir: config.data_dir.clone(),
             });
@@ -443,6 +444,15 @@ fn open(
         client_epoch,
         cluster,
     })
+}
+
+/// Why a rejoin cannot start, and what to do.
+fn rejoin_blocked(why: &str) -> String {
+    format!(
+        "--rejoin needs every other member up and voting, and not all are ({why}). Start \
+         this node again once they are. If every member was started with --rejoin, or more \
+         than one lost its state, the cluster cannot rebuild itself: see docs/recovery.md"
+    )
 }
 
 /// Whether node `id`, which lost its state, may rejoin under its old id:
@@ -465,10 +475,7 @@ fn may_rejoin(
     let configs = match now {
         None => return Ok(()),
         Some(Err(e)) => {
-            return Err(StartError::Config(format!(
-                "--rejoin needs the other members to answer, and none did ({e}); start it \
-                 again once they are up"
-            )));
+            return Err(StartError::Config(rejoin_blocked(e)));
         }
         Some(Ok(configs)) => configs,
     };
@@ -547,7 +554,7 @@ async fn find_cluster_id(
             let answer = net::ask_membership(&identity, addr, &config.transport).await;
             let file = answer
                 .ok()
-                .and_then(|bytes| ClusterFile::decode(&bytes).ok());
+                .and_then(|a| ClusterFile::decode(&a.directory).ok());
             if let Some(id) = file.and_then(|f| f.id) {
                 info!(cluster_id = %id, peer, "learned the cluster id");
                 return Ok(id);
@@ -585,12 +592,17 @@ async fn membership_now(
         let answer = net::ask_membership(&identity, addr, &config.transport)
             .await
             .map_err(|e| e.to_string())
-            .and_then(|bytes| {
-                if bytes.is_empty() {
+            .and_then(|answer| {
+                if answer.rejoining {
+                    return Err("it is rejoining itself, and a rejoin needs every other \
+                         member voting"
+                        .to_owned());
+                }
+                if answer.directory.is_empty() {
                     // Removed itself: whatever it knows is out of date.
                     return Ok(None);
                 }
-                ClusterFile::decode(&bytes)
+                ClusterFile::decode(&answer.directory)
                     .map(|f| Some((f.joined_configs(), f.id)))
                     .map_err(|e| e.to_string())
             });
@@ -741,11 +753,11 @@ async fn join(config: &NodeConfig) -> Result<ClusterFile, StartError> {
             let answer = net::ask_membership(&identity, addr, &config.transport)
                 .await
                 .map_err(|e| e.to_string())
-                .and_then(|bytes| {
-                    if bytes.is_empty() {
+                .and_then(|answer| {
+                    if answer.directory.is_empty() {
                         return Err("this member was removed from the cluster".to_owned());
                     }
-                    ClusterFile::decode(&bytes).map_err(|e| e.to_string())
+                    ClusterFile::decode(&answer.directory).map_err(|e| e.to_string())
                 });
             let file = match answer {
                 Ok(file) => file,

@@ -128,7 +128,12 @@ pub struct ReplicaTask {
     next_publish: Instant,
     membership: Membership,
     admin: Vec<AdminWait>,
+    /// When the log last said what a rejoin waits for.
+    rejoin_reported: Option<Instant>,
 }
+
+/// How often a rejoin that waits says so in the log.
+const REJOIN_REPORT_EVERY: Duration = Duration::from_secs(10);
 
 impl ReplicaTask {
     #[allow(clippy::too_many_arguments)]
@@ -165,6 +170,7 @@ impl ReplicaTask {
             next_publish: now,
             membership,
             admin: Vec::new(),
+            rejoin_reported: None,
         }
     }
 
@@ -544,6 +550,40 @@ impl ReplicaTask {
         }
     }
 
+    /// Says in the log, every so often, what a rejoin waits for: a rejoin
+    /// needs every other member to answer, so one that waits long is
+    /// usually one the operator must act on.
+    fn report_rejoin(&mut self, waiting: Option<&[NodeId]>) {
+        let Some(waiting) = waiting else {
+            self.rejoin_reported = None;
+            return;
+        };
+        let now = Instant::now();
+        if self
+            .rejoin_reported
+            .is_some_and(|at| now < at + REJOIN_REPORT_EVERY)
+        {
+            return;
+        }
+        if self.rejoin_reported.is_some() {
+            if waiting.is_empty() {
+                info!(
+                    "still rejoining: every member answered; waiting for a leader above the \
+                     ballots this node may have voted in, and for the log up to its term"
+                );
+            } else {
+                warn!(
+                    ?waiting,
+                    "still rejoining: a rejoin needs an answer from every other member, and \
+                     these have not answered (down, unreachable, or rejoining themselves). \
+                     Bring them up; if more than one member lost its state, see \
+                     docs/recovery.md"
+                );
+            }
+        }
+        self.rejoin_reported = Some(now);
+    }
+
     /// Publishes the status, at most once a tick unless `now`.
     fn publish(&mut self, now: bool) {
         self.follow_membership();
@@ -554,6 +594,7 @@ impl ReplicaTask {
         }
         self.next_publish = instant + self.config.tick();
         let status = self.host.status();
+        let rejoin = self.host.rejoin_waiting_for();
         let peers = self.peers.snapshot();
         let progress: std::collections::BTreeMap<u64, u64> = self
             .host
@@ -631,7 +672,11 @@ impl ReplicaTask {
             voters: in_force.voters().collect(),
             learners: in_force.learners().collect(),
             config_slot: config_slot.0,
+            rejoining: rejoin.is_some(),
+            rejoin_waiting_for: rejoin.clone().unwrap_or_default(),
         };
+        self.peers.set_rejoining(rejoin.is_some());
+        self.report_rejoin(rejoin.as_deref());
         self.published.status.send_if_modified(|current| {
             if *current == report {
                 false

@@ -116,6 +116,8 @@ fn follower() -> StatusReport {
         voters: vec![1, 2, 3],
         learners: Vec::new(),
         config_slot: 1,
+        rejoining: false,
+        rejoin_waiting_for: Vec::new(),
     }
 }
 

@@ -37,7 +37,7 @@
 //! |---|---|
 //! | 1, message | one [`storage::wire::encode_message`] payload |
 //! | 2, snapshot | one [`super::snapshot::SnapshotFrame`] (a snapshot transfer) |
-//! | 3, join | empty from a joining node; the answer is a `crate::cluster::ClusterFile` |
+//! | 3, join | empty from a node that asks; the answer is a status byte (1 if the member is rejoining) and a `crate::cluster::ClusterFile` |
 //!
 //! The first frame after the handshake decides what the connection is for:
 //! replica messages flowing one way, or one snapshot transfer flowing both
@@ -88,7 +88,7 @@ pub enum FrameError {
         their_wire: u8,
     },
     #[error(
-        "peer belongs to cluster {theirs}, this node to cluster {mine}: a node never talks to another cluster (a reused address, a copied data directory, or a restored backup)"
+        "peer belongs to cluster {theirs}, this node to cluster {mine}: a node never talks to another cluster (a reused address, a copied data directory, a restored backup, or a founder that lost its data directory and was started as new, which must be started with --rejoin instead)"
     )]
     OtherCluster { theirs: String, mine: String },
     #[error("malformed handshake: {0}")]

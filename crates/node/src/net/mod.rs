@@ -167,6 +167,9 @@ pub struct PeerTable {
     /// known (an encoded `crate::cluster::ClusterFile`), kept current by
     /// the replica task.
     directory: Mutex<Bytes>,
+    /// The node is rejoining: its answers carry no promise, and a node
+    /// that asks in order to rejoin itself must wait for it.
+    rejoining: std::sync::atomic::AtomicBool,
 }
 
 impl PeerTable {
@@ -186,6 +189,10 @@ impl PeerTable {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         f(peers.entry(peer).or_default());
+    }
+
+    pub fn set_rejoining(&self, rejoining: bool) {
+        self.rejoining.store(rejoining, Ordering::Relaxed);
     }
 
     /// Replaces what joining nodes are told.
@@ -627,8 +634,11 @@ where
     };
     expect_kind(frame, FrameKind::Join)?;
     let directory = ctx.table.directory();
-    let mut out = BytesMut::with_capacity(directory.len() + KIND_FRAME_OVERHEAD_BYTES);
-    put_kind_frame(&mut out, FrameKind::Join, &directory);
+    let mut payload = BytesMut::with_capacity(directory.len() + 1);
+    payload.extend_from_slice(&[u8::from(ctx.table.rejoining.load(Ordering::Relaxed))]);
+    payload.extend_from_slice(&directory);
+    let mut out = BytesMut::with_capacity(payload.len() + KIND_FRAME_OVERHEAD_BYTES);
+    put_kind_frame(&mut out, FrameKind::Join, &payload);
     timeout(limit, writer.write_all(&out))
         .await
         .map_err(|_| FrameError::Handshake("join answer timed out"))??;
@@ -636,13 +646,23 @@ where
     Ok(())
 }
 
-/// Asks the member at `addr` for the membership, as joining node `me`: the
-/// encoded `crate::cluster::ClusterFile` it answers.
+/// What a member answers a node that asks for the membership.
+#[derive(Clone, Debug)]
+pub struct MembershipAnswer {
+    /// The member is rejoining itself (it votes for nobody yet).
+    pub rejoining: bool,
+    /// The encoded `crate::cluster::ClusterFile`; empty from a member that
+    /// was removed.
+    pub directory: Bytes,
+}
+
+/// Asks the member at `addr` for the membership, as node `identity` (one
+/// that joins, founds or rejoins).
 pub async fn ask_membership(
     identity: &Identity,
     addr: &str,
     config: &TransportConfig,
-) -> Result<Bytes, FrameError> {
+) -> Result<MembershipAnswer, FrameError> {
     let limit = Duration::from_millis(config.handshake_timeout_ms);
     let stream = timeout(
         Duration::from_millis(config.connect_timeout_ms),
@@ -676,7 +696,20 @@ pub async fn ask_membership(
                 "the member closed the connection without an answer (is this node's id a member's?)",
             ));
         };
-        expect_kind(frame, FrameKind::Join)
+        let payload = expect_kind(frame, FrameKind::Join)?;
+        let rejoining = match payload.first() {
+            Some(0) => false,
+            Some(1) => true,
+            _ => {
+                return Err(FrameError::Handshake(
+                    "a membership answer without its status",
+                ));
+            }
+        };
+        Ok(MembershipAnswer {
+            rejoining,
+            directory: payload.slice(1..),
+        })
     };
     timeout(limit, exchange)
         .await

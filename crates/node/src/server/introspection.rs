@@ -325,7 +325,8 @@ fn paxos_section(out: &mut String, status: &StatusReport) -> std::fmt::Result {
     write!(
         out,
         "# Paxos\r\nrole:{}\r\nleader_id:{leader}\r\nballot:{}\r\ncommit_slot:{}\r\n\
-         applied_slot:{}\r\nlog_start:{}\r\nmembers:{}\r\nlearners:{}\r\nconfig_slot:{}\r\n",
+         applied_slot:{}\r\nlog_start:{}\r\nmembers:{}\r\nlearners:{}\r\nconfig_slot:{}\r\n\
+         rejoining:{}\r\nrejoin_waiting_for:{}\r\n",
         status.role,
         status.ballot,
         status.commit_slot,
@@ -334,6 +335,8 @@ fn paxos_section(out: &mut String, status: &StatusReport) -> std::fmt::Result {
         list(&status.voters),
         list(&status.learners),
         status.config_slot,
+        u8::from(status.rejoining),
+        list(&status.rejoin_waiting_for),
     )?;
     for m in &status.members {
         write!(

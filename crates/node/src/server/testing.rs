@@ -214,6 +214,8 @@ fn status_report(id: u64, store: &Store, index: u64) -> StatusReport {
         voters: vec![id],
         learners: Vec::new(),
         config_slot: 1,
+        rejoining: false,
+        rejoin_waiting_for: Vec::new(),
     }
 }
 

@@ -50,6 +50,10 @@ pub struct ReplicaArgs {
     /// Lost disks (the replica rejoins).
     #[arg(long)]
     wipes: Option<u8>,
+    /// Replicas whose disk is replaced by a copy of what it held when the
+    /// search began, restarted with --rejoin.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=2))]
+    put_backs: Option<u8>,
     /// Snapshots taken (the log compacted behind them).
     #[arg(long)]
     compactions: Option<u8>,
@@ -153,6 +157,7 @@ fn replica(args: ReplicaArgs) -> Result<ExitCode> {
     set(&mut model.reads, args.reads);
     set(&mut model.crashes, args.crashes);
     set(&mut model.wipes, args.wipes);
+    set(&mut model.put_backs, args.put_backs);
     set(&mut model.dups, args.dups);
     set(&mut model.compactions, args.compactions);
     set(&mut model.isolations, args.isolations);

@@ -301,10 +301,11 @@ fn sim_kv(args: KvArgs) -> Result<ExitCode> {
         ran as f64 / elapsed.max(1e-9)
     );
     println!(
-        "disks: {} torn writes, {} crashes on a sync or snapshot boundary, {} damaged and {} rejoined, {} snapshots saved, {} installed from a peer",
+        "disks: {} torn writes, {} crashes on a sync or snapshot boundary, {} damaged ({} put back from an old copy) and {} rejoined, {} snapshots saved, {} installed from a peer",
         disk.torn_writes,
         disk.boundary_crashes,
         disk.damaged,
+        disk.restored,
         disk.rejoined,
         disk.snapshots,
         disk.installs

@@ -57,7 +57,19 @@ impl Durable {
                     self.chosen = self.chosen.split_off(&(*up_to + 1));
                 }
             }
-            Record::Rejoin => self.rejoining = true,
+            Record::Rejoin => {
+                // The state is treated as lost from here (see `rejoin.rs`):
+                // a restored copy may hold only some of the votes the
+                // replica gave, so it keeps none. What it knows chosen
+                // stays, as chosen values: a chosen value never changes.
+                let commit = self.commit;
+                for (slot, (_, value)) in std::mem::take(&mut self.accepted) {
+                    if slot <= commit {
+                        self.chosen.entry(slot).or_insert(value);
+                    }
+                }
+                self.rejoining = true;
+            }
             Record::Resume => self.rejoining = false,
         }
     }

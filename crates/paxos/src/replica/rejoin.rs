@@ -59,6 +59,21 @@ impl Replica {
         self.rejoin.is_some()
     }
 
+    /// While rejoining: the peers whose answer it still waits for (empty
+    /// once every peer answered and it waits for a leader above the floor
+    /// and for the log up to that leader's term). `None` when not rejoining.
+    pub fn rejoin_waiting_for(&self) -> Option<Vec<NodeId>> {
+        let rejoin = self.rejoin.as_ref()?;
+        if rejoin.floor.is_some() {
+            return Some(Vec::new());
+        }
+        Some(
+            self.peers()
+                .filter(|id| !rejoin.reported.contains_key(id))
+                .collect(),
+        )
+    }
+
     /// Called every tick while rejoining: ask again, at the heartbeat pace,
     /// until the peers have answered and a leader above the floor is known.
     pub(super) fn tick_rejoin(&mut self) {

@@ -657,6 +657,52 @@ fn a_replica_that_lost_its_disk_rejoins_as_a_learner_then_votes_again() {
 }
 
 #[test]
+fn a_replica_restored_from_an_old_copy_forgets_its_votes_and_rejoins() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    c.propose(leader, "a");
+    c.ticks(2);
+    let restored = (1..=3).find(|&id| id != leader).expect("a follower");
+    let copy = c.nodes[&restored].durable.clone();
+    for i in 0..5 {
+        c.propose(leader, &format!("b{i}"));
+    }
+    c.ticks(2);
+    c.crash(restored);
+    // The operator puts the old copy back and starts the node with
+    // `--rejoin`: the host appends the rejoin mark to the copy's log.
+    let mut disk = copy;
+    let mut stale = disk.clone();
+    stale.accepted.insert(
+        disk.commit + 1,
+        (
+            disk.promised,
+            Value::Batch(vec![Bytes::from_static(b"vote")]),
+        ),
+    );
+    disk = stale;
+    disk.apply(&Record::Rejoin);
+    assert!(disk.rejoining);
+    assert!(disk.accepted.is_empty(), "every vote is forgotten");
+    assert!(disk.chosen_value(disk.commit).is_some() || disk.commit == Slot::ZERO);
+    c.node(restored).durable = disk;
+    c.restart(restored);
+    assert_eq!(c.nodes[&restored].replica.status().role, RoleName::Learner);
+    for _ in 0..300 {
+        c.ticks(1);
+        if !c.nodes[&restored].replica.is_rejoining() {
+            break;
+        }
+    }
+    assert!(
+        !c.nodes[&restored].replica.is_rejoining(),
+        "the rejoin completes"
+    );
+    let cmds = c.commands(restored);
+    assert_eq!(cmds.len(), 6, "it learned what the copy missed: {cmds:?}");
+}
+
+#[test]
 fn a_rejoining_replica_waits_for_every_peer_and_survives_a_restart() {
     let mut c = Cluster::new(3);
     let leader = c.elect();

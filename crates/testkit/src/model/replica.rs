@@ -20,7 +20,10 @@
 //!   own, so a durability report can lag as far as the search likes;
 //! - **crashes**: up to `crashes` times a replica stops and restarts from its
 //!   disk, which keeps what was durable and any prefix of what was written
-//!   but not yet synced (a torn write); up to `wipes` times a replica loses
+//!   but not yet synced (a torn write); up to `put_backs` times a
+//!   replica's disk is replaced by a copy of what it held when the search
+//!   began (an old backup put back) and it restarts with `--rejoin`; up to
+//!   `wipes` times a replica loses
 //!   its disk and rejoins;
 //! - **snapshots**: up to `compactions` times a host snapshots its state
 //!   machine and its replica compacts the log behind it; a replica asked
@@ -234,6 +237,8 @@ pub struct ReplicaModel {
     pub fast_clocks: bool,
     pub crashes: u8,
     pub wipes: u8,
+    /// Disks replaced by the copy taken when the search began.
+    pub put_backs: u8,
     pub dups: u8,
     pub retries: u8,
     /// Snapshots a host takes (the replica compacts its log behind them).
@@ -270,6 +275,8 @@ pub struct ReplicaModel {
     /// leave it in place, so that they are about membership, not about
     /// handing over leadership.
     first_leader: std::sync::OnceLock<NodeId>,
+    /// Each replica as the search began: the copy a put-back restores.
+    copies: std::sync::OnceLock<Vec<Arc<Node>>>,
 }
 
 impl Default for ReplicaModel {
@@ -283,6 +290,7 @@ impl Default for ReplicaModel {
             fast_clocks: false,
             crashes: 0,
             wipes: 0,
+            put_backs: 0,
             dups: 0,
             retries: 0,
             compactions: 0,
@@ -299,6 +307,7 @@ impl Default for ReplicaModel {
             liveness: false,
             bug: None,
             first_leader: std::sync::OnceLock::new(),
+            copies: std::sync::OnceLock::new(),
         }
     }
 }
@@ -378,6 +387,7 @@ pub struct ReplicaState {
     pub skews: u8,
     pub crashes: u8,
     pub wipes: u8,
+    pub put_backs: u8,
     pub dups: u8,
     pub retries: u8,
     pub compactions: u8,
@@ -423,6 +433,7 @@ pub enum ReplicaAction {
         torn: usize,
     },
     Wipe(NodeId),
+    PutBack(NodeId),
     Compact(NodeId),
     Write {
         write: u8,
@@ -460,6 +471,10 @@ impl fmt::Debug for ReplicaAction {
                 "node {node} crashes with {torn} unsynced record(s) on disk, and restarts"
             ),
             ReplicaAction::Wipe(n) => write!(f, "node {n} loses its disk and restarts empty"),
+            ReplicaAction::PutBack(n) => write!(
+                f,
+                "node {n}'s disk is replaced by its copy from the start, and it restarts with --rejoin"
+            ),
             ReplicaAction::Compact(n) => {
                 write!(
                     f,
@@ -538,6 +553,11 @@ impl ReplicaModel {
             KvBug::RejoinVotesAtOnce => ReplicaModel {
                 ticks: 2,
                 wipes: 1,
+                ..base
+            },
+            KvBug::RejoinTrustsWholeLog => ReplicaModel {
+                ticks: 3,
+                put_backs: 1,
                 ..base
             },
             KvBug::PersistedBeforeSync => ReplicaModel {
@@ -1130,6 +1150,7 @@ impl ReplicaModel {
             (self.retries, "retry(ies)"),
             (self.crashes, "crash(es)"),
             (self.wipes, "lost disk(s)"),
+            (self.put_backs, "old copy(ies) put back"),
             (self.compactions, "compaction(s)"),
             (self.dups, "duplicate(s)"),
             (self.isolations, "isolation(s)"),
@@ -1257,6 +1278,7 @@ impl Model for ReplicaModel {
             skews: 0,
             crashes: 0,
             wipes: 0,
+            put_backs: 0,
             dups: 0,
             retries: 0,
             compactions: 0,
@@ -1268,11 +1290,13 @@ impl Model for ReplicaModel {
             reads: Vec::new(),
             broken: Vec::new(),
         };
-        vec![match self.start {
+        let start = match self.start {
             Start::Fresh => start,
             Start::Elected => self.elected(start),
             Start::ReplacedBehind => self.replaced_behind(self.elected(start)),
-        }]
+        };
+        self.copies.get_or_init(|| start.nodes.clone());
+        vec![start]
     }
 
     fn actions(&self, state: &ReplicaState, actions: &mut Vec<ReplicaAction>) {
@@ -1359,6 +1383,9 @@ impl Model for ReplicaModel {
             }
             if state.wipes < self.wipes {
                 actions.push(ReplicaAction::Wipe(id));
+            }
+            if state.put_backs < self.put_backs {
+                actions.push(ReplicaAction::PutBack(id));
             }
             let status = state.nodes[self.index(id)].replica.status();
             if state.compactions < self.compactions && status.applied > status.log_start {
@@ -1456,6 +1483,24 @@ impl Model for ReplicaModel {
                 let node = Arc::make_mut(&mut next.nodes[i]);
                 node.disk = Durable::default();
                 node.snapshot = (Slot::ZERO, None);
+                self.restart(&mut next, *id, replica);
+            }
+            ReplicaAction::PutBack(id) => {
+                next.put_backs += 1;
+                let i = self.index(*id);
+                let copy = Arc::clone(&self.copies.get()?[i]);
+                let mut disk = copy.disk.clone();
+                if self.bug != Some(KvBug::RejoinTrustsWholeLog) {
+                    // What `--rejoin` writes first into the copy's log.
+                    disk.apply(&Record::Rejoin);
+                }
+                let (applied, configs) = copy.snapshot.clone();
+                let replica = Replica::restore(self.config(*id), disk.clone(), applied, configs)
+                    .expect("the model's configuration is valid");
+                let node = Arc::make_mut(&mut next.nodes[i]);
+                node.disk = disk;
+                node.snapshot = copy.snapshot.clone();
+                node.applied = copy.applied.clone();
                 self.restart(&mut next, *id, replica);
             }
             ReplicaAction::Compact(id) => {

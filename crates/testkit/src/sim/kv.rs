@@ -101,6 +101,10 @@ pub enum KvBug {
     /// A node whose disk was damaged comes back empty and votes at once,
     /// instead of rejoining as a learner.
     RejoinVotesAtOnce,
+    /// A node whose data directory was put back from an old copy, started
+    /// with `--rejoin`, trusts the copy because its log is whole, and votes
+    /// with the promises it made since forgotten.
+    RejoinTrustsWholeLog,
     /// The disk tells the host its records are durable as soon as they are
     /// written, so a leader counts its own vote before its disk holds it.
     PersistedBeforeSync,
@@ -128,6 +132,7 @@ impl Variant for KvBug {
         KvBug::ApplyBeforeChosen,
         KvBug::RetryAppliedTwice,
         KvBug::RejoinVotesAtOnce,
+        KvBug::RejoinTrustsWholeLog,
         KvBug::PersistedBeforeSync,
         KvBug::HostSendsBeforeDurable,
         KvBug::ConfigBeforeChosen,
@@ -144,6 +149,7 @@ impl Variant for KvBug {
             KvBug::ApplyBeforeChosen => "apply-before-chosen",
             KvBug::RetryAppliedTwice => "retry-applied-twice",
             KvBug::RejoinVotesAtOnce => "rejoin-votes-at-once",
+            KvBug::RejoinTrustsWholeLog => "rejoin-trusts-whole-log",
             KvBug::PersistedBeforeSync => "persisted-before-sync",
             KvBug::HostSendsBeforeDurable => "host-sends-before-durable",
             KvBug::ConfigBeforeChosen => "config-before-chosen",
@@ -165,6 +171,9 @@ impl Variant for KvBug {
             KvBug::ApplyBeforeChosen => "a follower that applies a slot before it is chosen",
             KvBug::RetryAppliedTwice => "a write proposed again that is applied twice",
             KvBug::RejoinVotesAtOnce => "a node that lost its disk and votes again at once",
+            KvBug::RejoinTrustsWholeLog => {
+                "a node put back from an old copy that trusts its whole log and votes at once"
+            }
             KvBug::PersistedBeforeSync => {
                 "a disk that reports records durable as soon as they are written"
             }
@@ -196,6 +205,7 @@ impl KvBug {
             KvBug::IgnorePromisedValues
             | KvBug::LeaseWithoutDriftWait
             | KvBug::RejoinVotesAtOnce
+            | KvBug::RejoinTrustsWholeLog
             | KvBug::PersistedBeforeSync
             | KvBug::ConfigBeforeChosen
             | KvBug::RemovedStillVotes
@@ -303,8 +313,10 @@ pub struct DiskEvents {
     pub torn_writes: u64,
     /// Crashes armed on a sync or snapshot boundary.
     pub boundary_crashes: u64,
-    /// Disks damaged, and rejoins completed.
+    /// Disks damaged, of them those put back from an old copy of the data
+    /// directory, and rejoins completed.
     pub damaged: u64,
+    pub restored: u64,
     pub rejoined: u64,
     /// Snapshots saved, and snapshots installed from a peer.
     pub snapshots: u64,
@@ -322,6 +334,7 @@ impl DiskEvents {
         self.torn_writes += other.torn_writes;
         self.boundary_crashes += other.boundary_crashes;
         self.damaged += other.damaged;
+        self.restored += other.restored;
         self.rejoined += other.rejoined;
         self.snapshots += other.snapshots;
         self.installs += other.installs;
@@ -451,6 +464,11 @@ struct Node {
     /// Gone for good: its disk was damaged after the membership began to
     /// change, so the operator replaces it instead of rejoining it.
     gone: bool,
+    /// The operator's copy of the data directory, taken at the node's
+    /// previous restart (the disk and the snapshot files as they were).
+    copy: Option<(Durable, MemSnapshots)>,
+    /// The damaged disk will be replaced by `copy`, not by an empty one.
+    put_back: bool,
 }
 
 struct Pending {
@@ -625,6 +643,8 @@ pub fn run(config: &KvSimConfig, seed: u64, keep_trace: bool) -> KvRun {
             damaged: false,
             started: founder,
             gone: false,
+            copy: None,
+            put_back: false,
         });
     }
     let clients = (0..config.clients)
@@ -1078,6 +1098,17 @@ impl Sim<'_> {
                 // replaces the node by a new one instead.
                 self.nodes[n].gone = true;
                 self.log(|| format!("node {} has a damaged disk and is gone for good", n + 1));
+            } else if self.nodes[n].copy.is_some() && self.rng.chance(0.5) {
+                // The operator puts back an old copy of the data directory:
+                // whole, but it forgot what the node promised since.
+                self.nodes[n].put_back = true;
+                self.disk.restored += 1;
+                self.log(|| {
+                    format!(
+                        "node {} has a damaged disk; an old copy will be put back",
+                        n + 1
+                    )
+                });
             } else {
                 self.log(|| format!("node {} has a damaged disk", n + 1));
             }
@@ -1148,7 +1179,21 @@ impl Sim<'_> {
         }
         let bug = self.config.bug;
         let node = &mut self.nodes[n];
-        let snapshot = if node.damaged {
+        let snapshot = if node.damaged && node.put_back {
+            // The copy goes back and the node starts with `--rejoin`, which
+            // writes the rejoin mark into the copy's log before anything else.
+            node.damaged = false;
+            node.put_back = false;
+            let (disk, files) = node.copy.clone().unwrap_or_default();
+            node.disk = disk;
+            if bug != Some(KvBug::RejoinTrustsWholeLog) {
+                node.disk.apply(&Record::Rejoin);
+            }
+            node.files = files;
+            let snapshot = node.files.latest();
+            self.log(|| format!("node {} restarts from an old copy and rejoins", n + 1));
+            snapshot
+        } else if node.damaged {
             // Recovery finds a bad checksum and stops; the operator moves
             // the damaged data aside and starts the node rejoining, which
             // writes its rejoin mark before anything else.
@@ -1163,6 +1208,8 @@ impl Sim<'_> {
         } else {
             let snapshot = node.files.latest();
             let slot = snapshot.as_ref().map_or(Slot::ZERO, |(id, _)| id.slot);
+            // The operator copies the data directory of the stopped node.
+            node.copy = Some((node.disk.clone(), node.files.clone()));
             self.log(|| format!("node {} restarts from snapshot at slot {slot}", n + 1));
             snapshot
         };
@@ -1971,6 +2018,7 @@ mod tests {
         assert!(total.torn_writes > 0, "{total:?}");
         assert!(total.boundary_crashes > 0, "{total:?}");
         assert!(total.damaged > 0, "{total:?}");
+        assert!(total.restored > 0, "no old copy was put back: {total:?}");
         assert!(total.rejoined > 0, "{total:?}");
         assert!(total.snapshots > 0, "{total:?}");
         assert!(total.installs > 0, "{total:?}");
