@@ -874,6 +874,7 @@ async fn command_config_and_info() {
         c.read_bulk().await,
         "# Paxos\r\nrole:leader\r\nleader_id:7\r\nballot:1.7\r\ncommit_slot:1\r\n\
          applied_slot:1\r\nlog_start:0\r\nmembers:7\r\nlearners:\r\nconfig_slot:1\r\n\
+         rejoining:0\r\nrejoin_waiting_for:\r\n\
          member_7:peer_addr=127.0.0.1:0,client_addr=,connected=1,match_slot=1\r\n"
     );
     c.send(&cmd(&["INFO", "keyspace", "clients"])).await;
