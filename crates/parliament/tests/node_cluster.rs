@@ -590,6 +590,66 @@ async fn the_founders_share_one_cluster_id_and_refuse_a_node_of_another() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_of_releases_one_apart_run_together_and_further_apart_are_refused() {
+    use node::net::frame::{PEER_PROTOCOL, PEER_PROTOCOL_MIN};
+    let mut c = Cluster::new("versions", 3, &[1, 2]).await;
+    // Node 3 stands for the next release: it speaks this release's peer
+    // protocol and the one after it.
+    let start_3 = |c: &Cluster, protocols: (u8, u8)| {
+        let mut config = c.config(3);
+        config.transport.protocols = protocols;
+        let addr = c.members[&3].clone();
+        async move {
+            let listener = TcpListener::bind(&addr).await.unwrap();
+            Node::start(config, listener).await.unwrap()
+        }
+    };
+    let node = start_3(&c, (PEER_PROTOCOL_MIN, PEER_PROTOCOL + 1)).await;
+    c.nodes.insert(3, node);
+    let leader = c.leader().await;
+    write_ok(&c.handle(leader), 1, set("mixed", "1")).await;
+    // Without node 1 (or 2), nodes of the two releases must agree alone.
+    let other = if leader == 1 { 2 } else { 1 };
+    c.stop(other).await;
+    let survivor = if other == 1 { 2 } else { 1 };
+    write_ok(&c.handle(3), 2, set("mixed", "2")).await;
+    assert_eq!(
+        read(&c.handle(survivor), Command::Get(b("mixed"))).await,
+        bulk("2")
+    );
+    assert_eq!(
+        read(&c.handle(3), Command::Get(b("mixed"))).await,
+        bulk("2")
+    );
+
+    // Two releases apart (it no longer speaks this one): refused.
+    c.stop(3).await;
+    c.start(other).await;
+    let node = start_3(&c, (PEER_PROTOCOL + 1, PEER_PROTOCOL + 1)).await;
+    let far = node.handle();
+    c.nodes.insert(3, node);
+    let before = far.status().applied_slot;
+    let leader = eventually("nodes 1 and 2 agree on a leader of theirs", || async {
+        let views: Vec<Option<u64>> = [1, 2].map(|id| c.handle(id).status().leader_id).into();
+        let leader = views[0].filter(|&l| l != 3 && views[1] == Some(l))?;
+        (c.handle(leader).status().role == "leader").then_some(leader)
+    })
+    .await;
+    write_ok(&c.handle(leader), 1, set("mixed", "3")).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        far.status().applied_slot,
+        before,
+        "a node two releases apart took part"
+    );
+    for id in [1, 2] {
+        let view = c.handle(id).status();
+        let three = view.members.iter().find(|m| m.id == 3).unwrap();
+        assert!(!three.connected, "node {id} keeps a link to node 3");
+    }
+}
+
 /// Asks node `h` for a membership request and returns the reply.
 async fn admin(h: &NodeHandle, request: node::api::Admin) -> Reply {
     let (reply, answer) = tokio::sync::oneshot::channel();

@@ -234,10 +234,16 @@ impl Handshake {
         })
     }
 
-    /// The highest peer protocol both this node and the sender speak.
+    /// The highest peer protocol both this release and the sender speak.
     pub fn agree(&self) -> Result<u8, FrameError> {
-        let top = self.highest.min(PEER_PROTOCOL);
-        if top < self.lowest.max(PEER_PROTOCOL_MIN) {
+        self.agree_within(PEER_PROTOCOL_MIN, PEER_PROTOCOL)
+    }
+
+    /// The highest peer protocol both the sender and a node that speaks
+    /// `lowest..=highest` speak.
+    pub fn agree_within(&self, lowest: u8, highest: u8) -> Result<u8, FrameError> {
+        let top = self.highest.min(highest);
+        if top < self.lowest.max(lowest) {
             return Err(FrameError::Version {
                 their_lowest: self.lowest,
                 theirs: self.highest,

@@ -98,6 +98,11 @@ pub struct TransportConfig {
     pub backoff_max_ms: u64,
     /// Snapshot transfers, on links of their own.
     pub snapshot: SnapshotTransferConfig,
+    /// The peer protocols this node offers in its handshakes: this
+    /// release's. A test widens it to stand for a later release that also
+    /// speaks this one, as members of two releases meet in a rolling
+    /// upgrade.
+    pub protocols: (u8, u8),
 }
 
 impl Default for TransportConfig {
@@ -114,6 +119,7 @@ impl Default for TransportConfig {
             backoff_min_ms: 50,
             backoff_max_ms: 2_000,
             snapshot: SnapshotTransferConfig::default(),
+            protocols: (PEER_PROTOCOL_MIN, PEER_PROTOCOL),
         }
     }
 }
@@ -131,11 +137,11 @@ pub struct Identity {
 
 impl Identity {
     /// This node's opening handshake to `to`, offering every protocol it
-    /// speaks.
-    fn hello(&self, to: NodeId) -> Handshake {
+    /// speaks (`protocols`).
+    fn hello(&self, to: NodeId, protocols: (u8, u8)) -> Handshake {
         Handshake {
-            lowest: PEER_PROTOCOL_MIN,
-            highest: PEER_PROTOCOL,
+            lowest: protocols.0,
+            highest: protocols.1,
             cluster: id_on_wire(self.cluster),
             from: self.id,
             to,
@@ -490,7 +496,7 @@ struct Ctx {
 
 impl Ctx {
     fn hello(&self, to: NodeId) -> Handshake {
-        self.identity.hello(to)
+        self.identity.hello(to, self.config.protocols)
     }
 
     fn ms(ms: u64) -> Duration {
@@ -555,7 +561,8 @@ async fn inbound(ctx: &Ctx, stream: TcpStream) -> Result<(), FrameError> {
     };
     let me = ctx.identity.id;
     let joining = hello.to == 0;
-    let agreed = hello.agree()?;
+    let (lowest, highest) = ctx.config.protocols;
+    let agreed = hello.agree_within(lowest, highest)?;
     let mut reply = BytesMut::new();
     let mut answer = ctx.hello(hello.from);
     answer.lowest = agreed;
@@ -672,7 +679,7 @@ pub async fn ask_membership(
     .map_err(|_| FrameError::Handshake("connect timed out"))??;
     let (mut reader, mut writer) = stream.into_split();
     let mut out = BytesMut::new();
-    put_frame(&mut out, &identity.hello(0).encode());
+    put_frame(&mut out, &identity.hello(0, config.protocols).encode());
     put_kind_frame(&mut out, FrameKind::Join, &[]);
     timeout(limit, writer.write_all(&out))
         .await
@@ -682,7 +689,7 @@ pub async fn ask_membership(
             return Err(FrameError::Handshake("the member closed the connection"));
         };
         let reply = Handshake::decode(&reply)?;
-        reply.agree()?;
+        reply.agree_within(config.protocols.0, config.protocols.1)?;
         if identity.cluster.is_some() {
             reply.check_cluster(id_on_wire(identity.cluster), false)?;
         }
@@ -880,7 +887,7 @@ async fn connect(ctx: &Ctx, peer: NodeId, addr: &str) -> Result<Halves, FrameErr
         Ok(Err(e)) => return Err(e),
         Err(_) => return Err(FrameError::Handshake("no handshake reply in time")),
     };
-    reply.agree()?;
+    reply.agree_within(ctx.config.protocols.0, ctx.config.protocols.1)?;
     reply.check_cluster(id_on_wire(ctx.identity.cluster), false)?;
     if reply.from != peer || reply.to != ctx.identity.id {
         warn!(
