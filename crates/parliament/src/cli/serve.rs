@@ -195,10 +195,13 @@ pub struct ServeArgs {
     /// within this many slots of the commit point [default: 64].
     #[arg(long, value_name = "N")]
     promote_within_slots: Option<u64>,
-    /// This node's log or snapshots were lost or damaged: a damaged log and
-    /// snapshots are moved aside (kept, renamed `.damaged-TIME`), and the
-    /// node starts empty and rejoins as a learner that votes again only once
-    /// it is safe. A whole log is used as it is.
+    /// Do not trust this node's data directory: its log or snapshots were
+    /// lost or damaged, or an old copy was put back. A damaged log and
+    /// snapshots are moved aside (kept, renamed `.damaged-TIME`); a whole
+    /// log keeps what it knows chosen and forgets its votes. Either way the
+    /// node rejoins as a learner that votes again only once every other
+    /// member has answered and it is safe. For one start only: every start
+    /// with it rejoins again.
     #[arg(long)]
     rejoin: bool,
     #[command(flatten)]
