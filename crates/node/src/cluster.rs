@@ -141,7 +141,9 @@ pub struct ClusterFile {
 pub enum ClusterFileError {
     #[error("cannot read {path}: {source}")]
     Io { path: String, source: io::Error },
-    #[error("{path} is damaged ({reason}); restore it from a copy of this node's data directory")]
+    #[error(
+        "{path} cannot be read ({reason}); if a newer release ran this node, start that release again, otherwise restore the file from a copy of this node's data directory"
+    )]
     Damaged { path: String, reason: String },
 }
 

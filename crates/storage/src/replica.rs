@@ -30,7 +30,7 @@ pub enum StorageError {
     #[error(transparent)]
     Wal(#[from] WalError),
     #[error(
-        "record {index} of the log in {dir} cannot be decoded ({source}); the log is damaged: restart the node with --rejoin, which moves it aside and rejoins as a learner"
+        "record {index} of the log in {dir} cannot be decoded ({source}). If a newer release ran this node, start that release again: its log may be newer than this build reads, and --rejoin would throw it away. Otherwise the log is damaged: restart the node with --rejoin, which moves it aside and rejoins as a learner"
     )]
     Record {
         dir: PathBuf,
