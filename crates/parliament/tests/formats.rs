@@ -10,6 +10,8 @@
 
 #![allow(clippy::unwrap_used)] // a test fails loudly, which is its job
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -49,19 +51,6 @@ fn scratch(name: &str) -> PathBuf {
         std::env::temp_dir().join(format!("parliament-formats-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&path);
     path
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 fn b(s: &str) -> Bytes {
@@ -120,7 +109,7 @@ async fn write_the_format_fixtures() {
     node.stop().await;
     let target = Path::new(FIXTURES).join(RELEASE).join("node-1");
     let _ = std::fs::remove_dir_all(&target);
-    copy_dir(&dir, &target);
+    common::copy_dir(&dir, &target);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -136,7 +125,7 @@ async fn the_files_of_release_0_1_are_read() {
         .count();
     assert!(snapshots > 0, "the fixture holds snapshots");
     let dir = scratch("read");
-    copy_dir(&fixture, &dir);
+    common::copy_dir(&fixture, &dir);
     let node = Node::start(
         config(&dir),
         TcpListener::bind("127.0.0.1:0").await.unwrap(),

@@ -9,6 +9,8 @@
 
 #![allow(clippy::unwrap_used)] // a test fails loudly, which is its job
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -131,6 +133,31 @@ impl Cluster {
 
     fn handle(&self, id: u64) -> NodeHandle {
         self.nodes[&id].handle()
+    }
+
+    /// The leader nodes 1 and 2 agree on, for tests that keep node 3 out.
+    async fn leader_of_1_and_2(&self) -> u64 {
+        eventually("nodes 1 and 2 agree on a leader of theirs", || async {
+            let views = [1, 2].map(|id| self.handle(id).status().leader_id);
+            let leader = views[0].filter(|&l| l != 3 && views[1] == Some(l))?;
+            (self.handle(leader).status().role == "leader").then_some(leader)
+        })
+        .await
+    }
+
+    /// Node 3 (behind `three`, at applied slot `before`) takes no part: a
+    /// while later it has applied nothing more, leads nothing, and neither
+    /// node 1 nor node 2 keeps a link to it.
+    async fn node_3_stays_cut_off(&self, three: &NodeHandle, before: u64) {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let s = three.status();
+        assert_eq!(s.applied_slot, before, "node 3 took part");
+        assert_ne!(s.role, "leader");
+        for id in [1, 2] {
+            let view = self.handle(id).status();
+            let member = view.members.iter().find(|m| m.id == 3).unwrap();
+            assert!(!member.connected, "node {id} keeps a link to node 3");
+        }
     }
 
     /// The leader every running node agrees on.
@@ -450,20 +477,6 @@ async fn a_node_that_lost_its_disk_rejoins_as_a_learner() {
     );
 }
 
-/// Copies directory `from` to `to`, as a backup of a stopped node would.
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_copy_put_back_with_rejoin_rejoins_instead_of_voting() {
     let mut c = Cluster::new("restored", 3, &[1, 2, 3]).await;
@@ -474,7 +487,7 @@ async fn an_old_copy_put_back_with_rejoin_rejoins_instead_of_voting() {
     c.stop(restored).await;
     let dir = c.config(restored).data_dir;
     let copy = c.dir.0.join("copy");
-    copy_dir(&dir, &copy);
+    common::copy_dir(&dir, &copy);
     c.start(restored).await;
     let leader = c.leader().await;
     for i in 0..10 {
@@ -484,7 +497,7 @@ async fn an_old_copy_put_back_with_rejoin_rejoins_instead_of_voting() {
     // promised and accepted since. With --rejoin it does not vote on it.
     c.stop(restored).await;
     std::fs::remove_dir_all(&dir).unwrap();
-    copy_dir(&copy, &dir);
+    common::copy_dir(&copy, &dir);
     let mut config = c.config(restored);
     config.rejoin = true;
     let addr = c.members[&restored].clone();
@@ -564,30 +577,13 @@ async fn the_founders_share_one_cluster_id_and_refuse_a_node_of_another() {
     c.start(3).await;
     let stranger = c.handle(3);
     let before = stranger.status().applied_slot;
-    let leader = eventually("nodes 1 and 2 agree on a leader of theirs", || async {
-        let views: Vec<Option<u64>> = [1, 2].map(|id| c.handle(id).status().leader_id).into();
-        let leader = views[0].filter(|&l| l != 3 && views[1] == Some(l))?;
-        (c.handle(leader).status().role == "leader").then_some(leader)
-    })
-    .await;
+    let leader = c.leader_of_1_and_2().await;
     for i in 0..5 {
         write_ok(&c.handle(leader), 1, set("k", &format!("v{i}"))).await;
     }
-    // Nodes 1 and 2 moved on; nothing of theirs reaches node 3, and
-    // neither sees a live link to it.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let s = stranger.status();
-    assert_eq!(
-        s.applied_slot, before,
-        "node 3 learned from another cluster"
-    );
-    assert_ne!(s.role, "leader");
+    // Nodes 1 and 2 moved on; nothing of theirs reaches node 3.
     assert!(c.handle(leader).status().commit_slot > before);
-    for id in [1, 2] {
-        let view = c.handle(id).status();
-        let three = view.members.iter().find(|m| m.id == 3).unwrap();
-        assert!(!three.connected, "node {id} keeps a link to node 3");
-    }
+    c.node_3_stays_cut_off(&stranger, before).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -630,24 +626,9 @@ async fn members_of_releases_one_apart_run_together_and_further_apart_are_refuse
     let far = node.handle();
     c.nodes.insert(3, node);
     let before = far.status().applied_slot;
-    let leader = eventually("nodes 1 and 2 agree on a leader of theirs", || async {
-        let views: Vec<Option<u64>> = [1, 2].map(|id| c.handle(id).status().leader_id).into();
-        let leader = views[0].filter(|&l| l != 3 && views[1] == Some(l))?;
-        (c.handle(leader).status().role == "leader").then_some(leader)
-    })
-    .await;
+    let leader = c.leader_of_1_and_2().await;
     write_ok(&c.handle(leader), 1, set("mixed", "3")).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(
-        far.status().applied_slot,
-        before,
-        "a node two releases apart took part"
-    );
-    for id in [1, 2] {
-        let view = c.handle(id).status();
-        let three = view.members.iter().find(|m| m.id == 3).unwrap();
-        assert!(!three.connected, "node {id} keeps a link to node 3");
-    }
+    c.node_3_stays_cut_off(&far, before).await;
 }
 
 /// Asks node `h` for a membership request and returns the reply.

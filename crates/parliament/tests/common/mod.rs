@@ -26,6 +26,21 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 /// 2-core machine does not fail the tests.
 pub const PROCESS_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Copies directory `from` to `to`, as a copy of a stopped node's data
+/// directory would.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
 pub struct Scratch(pub PathBuf);
 
 impl Scratch {
