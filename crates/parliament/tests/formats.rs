@@ -13,7 +13,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -46,11 +46,10 @@ fn config(dir: &Path) -> NodeConfig {
     c
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let path =
-        std::env::temp_dir().join(format!("parliament-formats-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&path);
-    path
+/// A node started on data directory `dir`, as `parliament serve` starts one.
+async fn start(dir: &Path) -> Node {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    Node::start(config(dir), listener).await.unwrap()
 }
 
 fn b(s: &str) -> Bytes {
@@ -89,13 +88,8 @@ async fn read(h: &NodeHandle, key: &str) -> Reply {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "writes the fixtures; run only when a format changes on purpose"]
 async fn write_the_format_fixtures() {
-    let dir = scratch("write");
-    let node = Node::start(
-        config(&dir),
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-    )
-    .await
-    .unwrap();
+    let dir = common::Scratch::new("formats-write");
+    let node = start(&dir.0).await;
     let h = node.handle();
     for i in 0..KEYS {
         let set = Command::Set {
@@ -109,8 +103,7 @@ async fn write_the_format_fixtures() {
     node.stop().await;
     let target = Path::new(FIXTURES).join(RELEASE).join("node-1");
     let _ = std::fs::remove_dir_all(&target);
-    common::copy_dir(&dir, &target);
-    std::fs::remove_dir_all(&dir).unwrap();
+    common::copy_dir(&dir.0, &target);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,14 +117,9 @@ async fn the_files_of_release_0_1_are_read() {
         .unwrap()
         .count();
     assert!(snapshots > 0, "the fixture holds snapshots");
-    let dir = scratch("read");
-    common::copy_dir(&fixture, &dir);
-    let node = Node::start(
-        config(&dir),
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-    )
-    .await
-    .unwrap();
+    let dir = common::Scratch::new("formats-read");
+    common::copy_dir(&fixture, &dir.0);
+    let node = start(&dir.0).await;
     let h = node.handle();
     let status = h.status();
     assert_eq!(status.cluster_id, id.to_string());
@@ -141,5 +129,4 @@ async fn the_files_of_release_0_1_are_read() {
         assert_eq!(value, Reply::Bulk(b(&format!("v{i}"))), "k{i}");
     }
     node.stop().await;
-    std::fs::remove_dir_all(&dir).unwrap();
 }
