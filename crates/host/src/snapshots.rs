@@ -76,6 +76,9 @@ pub(crate) struct Snapshots {
     bytes_since: u64,
     /// The slot of the snapshot being saved.
     saving: Option<Slot>,
+    /// A snapshot of at least this slot was asked for outside the policy
+    /// (a backup); cleared once one is held, or when saving one fails.
+    wanted: Option<Slot>,
     /// The newest snapshot held, which peers are offered.
     latest: Option<SnapshotId>,
     fetch: Option<Fetch>,
@@ -100,6 +103,7 @@ impl Snapshots {
             entries_since: 0,
             bytes_since: 0,
             saving: None,
+            wanted: None,
             latest,
             fetch: None,
             fetch_not_before: 0,
@@ -133,7 +137,14 @@ impl<T> Host<T> {
     /// says one is due and none is being saved.
     pub(crate) fn maybe_snapshot(&mut self) {
         let s = &mut self.snapshots;
-        if s.saving.is_some() || !s.policy.should_snapshot(s.entries_since, s.bytes_since) {
+        let held = s.latest.map_or(Slot::ZERO, |l| l.slot);
+        if s.wanted.is_some_and(|w| held >= w) {
+            s.wanted = None;
+        }
+        let wanted = s.wanted.is_some_and(|w| self.applied >= w);
+        if s.saving.is_some()
+            || !(wanted || s.policy.should_snapshot(s.entries_since, s.bytes_since))
+        {
             return;
         }
         let slot = self.applied;
@@ -147,6 +158,20 @@ impl<T> Host<T> {
         store.set_cluster(crate::cluster::encode(&configs));
         debug!(%slot, "taking a snapshot");
         self.out.files.push(FileOp::Save { slot, store });
+    }
+
+    /// Asks for a snapshot of the applied slot or a later one, whatever the
+    /// policy says (a backup wants the state as of now on disk). It is
+    /// taken at the end of this turn, or once the one being saved is done;
+    /// [`Host::latest_snapshot`] shows when it is held, and
+    /// `HostStats::snapshot_failures` counts a save that failed (the wish
+    /// is then dropped, not retried). Returns the slot it will hold at
+    /// least.
+    pub fn want_snapshot(&mut self) -> Slot {
+        let slot = self.applied;
+        let s = &mut self.snapshots;
+        s.wanted = Some(s.wanted.map_or(slot, |w| w.max(slot)));
+        slot
     }
 
     /// Timers of the transfers, once a tick.
@@ -390,6 +415,8 @@ impl<T> Host<T> {
                     error = %e,
                     "cannot take a snapshot; the log keeps growing until one succeeds"
                 );
+                self.stats.snapshot_failures += 1;
+                self.snapshots.wanted = None;
             }
         }
     }

@@ -71,6 +71,8 @@ pub struct HostStats {
     /// Snapshots taken, and snapshots installed from a peer.
     pub snapshots_taken: u64,
     pub snapshots_installed: u64,
+    /// Snapshots that could not be saved.
+    pub snapshot_failures: u64,
     /// Transfers served to the end (the receiver installed the snapshot).
     pub transfers_served: u64,
     /// Body bytes sent in chunks, resends included.
@@ -92,6 +94,7 @@ impl Default for HostStats {
             leader_changes: 0,
             forwarded_commands: 0,
             snapshots_taken: 0,
+            snapshot_failures: 0,
             snapshots_installed: 0,
             transfers_served: 0,
             transfer_bytes_sent: 0,

@@ -7,7 +7,7 @@ use paxos::replica::{Config as PaxosConfig, Durable, Message, Record, RecordNo, 
 use paxos::{Ballot, NodeId};
 
 use super::*;
-use crate::files::{FileDone, FileOp};
+use crate::files::{FileDone, FileError, FileOp};
 use crate::transfer::{AckStatus, ChunkAck, Decline, SnapshotFrame, SnapshotId};
 
 fn paxos(id: NodeId, members: u64) -> PaxosConfig {
@@ -244,6 +244,59 @@ fn a_snapshot_is_saved_by_the_policy_and_the_log_compacts_once_it_is_durable() {
     assert!(e.records.contains(&Record::Compact { up_to: *slot }));
     assert_eq!(h.latest_snapshot(), Some(id));
     assert_eq!(h.stats().snapshots_taken, 1);
+}
+
+#[test]
+fn a_wanted_snapshot_is_saved_outside_the_policy_and_a_failed_save_drops_the_wish() {
+    let mut h = leader(HostConfig::default());
+    let run = |h: &mut Host<u32>| {
+        let mut saves = Vec::new();
+        for _ in 0..10 {
+            let e = h.effects();
+            saves.extend(e.files);
+            if !e.records.is_empty() {
+                h.persisted(e.records_end);
+            }
+        }
+        saves
+    };
+    h.write(7, set("k", "1"), 1);
+    assert!(run(&mut h).is_empty(), "the policy wants no snapshot yet");
+    let wanted = h.want_snapshot();
+    let saves = run(&mut h);
+    let [FileOp::Save { slot, store }] = saves.as_slice() else {
+        panic!("one save expected: {saves:?}");
+    };
+    assert!(*slot >= wanted);
+    assert_eq!(store.read(&get("k")), Reply::Bulk(Bytes::from("1")));
+    // A failed save is counted and not retried for the wish.
+    h.file_done(FileDone::Saved {
+        slot: *slot,
+        result: Err(FileError::Failed("disk full".to_owned())),
+    });
+    assert_eq!(h.stats().snapshot_failures, 1);
+    assert!(run(&mut h).is_empty(), "the failed wish is dropped");
+    // Asked again, it is saved again; once held, nothing more is saved.
+    h.want_snapshot();
+    let saves = run(&mut h);
+    let [FileOp::Save { slot, .. }] = saves.as_slice() else {
+        panic!("one save expected: {saves:?}");
+    };
+    let id = SnapshotId {
+        slot: *slot,
+        bytes: 10,
+        crc: 1,
+    };
+    h.file_done(FileDone::Saved {
+        slot: *slot,
+        result: Ok(id),
+    });
+    assert_eq!(h.latest_snapshot(), Some(id));
+    h.want_snapshot();
+    assert!(
+        run(&mut h).is_empty(),
+        "the snapshot held already covers it"
+    );
 }
 
 fn served(id: SnapshotId, config: HostConfig) -> Host<u32> {

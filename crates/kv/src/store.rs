@@ -192,6 +192,12 @@ impl Store {
         self.last_applied
     }
 
+    /// Forgets every client session: for a store that starts a new cluster
+    /// (a restored backup), whose clients are all new.
+    pub fn forget_sessions(&mut self) {
+        self.sessions = Sessions::new(self.sessions.limits);
+    }
+
     /// Number of client sessions currently remembered.
     pub fn session_count(&self) -> usize {
         self.sessions.len()

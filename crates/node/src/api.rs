@@ -11,7 +11,9 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::metrics::Metrics;
+use crate::snapshots::DiskSnapshots;
 use host::HostStats;
+use host::transfer::SnapshotId;
 use kv::{Command, Reply};
 
 pub use host::{ConnId, NodeError, ReadMode};
@@ -39,6 +41,11 @@ pub enum Op {
     Admin {
         request: Admin,
         reply: oneshot::Sender<Result<Reply, AdminRefusal>>,
+    },
+    /// A snapshot on disk of the applied slot or a later one, for a backup
+    /// (`PAXOS BACKUP`): answered once it is durable.
+    Snapshot {
+        reply: oneshot::Sender<Result<SnapshotId, NodeError>>,
     },
 }
 
@@ -130,6 +137,9 @@ pub struct NodeHandle {
     status: watch::Receiver<StatusReport>,
     stats: watch::Receiver<HostStats>,
     metrics: Arc<Metrics>,
+    /// The node's snapshot files, which backups read; none in tests that
+    /// have no data directory.
+    snapshots: Option<DiskSnapshots>,
 }
 
 impl NodeHandle {
@@ -145,7 +155,19 @@ impl NodeHandle {
             status,
             stats,
             metrics,
+            snapshots: None,
         }
+    }
+
+    /// The handle of a node whose snapshot files are `snapshots`.
+    pub(crate) fn with_snapshots(mut self, snapshots: DiskSnapshots) -> NodeHandle {
+        self.snapshots = Some(snapshots);
+        self
+    }
+
+    /// The node's snapshot files, if it has a data directory.
+    pub(crate) fn snapshots(&self) -> Option<&DiskSnapshots> {
+        self.snapshots.as_ref()
     }
 
     /// Sends `command` through the log; the reply once it is applied.

@@ -40,8 +40,9 @@ use paxos::replica::Configs;
 use crate::config::NODE_ID_MAX;
 use crate::datadir::CLUSTER_FILE;
 
-/// Format 2 added the cluster id; format 1 is still read.
-const CLUSTER_FILE_FORMAT: u8 = 2;
+/// Format 2 added the cluster id, format 3 the slot of a restored backup;
+/// formats 1 and 2 are still read.
+const CLUSTER_FILE_FORMAT: u8 = 3;
 /// Longest address kept.
 const ADDR_BYTES_MAX: usize = 512;
 
@@ -134,6 +135,11 @@ pub struct ClusterFile {
     /// The memberships a member told a joining node (`host::cluster`'s
     /// encoding).
     pub configs: Option<Bytes>,
+    /// The cluster was founded from a backup (`crate::backup`) of this
+    /// slot: its founders start from the backup's snapshot, and a founder
+    /// with an empty data directory must not join them (it would vote on
+    /// slots the others hold as chosen without ever having seen them).
+    pub restored: Option<u64>,
 }
 
 /// Why `DIR/cluster` cannot be used.
@@ -167,6 +173,13 @@ impl ClusterFile {
             Some(configs) => {
                 out.put_u8(1);
                 put_bytes(&mut out, configs);
+            }
+            None => out.put_u8(0),
+        }
+        match self.restored {
+            Some(slot) => {
+                out.put_u8(1);
+                put_varint(&mut out, slot);
             }
             None => out.put_u8(0),
         }
@@ -237,6 +250,11 @@ impl ClusterFile {
         } else {
             None
         };
+        let restored = if format >= 3 && r.bool("restored from a backup")? {
+            Some(r.varint("the slot of the backup")?)
+        } else {
+            None
+        };
         r.finish()?;
         Ok(ClusterFile {
             id: cluster_id,
@@ -244,6 +262,7 @@ impl ClusterFile {
             founders,
             book,
             configs,
+            restored,
         })
     }
 
@@ -290,6 +309,7 @@ pub fn directory(file: &ClusterFile, configs: &Configs, me: NodeId) -> Bytes {
         founders: file.founders.clone(),
         book: address_book(file, configs),
         configs: Some(host::cluster::encode(configs)),
+        restored: file.restored,
     }
     .encode()
 }
@@ -338,6 +358,7 @@ mod tests {
                 [1, 2],
                 8,
             )))),
+            restored: Some(1234),
         }
     }
 
@@ -373,7 +394,7 @@ mod tests {
         let file = ClusterFile::decode(&old.freeze()).expect("format 1 is read");
         assert_eq!(file.id, None);
         assert_eq!(file.founders, vec![1, 2]);
-        // Written again, it is format 2 and keeps the id it was given.
+        // Written again, it is the current format and keeps the id it was given.
         let named = ClusterFile {
             id: Some(ClusterId::generate()),
             ..file

@@ -13,6 +13,7 @@
 //! use.
 
 pub mod api;
+pub mod backup;
 pub mod cluster;
 pub mod config;
 mod datadir;
@@ -267,6 +268,7 @@ impl Node {
         let peer_addr = transport.local_addr();
         let disk = disk::Disk::start(storage, Arc::clone(&metrics), span.clone(), id)
             .map_err(StartError::Thread)?;
+        let backups = snapshots.clone();
         let files = FileThreads::start(snapshots, files_tx, outbox.clone(), span.clone())
             .map_err(StartError::Thread)?;
         let task = ReplicaTask::new(
@@ -320,7 +322,7 @@ impl Node {
         }
         Ok(Node {
             id,
-            handle: NodeHandle::new(ops_tx, status_rx, stats_rx, metrics),
+            handle: NodeHandle::new(ops_tx, status_rx, stats_rx, metrics).with_snapshots(backups),
             transport: Some(transport),
             stop: Some(stop_tx),
             exit: Some(exit_rx),
@@ -555,7 +557,18 @@ async fn find_cluster_id(
             let file = answer
                 .ok()
                 .and_then(|a| ClusterFile::decode(&a.directory).ok());
-            if let Some(id) = file.and_then(|f| f.id) {
+            let Some(file) = file else { continue };
+            if let (Some(slot), None) = (file.restored, kept) {
+                return Err(StartError::Config(format!(
+                    "node {peer} belongs to a cluster restored from a backup of slot {slot}; \
+                     its founders start from that backup, and a founder with an empty data \
+                     directory cannot join them: run `parliament restore --from FILE \
+                     --data-dir DIR --id {me} --members ...` with the same backup file for \
+                     this node first",
+                    me = config.id
+                )));
+            }
+            if let Some(id) = file.id {
                 info!(cluster_id = %id, peer, "learned the cluster id");
                 return Ok(id);
             }
@@ -725,6 +738,7 @@ fn cluster_file(
             founders: config.members.keys().copied().collect(),
             book,
             configs: None,
+            restored: None,
         }
     } else {
         return Err(StartError::Config(

@@ -216,6 +216,11 @@ impl Collector for StatusMetrics {
                 stats.snapshots_taken,
             ),
             (
+                "parliament_snapshot_failures",
+                "Snapshots this node could not save",
+                stats.snapshot_failures,
+            ),
+            (
                 "parliament_snapshots_installed",
                 "Snapshots this node installed from a peer",
                 stats.snapshots_installed,

@@ -101,6 +101,20 @@ struct AdminWait {
     reply: AdminAnswer,
 }
 
+/// A backup waiting for a snapshot of at least `slot` to be durable.
+struct SnapshotWait {
+    slot: Slot,
+    /// Failed saves counted when it was asked: one more fails it.
+    failures: u64,
+    /// The tick after which it is answered with an error.
+    until: u64,
+    reply: oneshot::Sender<Result<host::transfer::SnapshotId, NodeError>>,
+}
+
+/// How long a backup may wait for its snapshot to be written: a store of
+/// many gigabytes takes minutes.
+const SNAPSHOT_WAIT_MS: u64 = 30 * 60 * 1000;
+
 /// What the task knows of where the members are.
 struct Membership {
     /// `DIR/cluster`.
@@ -128,6 +142,7 @@ pub struct ReplicaTask {
     next_publish: Instant,
     membership: Membership,
     admin: Vec<AdminWait>,
+    snapshot_waits: Vec<SnapshotWait>,
     /// When the log last said what a rejoin waits for.
     rejoin_reported: Option<Instant>,
 }
@@ -170,6 +185,7 @@ impl ReplicaTask {
             next_publish: now,
             membership,
             admin: Vec::new(),
+            snapshot_waits: Vec::new(),
             rejoin_reported: None,
         }
     }
@@ -309,7 +325,50 @@ impl ReplicaTask {
             } => self.host.read(command, mode, reply),
             Op::Closed { conn } => self.host.closed(conn),
             Op::Admin { request, reply } => self.on_admin(request, reply),
+            Op::Snapshot { reply } => {
+                let role = self.host.status().role;
+                if role == RoleName::Removed {
+                    let _ = reply.send(Err(NodeError::Removed));
+                    return;
+                }
+                let slot = self.host.want_snapshot();
+                info!(%slot, "a snapshot was asked for (a backup)");
+                self.snapshot_waits.push(SnapshotWait {
+                    slot,
+                    failures: self.host.stats().snapshot_failures,
+                    until: self.ticks + SNAPSHOT_WAIT_MS.div_ceil(self.config.tick_ms.max(1)),
+                    reply,
+                });
+            }
         }
+    }
+
+    /// Answers the backups whose snapshot is durable, or failed.
+    fn check_snapshot_waits(&mut self) {
+        if self.snapshot_waits.is_empty() {
+            return;
+        }
+        let latest = self.host.latest_snapshot();
+        let failures = self.host.stats().snapshot_failures;
+        let now = self.ticks;
+        let mut waiting = Vec::new();
+        for wait in std::mem::take(&mut self.snapshot_waits) {
+            if let Some(id) = latest.filter(|id| id.slot >= wait.slot) {
+                let _ = wait.reply.send(Ok(id));
+            } else if failures > wait.failures {
+                let _ = wait.reply.send(Err(NodeError::Busy(
+                    "the snapshot for the backup could not be saved (the node's log says why)"
+                        .to_owned(),
+                )));
+            } else if now > wait.until {
+                let _ = wait.reply.send(Err(NodeError::Busy(
+                    "the snapshot for the backup was not written in time".to_owned(),
+                )));
+            } else {
+                waiting.push(wait);
+            }
+        }
+        self.snapshot_waits = waiting;
     }
 
     // ----- membership --------------------------------------------------------
@@ -588,6 +647,7 @@ impl ReplicaTask {
     fn publish(&mut self, now: bool) {
         self.follow_membership();
         self.check_admin();
+        self.check_snapshot_waits();
         let instant = Instant::now();
         if !now && instant < self.next_publish {
             return;

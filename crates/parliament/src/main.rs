@@ -39,6 +39,11 @@ enum Command {
     /// Move the leadership of a running parliament.
     #[command(subcommand)]
     Leader(cli::member::LeaderCommand),
+    /// Back up a running parliament to one file, consistent as of the start
+    /// (every write acknowledged before it is in it).
+    Backup(cli::backup::BackupArgs),
+    /// Make the data directory of one member of a new cluster from a backup.
+    Restore(cli::backup::RestoreArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +58,8 @@ fn main() -> ExitCode {
         Command::Status(args) => cli::status::run(args),
         Command::Member(command) => cli::member::run_member(command),
         Command::Leader(command) => cli::member::run_leader(command),
+        Command::Backup(args) => cli::backup::run_backup(args),
+        Command::Restore(args) => cli::backup::run_restore(args),
     };
     match result {
         Ok(code) => code,

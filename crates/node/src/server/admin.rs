@@ -7,6 +7,7 @@
 //! PAXOS MEMBER PROMOTE <id>
 //! PAXOS MEMBER REMOVE <id>
 //! PAXOS LEADER TRANSFER <id>
+//! PAXOS BACKUP [READ ...]     (see `super::backup`)
 //! ```
 //!
 //! Any member accepts them. Only the leader carries them out, so a member
@@ -50,7 +51,7 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 
 const USAGE: &str = "ERR unknown PAXOS subcommand; use PAXOS MEMBERS, PAXOS MEMBER ADD <id> \
                      <peer-addr> <client-addr> [LEARNER], PAXOS MEMBER PROMOTE <id>, PAXOS \
-                     MEMBER REMOVE <id> or PAXOS LEADER TRANSFER <id>";
+                     MEMBER REMOVE <id>, PAXOS LEADER TRANSFER <id> or PAXOS BACKUP";
 
 /// Parses the arguments after `PAXOS`.
 pub(crate) fn parse(mut argv: Argv) -> Result<Admin, Reply> {

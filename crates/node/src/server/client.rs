@@ -184,32 +184,20 @@ impl Connection {
                     .name
                     .as_ref()
                     .is_some_and(|n| n.as_ref() == super::admin::FORWARDED.as_bytes());
-                match super::admin::FORWARDS.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        let run = super::admin::run(
-                            self.node.clone(),
-                            request,
-                            args,
-                            forwarded,
-                            self.config.password.clone(),
-                            reply,
-                        );
-                        tokio::spawn(async move {
-                            run.await;
-                            drop(permit);
-                        });
-                    }
-                    Err(_) => {
-                        let _ = reply.send(Err(NodeError::Busy(
-                            "too many PAXOS requests in flight; retry".to_owned(),
-                        )));
-                    }
-                }
-                self.queue.push_back(Pending::Waiting {
-                    answer,
-                    write: false,
-                    then: Then::Reply,
-                });
+                let run = super::admin::run(
+                    self.node.clone(),
+                    request,
+                    args,
+                    forwarded,
+                    self.config.password.clone(),
+                    reply,
+                );
+                self.spawn_paxos(run, answer);
+            }
+            Outcome::Backup(request) => {
+                let (reply, answer) = oneshot::channel();
+                let run = super::backup::run(self.node.clone(), request, reply);
+                self.spawn_paxos(run, answer);
             }
             Outcome::Node(op, then) => {
                 let (reply, answer) = oneshot::channel();
@@ -243,6 +231,31 @@ impl Connection {
                     }
                 }
             }
+        }
+    }
+
+    /// Runs a `PAXOS` request in a task of its own, within the limit of
+    /// such requests in flight, and queues its answer.
+    fn spawn_paxos(
+        &mut self,
+        run: impl std::future::Future<Output = ()> + Send + 'static,
+        answer: oneshot::Receiver<Answer>,
+    ) {
+        match super::admin::FORWARDS.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tokio::spawn(async move {
+                    run.await;
+                    drop(permit);
+                });
+                self.queue.push_back(Pending::Waiting {
+                    answer,
+                    write: false,
+                    then: Then::Reply,
+                });
+            }
+            Err(_) => self.push(resp::Reply::Error(
+                NodeError::Busy("too many PAXOS requests in flight; retry".to_owned()).to_string(),
+            )),
         }
     }
 

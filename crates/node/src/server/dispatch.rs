@@ -14,7 +14,7 @@ use super::argv::Argv;
 use super::limits::Config;
 use super::table::{Cmd, InMulti, lookup};
 use super::txn::{self, Txn};
-use super::{admin, connection, introspection, keys, strings};
+use super::{admin, backup, connection, introspection, keys, strings};
 use crate::api::{ConnId, NodeError, NodeHandle, ReadMode};
 use kv::{self, Command};
 use resp::Reply;
@@ -105,6 +105,8 @@ pub(crate) enum Outcome {
     Quit,
     /// A `PAXOS` request, and its arguments as sent (to forward them).
     Admin(crate::api::Admin, Vec<Bytes>),
+    /// `PAXOS BACKUP ...`, which this node serves itself.
+    Backup(backup::Request),
 }
 
 /// Whether `request` is `EXEC`, which must wait for the `WATCH`es before it.
@@ -198,7 +200,7 @@ fn local(argv: Argv, state: &ClientState, ctx: Ctx<'_>) -> Reply {
 }
 
 /// Commands that change the connection's state.
-fn run(argv: Argv, state: &mut ClientState, ctx: Ctx<'_>) -> Outcome {
+fn run(mut argv: Argv, state: &mut ClientState, ctx: Ctx<'_>) -> Outcome {
     let reply = match argv.spec().cmd {
         Cmd::Multi => state.txn.multi(),
         Cmd::Exec => return state.txn.exec(),
@@ -216,6 +218,12 @@ fn run(argv: Argv, state: &mut ClientState, ctx: Ctx<'_>) -> Outcome {
             let mut args = Vec::with_capacity(argv.remaining() + 1);
             args.push(Bytes::from_static(b"PAXOS"));
             args.extend_from_slice(argv.peek());
+            if argv.eat("backup") {
+                return match backup::parse(argv) {
+                    Ok(request) => Outcome::Backup(request),
+                    Err(reply) => Outcome::Reply(reply),
+                };
+            }
             match admin::parse(argv) {
                 Ok(request) => return Outcome::Admin(request, args),
                 Err(reply) => reply,

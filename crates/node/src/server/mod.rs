@@ -31,6 +31,7 @@
 
 mod admin;
 mod argv;
+mod backup;
 mod client;
 mod connection;
 mod dispatch;

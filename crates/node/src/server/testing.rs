@@ -181,6 +181,11 @@ async fn run(
                     "ERR the stand-in node has no membership".to_owned(),
                 )));
             }
+            Op::Snapshot { reply } => {
+                let _ = reply.send(Err(NodeError::Busy(
+                    "the stand-in node has no snapshots".to_owned(),
+                )));
+            }
         }
     }
 }

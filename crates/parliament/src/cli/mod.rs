@@ -1,5 +1,6 @@
 //! Subcommands of the `parliament` binary.
 
+pub mod backup;
 pub mod bench;
 pub mod check;
 pub mod cluster;
