@@ -25,7 +25,12 @@ fn runbook(title: &str) -> Vec<String> {
         .find(&heading)
         .unwrap_or_else(|| panic!("docs/operations.md has no section '{heading}'"));
     let section = &DOC[start + heading.len()..];
-    let section = &section[..section.find("\n### ").unwrap_or(section.len())];
+    let end = ["\n### ", "\n## "]
+        .iter()
+        .filter_map(|h| section.find(h))
+        .min()
+        .unwrap_or(section.len());
+    let section = &section[..end];
     let mut commands = Vec::new();
     let mut inside = false;
     let mut pending = String::new();
@@ -84,17 +89,24 @@ impl Machines {
                 out = out.replace(&format!("10.0.0.{n}:{port}"), &format!("127.0.0.1:{real}"));
             }
         }
-        out
+        let backups = self.dir.0.join("backups");
+        out.replace("/backups/", &format!("{}/", backups.display()))
+    }
+
+    /// `args` with the example data directories (`/var/lib/parliament`,
+    /// and beside it `/var/lib/parliament-SUFFIX`) made node `id`'s own.
+    fn data_dirs(&self, id: u64, args: &mut [String]) {
+        let dir = self.dir.0.join(format!("node-{id}"));
+        for a in args {
+            if let Some(suffix) = a.strip_prefix("/var/lib/parliament") {
+                *a = format!("{}{suffix}", dir.display());
+            }
+        }
     }
 
     fn serve(&mut self, id: u64, args: Vec<String>) {
         let mut args = args;
-        let dir = self.dir.0.join(format!("node-{id}"));
-        for a in &mut args {
-            if a == "/var/lib/parliament" {
-                *a = dir.display().to_string();
-            }
-        }
+        self.data_dirs(id, &mut args);
         args.push("--stop-on-stdin-eof".to_owned());
         let log = self.dir.0.join(format!("node-{id}.log"));
         self.nodes.insert(id, Proc::spawn(&args, &log));
@@ -125,7 +137,15 @@ impl Machines {
             None => (line.trim(), ""),
         };
         if command.is_empty() {
-            return; // a step done by hand, described in a comment
+            // A step done by hand, described in a comment.
+            if note.starts_with("stop every node") {
+                // As good as SIGTERM here: every acknowledged write is on
+                // disk before it is acknowledged.
+                for (_, mut node) in std::mem::take(&mut self.nodes) {
+                    node.kill9();
+                }
+            }
+            return;
         }
         let words: Vec<String> = self
             .map(command)
@@ -136,13 +156,17 @@ impl Machines {
             words[0], "parliament",
             "a runbook line that is not ours: {line}"
         );
-        let args = words[1..].to_vec();
+        let mut args = words[1..].to_vec();
+        let id: Option<u64> = args
+            .iter()
+            .position(|a| a == "--id")
+            .map(|at| args[at + 1].parse().unwrap());
         if args[0] == "serve" {
-            let id: u64 = args[args.iter().position(|a| a == "--id").unwrap() + 1]
-                .parse()
-                .unwrap();
-            self.serve(id, args);
+            self.serve(id.unwrap(), args);
             return;
+        }
+        if let Some(id) = id {
+            self.data_dirs(id, &mut args);
         }
         if let Some(wanted) = note.strip_prefix("wait for:") {
             let wanted: Vec<&str> = wanted.split_whitespace().collect();
@@ -163,6 +187,10 @@ impl Machines {
             if out.status.success() {
                 return Some(out);
             }
+            assert!(
+                !args[0].starts_with("backup") && !args[0].starts_with("restore"),
+                "'{line}' failed: {err}"
+            );
             assert!(
                 err.contains("TRYAGAIN")
                     || err.contains("CLUSTERDOWN")
@@ -251,4 +279,24 @@ fn the_runbooks_to_grow_shrink_and_restart_work_as_written() {
         get_all(m.client[&1], &["grown".to_owned()]),
         vec![Some("yes".to_owned())]
     );
+}
+
+#[test]
+fn the_runbook_to_back_up_and_restore_works_as_written() {
+    let mut m = Machines::new("runbook-backup");
+    std::fs::create_dir_all(m.dir.0.join("backups")).unwrap();
+    m.found();
+    set_until_ok(m.client[&1], "kept", "yes");
+    let old_id = eventually("node 1 reports", || common::node_status(m.http[&1])).cluster_id;
+    for line in runbook("Runbook: back up and restore") {
+        m.run(&line);
+    }
+    assert_eq!(m.voters(1), vec![1, 2, 3]);
+    assert_eq!(
+        get_all(m.client[&3], &["kept".to_owned(), "founded".to_owned()]),
+        vec![Some("yes".to_owned()), Some("yes".to_owned())]
+    );
+    let new_id = eventually("node 1 reports", || common::node_status(m.http[&1])).cluster_id;
+    assert_ne!(new_id, old_id, "the restored cluster is a new cluster");
+    set_until_ok(m.client[&2], "after", "yes");
 }

@@ -161,6 +161,15 @@ pub struct ServeCluster {
 
 impl ServeCluster {
     pub fn start(name: &str) -> ServeCluster {
+        let mut cluster = ServeCluster::prepare(name);
+        for i in 0..3 {
+            cluster.spawn(i);
+        }
+        cluster
+    }
+
+    /// A cluster of three on free ports, none of them started yet.
+    pub fn prepare(name: &str) -> ServeCluster {
         let dir = Scratch::new(name);
         let ports = free_ports(9);
         let members: Vec<String> = (0..3)
@@ -185,18 +194,24 @@ impl ServeCluster {
                 ]
             })
             .collect();
-        let mut cluster = ServeCluster {
+        ServeCluster {
             procs: (0..3).map(|_| None).collect(),
             args,
             client_ports: ports[0..3].to_vec(),
             http_ports: ports[6..9].to_vec(),
             generation: 0,
             dir,
-        };
-        for i in 0..3 {
-            cluster.spawn(i);
         }
-        cluster
+    }
+
+    /// The value of `flag` in node `i + 1`'s arguments.
+    pub fn arg(&self, i: usize, flag: &str) -> String {
+        let args = &self.args[i];
+        let at = args
+            .iter()
+            .position(|a| a == flag)
+            .expect("the flag is given");
+        args[at + 1].clone()
     }
 
     /// Starts node `i + 1` (again), logging to a fresh file.
