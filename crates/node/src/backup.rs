@@ -219,7 +219,14 @@ pub struct BackupWriter {
     file: io::BufWriter<File>,
     written: u64,
     crc: Crc32c,
+    /// Body bytes written since the file was last synced.
+    unsynced: u64,
 }
+
+/// The file is synced every this many bytes, so that its dirty pages never
+/// pile up and stall the syncs of a node's log on the same disk when they
+/// are flushed at the end.
+const SYNC_EVERY_BYTES: u64 = 16 << 20;
 
 impl BackupWriter {
     /// Starts `path` (under a temporary name beside it). An existing file
@@ -249,6 +256,7 @@ impl BackupWriter {
             file,
             written: 0,
             crc: Crc32c::new(),
+            unsynced: 0,
         })
     }
 
@@ -266,6 +274,14 @@ impl BackupWriter {
             .map_err(io_error("write", &self.temp))?;
         self.crc.update(data);
         self.written = end;
+        self.unsynced += data.len() as u64;
+        if self.unsynced >= SYNC_EVERY_BYTES {
+            self.file
+                .flush()
+                .and_then(|()| self.file.get_ref().sync_data())
+                .map_err(io_error("sync", &self.temp))?;
+            self.unsynced = 0;
+        }
         Ok(())
     }
 
@@ -284,6 +300,7 @@ impl BackupWriter {
             file,
             written,
             crc,
+            ..
         } = self;
         let fail = |reason: String| {
             let _ = fs::remove_file(&temp);

@@ -64,6 +64,12 @@ pub const DEFAULT_KEEP: usize = 2;
 /// Buffer of streamed writes and verification reads.
 const IO_BUFFER_BYTES: usize = 64 * 1024;
 
+/// A snapshot being written is synced every this many bytes, so that the
+/// dirty pages of a large one never pile up: flushed all at once at the
+/// end, a gigabyte of them stalls every other sync of the disk (the log's
+/// above all) for seconds.
+const SYNC_EVERY_BYTES: u64 = 16 << 20;
+
 const PREFIX: &str = "snap-";
 const SUFFIX: &str = ".snap";
 const TEMP_SUFFIX: &str = ".snap.tmp";
@@ -738,7 +744,10 @@ where
         let mut out = BufWriter::with_capacity(
             IO_BUFFER_BYTES,
             Counting {
-                inner: &mut file,
+                inner: Paced {
+                    file: &mut file,
+                    unsynced: 0,
+                },
                 crc: Crc32c::new(),
                 bytes: 0,
             },
@@ -842,6 +851,28 @@ impl<W: Write> Write for Counting<W> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// A file written with a sync every [`SYNC_EVERY_BYTES`].
+struct Paced<'a> {
+    file: &'a mut File,
+    unsynced: u64,
+}
+
+impl Write for Paced<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.unsynced += n as u64;
+        if self.unsynced >= SYNC_EVERY_BYTES {
+            self.file.sync_data()?;
+            self.unsynced = 0;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
     }
 }
 
