@@ -7,6 +7,11 @@
 //! when a format changes on purpose, into a new directory beside this one,
 //! and keep every old one). The test starts a node on a copy of it, through
 //! the same path as `parliament serve`, and reads back every key.
+//!
+//! `tests/fixtures/release-0.1/cluster.backup` is a backup file of that
+//! node's newest snapshot, as `parliament backup` writes one (made by
+//! `write_the_backup_fixture`, ignored likewise); the test restores it into
+//! a new cluster and reads back every key it holds.
 
 #![allow(clippy::unwrap_used)] // a test fails loudly, which is its job
 
@@ -20,8 +25,10 @@ use bytes::Bytes;
 use host::SnapshotPolicy;
 use kv::{Command, Reply, SetCondition};
 use node::api::{NodeError, NodeHandle, ReadMode};
-use node::cluster::ClusterFile;
+use node::backup::{BackupHeader, BackupWriter, RestoreTarget};
+use node::cluster::{ClusterFile, ClusterId};
 use node::{Node, NodeConfig};
+use storage::snapshot::SnapshotStore;
 use storage::wal::FsyncPolicy;
 use tokio::net::TcpListener;
 
@@ -104,6 +111,64 @@ async fn write_the_format_fixtures() {
     let target = Path::new(FIXTURES).join(RELEASE).join("node-1");
     let _ = std::fs::remove_dir_all(&target);
     common::copy_dir(&dir.0, &target);
+}
+
+/// Writes the backup fixture of this release from the data directory
+/// fixture's newest snapshot. Run by hand only, like the one above.
+#[test]
+#[ignore = "writes the fixtures; run only when a format changes on purpose"]
+fn write_the_backup_fixture() {
+    let release = Path::new(FIXTURES).join(RELEASE);
+    let fixture = release.join("node-1");
+    let source = ClusterFile::load(&fixture).unwrap().unwrap().id.unwrap();
+    let (snapshots, _) = SnapshotStore::open(fixture.join("snapshots")).unwrap();
+    let meta = snapshots.latest().unwrap().clone();
+    let body = snapshots
+        .open_body(&meta)
+        .unwrap()
+        .read_at(0, meta.bytes as usize)
+        .unwrap();
+    let header = BackupHeader {
+        source,
+        restored_id: ClusterId::generate(),
+        slot: meta.slot,
+        body_bytes: meta.bytes,
+        body_crc: meta.crc,
+        node: 1,
+        taken_unix_ms: 1_796_000_000_000,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    let path = release.join("cluster.backup");
+    let _ = std::fs::remove_file(&path);
+    let mut writer = BackupWriter::create(&path, header).unwrap();
+    writer.append(&body).unwrap();
+    writer.finish().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backup_of_release_0_1_is_restored() {
+    let file = Path::new(FIXTURES).join(RELEASE).join("cluster.backup");
+    let (header, store) = node::backup::read_backup(&file).unwrap();
+    let dir = common::Scratch::new("formats-backup");
+    let target = RestoreTarget {
+        data_dir: dir.0.clone(),
+        id: 1,
+        members: BTreeMap::from([(1, PEER_ADDR.to_owned())]),
+        client_addr: String::new(),
+    };
+    node::backup::restore(&file, &target).unwrap();
+    let node = start(&dir.0).await;
+    let h = node.handle();
+    assert_eq!(h.status().cluster_id, header.restored_id.to_string());
+    let mut present = 0;
+    for i in 0..KEYS {
+        let key = format!("k{i}");
+        let expected = store.read(&Command::Get(b(&key)));
+        present += usize::from(expected != Reply::Nil);
+        assert_eq!(read(&h, &key).await, expected, "{key}");
+    }
+    assert!(present >= 50, "the backup holds {present} keys");
+    node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
