@@ -1,7 +1,8 @@
-//! The runbooks of `docs/operations.md` ("Changing the members"), run as
-//! written: the commands are read from the document's code blocks, the
-//! example addresses (10.0.0.N with ports 6379, 7379 and 8379) are mapped
-//! to free loopback ports, and each command runs as a real process. A
+//! The runbooks of `docs/operations.md` (founding a cluster, changing the
+//! members, backing up and restoring), run as written: the commands are
+//! read from the document's code blocks, the example addresses (10.0.0.N
+//! with ports 6379, 7379 and 8379) are mapped to free loopback ports, and
+//! each command runs as a real process. A
 //! `# wait for: N voter` note after `parliament member list` waits until
 //! the list shows it. Were the document to name a command or flag the
 //! binary does not have, these tests would fail.
@@ -17,13 +18,14 @@ use common::{BIN, Proc, Scratch, eventually, free_ports, get_all, set_until_ok};
 
 const DOC: &str = include_str!("../../../docs/operations.md");
 
-/// The commands of every code block under the heading `### {title}`,
-/// continuation lines joined.
+/// The commands of every code block under the heading `## {title}` or
+/// `### {title}` (up to the next heading), continuation lines joined.
 fn runbook(title: &str) -> Vec<String> {
-    let heading = format!("### {title}");
-    let start = DOC
-        .find(&heading)
-        .unwrap_or_else(|| panic!("docs/operations.md has no section '{heading}'"));
+    let (start, heading) = ["### ", "## "]
+        .iter()
+        .map(|level| format!("\n{level}{title}\n"))
+        .find_map(|heading| DOC.find(&heading).map(|at| (at, heading)))
+        .unwrap_or_else(|| panic!("docs/operations.md has no section '{title}'"));
     let section = &DOC[start + heading.len()..];
     let end = ["\n### ", "\n## "]
         .iter()
@@ -112,20 +114,15 @@ impl Machines {
         self.nodes.insert(id, Proc::spawn(&args, &log));
     }
 
-    /// The founding three, as "One node of a deployment" starts each.
+    /// The founding three, each started as "One node of a deployment"
+    /// starts node 1, on its own machine.
     fn found(&mut self) {
+        let node_1 = runbook("One node of a deployment").remove(0);
         for id in 1..=3u64 {
-            let line = format!(
-                "serve --id {id} --data-dir /var/lib/parliament --client-addr 10.0.0.{id}:6379 \
-                 --peer-addr 10.0.0.{id}:7379 --http-addr 10.0.0.{id}:8379 \
-                 --members 1=10.0.0.1:7379,2=10.0.0.2:7379,3=10.0.0.3:7379"
-            );
-            let args = self
-                .map(&line)
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect();
-            self.serve(id, args);
+            let line = node_1
+                .replace("--id 1 ", &format!("--id {id} "))
+                .replace("-addr 10.0.0.1:", &format!("-addr 10.0.0.{id}:"));
+            self.run(&line);
         }
         set_until_ok(self.client[&1], "founded", "yes");
     }
