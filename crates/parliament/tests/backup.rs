@@ -239,3 +239,54 @@ fn a_backup_under_load_restores_into_a_new_cluster_as_one_prefix_of_the_log() {
         "the old cluster talks to the restored node"
     );
 }
+
+#[test]
+fn a_founder_with_an_empty_data_directory_cannot_join_a_restored_cluster() {
+    let old = ServeCluster::start("backup-small");
+    set_until_ok(old.client_ports[0], "k", "v");
+    let file = old.dir.0.join("small.backup");
+    let out = parliament(&[
+        "backup".into(),
+        "--addr".into(),
+        format!("127.0.0.1:{}", old.client_ports[0]),
+        "--out".into(),
+        file.display().to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Founders 1 and 2 are restored; founder 3 is started empty.
+    let mut new = ServeCluster::prepare("backup-partial");
+    for i in 0..2 {
+        let out = parliament(&[
+            "restore".into(),
+            "--from".into(),
+            file.display().to_string(),
+            "--data-dir".into(),
+            new.arg(i, "--data-dir"),
+            "--id".into(),
+            (i + 1).to_string(),
+            "--members".into(),
+            new.arg(i, "--members"),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        new.spawn(i);
+    }
+    new.spawn(2);
+    let status = new.procs[2].as_mut().unwrap().wait_exit();
+    let log = new.log(2);
+    assert!(!status.success(), "the empty founder started:\n{log}");
+    assert!(log.contains("restored from a backup"), "{log}");
+    // The restored two serve the backup's data meanwhile.
+    assert_eq!(
+        common::get_all(new.client_ports[1], &["k".to_owned()]),
+        vec![Some("v".to_owned())]
+    );
+}
