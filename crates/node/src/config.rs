@@ -110,6 +110,10 @@ pub struct NodeConfig {
     /// directory holds a log. Starting a lost node *without* it would let
     /// it break promises it no longer remembers.
     pub rejoin: bool,
+    /// Start even though the peer port listens beyond loopback and the
+    /// members share no secret (`--insecure-peers`): whoever reaches the
+    /// port then speaks to the replica.
+    pub insecure_peers: bool,
     /// When to snapshot the store and compact the log.
     pub snapshot: SnapshotPolicy,
     /// Size at which the write-ahead log starts a new segment file.
@@ -155,6 +159,7 @@ impl NodeConfig {
             pending_reads_max: 65_536,
             command_bytes_max: 1 << 20,
             rejoin: false,
+            insecure_peers: false,
             snapshot: SnapshotPolicy::default(),
             wal_segment_bytes_max: DEFAULT_SEGMENT_BYTES_MAX,
             snapshot_fetch_retry_ms: 250,

@@ -114,6 +114,7 @@ impl Node {
         config.validate().map_err(StartError::Config)?;
         let span = tracing::info_span!("node", id = config.id);
         let id = config.id;
+        check_peer_exposure(&config, &peer_listener)?;
 
         // What the data directory says is checked before any peer is asked.
         DataDir::open(&config.data_dir, config.id)?;
@@ -448,6 +449,32 @@ fn open(
     })
 }
 
+/// A peer port that listens beyond loopback needs the members to prove
+/// who they are (`net::auth`), unless the operator says otherwise.
+fn check_peer_exposure(config: &NodeConfig, listener: &TcpListener) -> Result<(), StartError> {
+    let addr = listener.local_addr().map_err(|source| StartError::Io {
+        op: "read the address of",
+        path: PathBuf::from("the peer listener"),
+        source,
+    })?;
+    if addr.ip().is_loopback() || config.transport.secret.is_some() {
+        return Ok(());
+    }
+    if config.insecure_peers {
+        warn!(
+            %addr,
+            "the peer port listens beyond loopback and the members share no secret \
+             (--insecure-peers): whoever reaches it can disrupt the cluster or forge its data"
+        );
+        return Ok(());
+    }
+    Err(StartError::Config(format!(
+        "the peer port listens on {addr}, beyond loopback, and the members share no secret: \
+         give every member the same --cluster-secret-file (see docs/operations.md), or \
+         --insecure-peers if a private network alone keeps strangers away"
+    )))
+}
+
 /// Why a rejoin cannot start, and what to do.
 fn rejoin_blocked(why: &str) -> String {
     format!(
@@ -551,9 +578,18 @@ async fn find_cluster_id(
     }
     let identity = asking_identity(config, kept);
     let mut told_to_wait = false;
+    // What each member last answered wrongly, said once until it changes.
+    let mut said: BTreeMap<NodeId, String> = BTreeMap::new();
     loop {
         for (peer, addr) in &addrs {
             let answer = net::ask_membership(&identity, addr, &config.transport).await;
+            if let Err(e) = &answer {
+                let error = e.to_string();
+                if said.get(peer) != Some(&error) {
+                    warn!(peer, %addr, %error, "cannot ask this member for the cluster id");
+                    said.insert(*peer, error);
+                }
+            }
             let file = answer
                 .ok()
                 .and_then(|a| ClusterFile::decode(&a.directory).ok());

@@ -56,8 +56,10 @@ use storage::wire;
 pub const HANDSHAKE_MAGIC: [u8; 4] = *b"PRLM";
 /// Version of the framing and handshake. Bumped on any incompatible change
 /// (2: every frame after the handshake starts with its kind; 3: the
-/// handshake carries the cluster id and a range of versions).
-pub const PEER_PROTOCOL: u8 = 3;
+/// handshake carries the cluster id and a range of versions; 4: the
+/// members prove they hold the cluster secret and frames carry tags, see
+/// `super::auth`).
+pub const PEER_PROTOCOL: u8 = 4;
 /// The oldest peer protocol this release still speaks.
 pub const PEER_PROTOCOL_MIN: u8 = 3;
 /// Largest handshake frame accepted: it arrives before the sender is known.
@@ -93,6 +95,8 @@ pub enum FrameError {
     OtherCluster { theirs: String, mine: String },
     #[error("malformed handshake: {0}")]
     Handshake(&'static str),
+    #[error("{0}")]
+    Auth(String),
     #[error("undecodable message: {0}")]
     Wire(#[from] DecodeError),
     #[error("unknown frame kind {0}")]
@@ -117,7 +121,7 @@ pub enum FrameKind {
 }
 
 impl FrameKind {
-    fn byte(self) -> u8 {
+    pub(crate) fn byte(self) -> u8 {
         match self {
             FrameKind::Message => 1,
             FrameKind::Snapshot => 2,

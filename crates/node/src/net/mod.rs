@@ -26,6 +26,7 @@
 //! host's (`host::transfer`); the transport only moves them. The first
 //! frame after the handshake tells the two kinds of connection apart.
 
+pub mod auth;
 pub mod frame;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -47,9 +48,10 @@ use tracing::{Instrument, debug, info, warn};
 
 use host::transfer::SnapshotFrame;
 
+use self::auth::{AUTH_PROTOCOL, ClusterSecret, Ends, Seal};
 use self::frame::{
     FrameError, FrameKind, HANDSHAKE_BYTES_MAX, Handshake, KIND_FRAME_OVERHEAD_BYTES,
-    PEER_PROTOCOL, PEER_PROTOCOL_MIN, put_frame, put_kind_frame, read_frame, split_kind,
+    PEER_PROTOCOL, PEER_PROTOCOL_MIN, put_frame, read_frame, split_kind,
 };
 use crate::cluster::{ClusterId, id_on_wire};
 use crate::config::SnapshotTransferConfig;
@@ -103,6 +105,9 @@ pub struct TransportConfig {
     /// speaks this one, as members of two releases meet in a rolling
     /// upgrade.
     pub protocols: (u8, u8),
+    /// The cluster secret (`--cluster-secret-file`): members prove they
+    /// hold it and every frame carries a tag (see `auth`).
+    pub secret: Option<ClusterSecret>,
 }
 
 impl Default for TransportConfig {
@@ -120,6 +125,7 @@ impl Default for TransportConfig {
             backoff_max_ms: 2_000,
             snapshot: SnapshotTransferConfig::default(),
             protocols: (PEER_PROTOCOL_MIN, PEER_PROTOCOL),
+            secret: None,
         }
     }
 }
@@ -597,19 +603,40 @@ async fn inbound(ctx: &Ctx, stream: TcpStream) -> Result<(), FrameError> {
     timeout(limit, writer.write_all(&reply))
         .await
         .map_err(|_| FrameError::Handshake("handshake reply timed out"))??;
+    let ends = Ends {
+        cluster: hello.cluster,
+        dialer: peer,
+        acceptor: me,
+        protocol: agreed,
+    };
+    let (mut opener, mut sealer) = authenticate(ctx.config.secret.as_ref(), ends, |secret| {
+        auth::as_acceptor(&mut reader, &mut writer, secret, ends, limit)
+    })
+    .await?;
     if joining {
-        return answer_join(ctx, peer, &mut reader, &mut writer).await;
+        return answer_join(
+            ctx,
+            peer,
+            &mut reader,
+            &mut writer,
+            &mut opener,
+            &mut sealer,
+        )
+        .await;
     }
     ctx.table.learn(&hello);
-    let Some(first) = read_frame(&mut reader, ctx.config.frame_bytes_max).await? else {
+    let max = ctx.config.frame_bytes_max + opener.overhead() as u32;
+    let Some(first) = read_frame(&mut reader, max).await? else {
         return Ok(());
     };
-    let (kind, payload) = split_kind(first)?;
+    let (kind, payload) = split_kind(opener.open(first)?)?;
     ctx.table.update(peer, |p| p.inbound += 1);
     debug!(peer, kind = kind.name(), "inbound peer connection up");
     let result = match kind {
-        FrameKind::Message => read_messages(ctx, peer, payload, &mut reader).await,
-        FrameKind::Snapshot => read_snapshot_frames(ctx, peer, payload, &mut reader).await,
+        FrameKind::Message => read_messages(ctx, peer, payload, &mut reader, &mut opener).await,
+        FrameKind::Snapshot => {
+            read_snapshot_frames(ctx, peer, payload, &mut reader, &mut opener).await
+        }
         FrameKind::Join => Err(FrameError::WrongKind {
             expected: "message or snapshot",
             got: "join",
@@ -621,31 +648,54 @@ async fn inbound(ctx: &Ctx, stream: TcpStream) -> Result<(), FrameError> {
     result
 }
 
+/// After the hellos: the exchange of `auth` when the agreed protocol has
+/// it (`exchange` runs it), else plain frames, which a node with a secret
+/// refuses. The seals of the frames received and sent.
+async fn authenticate<'a, F>(
+    secret: Option<&'a ClusterSecret>,
+    ends: Ends,
+    exchange: impl FnOnce(Option<&'a ClusterSecret>) -> F,
+) -> Result<(Seal, Seal), FrameError>
+where
+    F: std::future::Future<Output = Result<(Seal, Seal), FrameError>>,
+{
+    if ends.protocol >= AUTH_PROTOCOL {
+        return exchange(secret).await;
+    }
+    if secret.is_some() {
+        return Err(auth::no_auth_in_protocol_3());
+    }
+    Ok((Seal::plain(), Seal::plain()))
+}
+
 /// Tells a joining node the membership and every address this node knows.
 async fn answer_join<R, W>(
     ctx: &Ctx,
     peer: NodeId,
     reader: &mut R,
     writer: &mut W,
+    opener: &mut Seal,
+    sealer: &mut Seal,
 ) -> Result<(), FrameError>
 where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
 {
     let limit = Ctx::ms(ctx.config.handshake_timeout_ms);
-    let frame = match timeout(limit, read_frame(reader, HANDSHAKE_BYTES_MAX)).await {
+    let max = HANDSHAKE_BYTES_MAX + opener.overhead() as u32;
+    let frame = match timeout(limit, read_frame(reader, max)).await {
         Ok(Ok(Some(frame))) => frame,
         Ok(Ok(None)) => return Ok(()),
         Ok(Err(e)) => return Err(e),
         Err(_) => return Err(FrameError::Handshake("no join request in time")),
     };
-    expect_kind(frame, FrameKind::Join)?;
+    expect_kind(opener.open(frame)?, FrameKind::Join)?;
     let directory = ctx.table.directory();
     let mut payload = BytesMut::with_capacity(directory.len() + 1);
     payload.extend_from_slice(&[u8::from(ctx.table.rejoining.load(Ordering::Relaxed))]);
     payload.extend_from_slice(&directory);
     let mut out = BytesMut::with_capacity(payload.len() + KIND_FRAME_OVERHEAD_BYTES);
-    put_kind_frame(&mut out, FrameKind::Join, &payload);
+    sealer.put_kind_frame(&mut out, FrameKind::Join, &payload);
     timeout(limit, writer.write_all(&out))
         .await
         .map_err(|_| FrameError::Handshake("join answer timed out"))??;
@@ -680,7 +730,6 @@ pub async fn ask_membership(
     let (mut reader, mut writer) = stream.into_split();
     let mut out = BytesMut::new();
     put_frame(&mut out, &identity.hello(0, config.protocols).encode());
-    put_kind_frame(&mut out, FrameKind::Join, &[]);
     timeout(limit, writer.write_all(&out))
         .await
         .map_err(|_| FrameError::Handshake("join request timed out"))??;
@@ -689,7 +738,7 @@ pub async fn ask_membership(
             return Err(FrameError::Handshake("the member closed the connection"));
         };
         let reply = Handshake::decode(&reply)?;
-        reply.agree_within(config.protocols.0, config.protocols.1)?;
+        let agreed = reply.agree_within(config.protocols.0, config.protocols.1)?;
         if identity.cluster.is_some() {
             reply.check_cluster(id_on_wire(identity.cluster), false)?;
         }
@@ -698,12 +747,26 @@ pub async fn ask_membership(
                 "the answer was meant for another node",
             ));
         }
-        let Some(frame) = read_frame(&mut reader, JOIN_ANSWER_BYTES_MAX).await? else {
+        let ends = Ends {
+            cluster: id_on_wire(identity.cluster),
+            dialer: identity.id,
+            acceptor: reply.from,
+            protocol: agreed,
+        };
+        let (mut sealer, mut opener) = authenticate(config.secret.as_ref(), ends, |secret| {
+            auth::as_dialer(&mut reader, &mut writer, secret, ends, limit)
+        })
+        .await?;
+        let mut request = BytesMut::new();
+        sealer.put_kind_frame(&mut request, FrameKind::Join, &[]);
+        writer.write_all(&request).await?;
+        let max = JOIN_ANSWER_BYTES_MAX + opener.overhead() as u32;
+        let Some(frame) = read_frame(&mut reader, max).await? else {
             return Err(FrameError::Handshake(
                 "the member closed the connection without an answer (is this node's id a member's?)",
             ));
         };
-        let payload = expect_kind(frame, FrameKind::Join)?;
+        let payload = expect_kind(opener.open(frame)?, FrameKind::Join)?;
         let rejoining = match payload.first() {
             Some(0) => false,
             Some(1) => true,
@@ -729,9 +792,10 @@ async fn read_snapshot_frames<R: tokio::io::AsyncRead + Unpin>(
     peer: NodeId,
     first: Bytes,
     reader: &mut R,
+    opener: &mut Seal,
 ) -> Result<(), FrameError> {
     // One chunk of the largest size any sender may cut, with its fields.
-    let max = ctx.config.frame_bytes_max.min(SNAPSHOT_FRAME_BYTES_MAX);
+    let max = ctx.config.frame_bytes_max.min(SNAPSHOT_FRAME_BYTES_MAX) + opener.overhead() as u32;
     let mut payload = first;
     loop {
         let frame = SnapshotFrame::decode(payload)?;
@@ -741,7 +805,7 @@ async fn read_snapshot_frames<R: tokio::io::AsyncRead + Unpin>(
         let Some(next) = read_frame(reader, max).await? else {
             break;
         };
-        payload = expect_kind(next, FrameKind::Snapshot)?;
+        payload = expect_kind(opener.open(next)?, FrameKind::Snapshot)?;
     }
     Ok(())
 }
@@ -764,7 +828,9 @@ async fn read_messages<R: tokio::io::AsyncRead + Unpin>(
     peer: NodeId,
     first: Bytes,
     reader: &mut R,
+    opener: &mut Seal,
 ) -> Result<(), FrameError> {
+    let max = ctx.config.frame_bytes_max + opener.overhead() as u32;
     let mut payload = first;
     loop {
         let message = wire::decode_message(payload)?;
@@ -772,10 +838,10 @@ async fn read_messages<R: tokio::io::AsyncRead + Unpin>(
         if ctx.inbound.send((peer, message)).await.is_err() {
             break; // the replica task is gone: the node is stopping
         }
-        let Some(frame) = read_frame(reader, ctx.config.frame_bytes_max).await? else {
+        let Some(frame) = read_frame(reader, max).await? else {
             break;
         };
-        payload = expect_kind(frame, FrameKind::Message)?;
+        payload = expect_kind(opener.open(frame)?, FrameKind::Message)?;
     }
     Ok(())
 }
@@ -816,14 +882,14 @@ async fn outbound<P: Payload>(
             None
         };
         match connect(&ctx, peer, &addr).await {
-            Ok((reader, writer)) => {
+            Ok((reader, writer, sealer)) => {
                 info!(peer, %addr, link = P::KIND.name(), "connected to peer");
                 backoff = min;
                 reported = false;
                 if messages {
                     ctx.table.update(peer, |p| p.outbound = true);
                 }
-                let end = pump(&ctx, &mut queue, first, reader, writer).await;
+                let end = pump(&ctx, &mut queue, first, reader, writer, sealer).await;
                 if messages {
                     ctx.table.update(peer, |p| p.outbound = false);
                 }
@@ -860,9 +926,12 @@ async fn outbound<P: Payload>(
     }
 }
 
+/// A connection to a peer, handshaken: its halves and the seal of the
+/// frames written into it.
 type Halves = (
     tokio::net::tcp::OwnedReadHalf,
     tokio::net::tcp::OwnedWriteHalf,
+    Seal,
 );
 
 /// Connects to `peer` and exchanges handshakes.
@@ -887,7 +956,7 @@ async fn connect(ctx: &Ctx, peer: NodeId, addr: &str) -> Result<Halves, FrameErr
         Ok(Err(e)) => return Err(e),
         Err(_) => return Err(FrameError::Handshake("no handshake reply in time")),
     };
-    reply.agree_within(ctx.config.protocols.0, ctx.config.protocols.1)?;
+    let agreed = reply.agree_within(ctx.config.protocols.0, ctx.config.protocols.1)?;
     reply.check_cluster(id_on_wire(ctx.identity.cluster), false)?;
     if reply.from != peer || reply.to != ctx.identity.id {
         warn!(
@@ -898,8 +967,18 @@ async fn connect(ctx: &Ctx, peer: NodeId, addr: &str) -> Result<Halves, FrameErr
         );
         return Err(FrameError::Handshake("wrong node at the peer address"));
     }
+    let ends = Ends {
+        cluster: id_on_wire(ctx.identity.cluster),
+        dialer: ctx.identity.id,
+        acceptor: peer,
+        protocol: agreed,
+    };
+    let (sealer, _) = authenticate(ctx.config.secret.as_ref(), ends, |secret| {
+        auth::as_dialer(&mut reader, &mut writer, secret, ends, limit)
+    })
+    .await?;
     ctx.table.learn(&reply);
-    Ok((reader, writer))
+    Ok((reader, writer, sealer))
 }
 
 /// Writes queued payloads (`first`, then the queue's), many frames per
@@ -910,6 +989,7 @@ async fn pump<P: Payload>(
     mut first: Option<P>,
     mut reader: tokio::net::tcp::OwnedReadHalf,
     mut writer: tokio::net::tcp::OwnedWriteHalf,
+    mut sealer: Seal,
 ) -> PumpEnd {
     let max = ctx.config.frame_bytes_max;
     let mut buf = BytesMut::new();
@@ -948,7 +1028,7 @@ async fn pump<P: Payload>(
                 );
                 ctx.table.dropped.fetch_add(1, Ordering::Relaxed);
             } else {
-                put_kind_frame(&mut buf, P::KIND, &encoded);
+                sealer.put_kind_frame(&mut buf, P::KIND, &encoded);
                 frames += 1;
             }
             if frames as usize >= ctx.config.write_batch_frames_max

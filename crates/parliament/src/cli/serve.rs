@@ -44,6 +44,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use host::SnapshotPolicy;
+use node::net::auth::ClusterSecret;
 use node::{Node, NodeConfig};
 use node::{http, server};
 use serde::Deserialize;
@@ -204,6 +205,16 @@ pub struct ServeArgs {
     /// with it rejoins again.
     #[arg(long)]
     rejoin: bool,
+    /// A file holding the cluster's secret (at least 16 bytes; a final
+    /// newline is ignored), the same on every member: members prove to
+    /// each other that they hold it, and every peer frame is
+    /// authenticated. Required when the peer port listens beyond loopback.
+    #[arg(long, value_name = "FILE")]
+    cluster_secret_file: Option<PathBuf>,
+    /// Start with a peer port beyond loopback and no cluster secret: only
+    /// for a private network that keeps every stranger away.
+    #[arg(long)]
+    insecure_peers: bool,
     #[command(flatten)]
     limits: ClientLimits,
     /// Stop when standard input closes (used by `parliament cluster`, so
@@ -290,6 +301,8 @@ const FILE_KEYS: &[&str] = &[
     "watched-keys-max",
     "command-bytes-max",
     "password",
+    "cluster-secret-file",
+    "insecure-peers",
 ];
 
 #[derive(Debug, Default, Deserialize)]
@@ -307,6 +320,8 @@ struct FileSettings {
     snapshot_entries: Option<u64>,
     snapshot_bytes: Option<u64>,
     promote_within_slots: Option<u64>,
+    cluster_secret_file: Option<PathBuf>,
+    insecure_peers: Option<bool>,
     #[serde(flatten)]
     limits: ClientLimits,
 }
@@ -327,6 +342,8 @@ struct Settings {
     tick_ms: Option<u64>,
     snapshot: SnapshotPolicy,
     promote_within_slots: Option<u64>,
+    cluster_secret_file: Option<PathBuf>,
+    insecure_peers: bool,
     limits: ClientLimits,
 }
 
@@ -468,8 +485,32 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
             args.snapshot_bytes.or(file.snapshot_bytes),
         ),
         promote_within_slots: args.promote_within_slots.or(file.promote_within_slots),
+        cluster_secret_file: args
+            .cluster_secret_file
+            .clone()
+            .or(file.cluster_secret_file),
+        insecure_peers: args.insecure_peers || file.insecure_peers.unwrap_or(false),
         limits: args.limits.clone().or(file.limits),
     })
+}
+
+/// Reads the cluster secret, warning when others than its owner may read it.
+fn load_secret(id: u64, path: &Path) -> Result<ClusterSecret> {
+    let secret = ClusterSecret::load(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            warn!(
+                id,
+                file = %path.display(),
+                "the cluster secret file may be read by other users; chmod 600 it"
+            );
+        }
+    }
+    Ok(secret)
 }
 
 /// The snapshot policy from the two settings: unset keeps the default, 0
@@ -550,6 +591,10 @@ async fn serve(settings: Settings, rejoin: bool, stop_on_stdin_eof: bool) -> Res
         );
     }
     config.rejoin = rejoin;
+    config.insecure_peers = settings.insecure_peers;
+    if let Some(path) = &settings.cluster_secret_file {
+        config.transport.secret = Some(load_secret(id, path)?);
+    }
     let server_config = settings.limits.apply(id, &mut config);
     if server_config.value_bytes_max > config.command_bytes_max {
         warn!(
