@@ -70,13 +70,16 @@ impl Machines {
     fn new(name: &str) -> Machines {
         let ports = free_ports(15);
         let pick = |base: usize| (1..=5).map(|n| (n, ports[base + n as usize - 1])).collect();
-        Machines {
+        let m = Machines {
             client: pick(0),
             peer: pick(5),
             http: pick(10),
             dir: Scratch::new(name),
             nodes: BTreeMap::new(),
-        }
+        };
+        // The secret "One node of a deployment" makes, made the same way.
+        std::fs::write(m.dir.0.join("secret"), "0123456789abcdef0123456789abcdef").unwrap();
+        m
     }
 
     /// `text` with the example addresses replaced by this test's.
@@ -92,7 +95,9 @@ impl Machines {
             }
         }
         let backups = self.dir.0.join("backups");
+        let secret = self.dir.0.join("secret");
         out.replace("/backups/", &format!("{}/", backups.display()))
+            .replace("/etc/parliament/secret", &secret.display().to_string())
     }
 
     /// `args` with the example data directories (`/var/lib/parliament`,
