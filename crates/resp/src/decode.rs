@@ -164,6 +164,12 @@ impl Decoder {
         &self.limits
     }
 
+    /// Changes the limits from the next request on (a client that has just
+    /// authenticated is allowed more).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
     /// Decodes the next request from the front of `buf`.
     ///
     /// Returns `Ok(None)` when `buf` holds no complete request yet; consumed

@@ -89,7 +89,11 @@ impl Connection {
         Connection {
             stream,
             node,
-            decoder: Decoder::new(config.resp),
+            decoder: Decoder::new(if config.password.is_some() {
+                super::limits::UNAUTHENTICATED
+            } else {
+                config.resp
+            }),
             config,
             state,
             input: BytesMut::with_capacity(READ_CHUNK_BYTES),
@@ -151,7 +155,12 @@ impl Connection {
     async fn handle_input(&mut self) -> Result<bool, Closed> {
         while self.may_take() {
             match self.decoder.decode(&mut self.input) {
-                Ok(Some(request)) => self.handle(request).await,
+                Ok(Some(request)) => {
+                    self.handle(request).await;
+                    if self.state.authenticated && *self.decoder.limits() != self.config.resp {
+                        self.decoder.set_limits(self.config.resp);
+                    }
+                }
                 Ok(None) => return Ok(true),
                 Err(error) if error.is_silent() => return Err(Closed::Http),
                 Err(error) => {

@@ -61,6 +61,16 @@ impl Default for Config {
     }
 }
 
+/// The decoder's limits for a connection that has not authenticated yet,
+/// when a password is set: a stranger may send `AUTH`, `HELLO` and `QUIT`,
+/// and nothing larger (Redis allows the same 10 arguments of 16 KiB).
+pub const UNAUTHENTICATED: resp::Limits = resp::Limits {
+    inline_bytes_max: 16 * KIB,
+    array_len_max: 10,
+    bulk_bytes_max: 16 * KIB,
+    request_bytes_max: 64 * KIB,
+};
+
 impl Config {
     /// The value limit actually enforced: the configured one, within what
     /// the store accepts.

@@ -700,6 +700,37 @@ async fn node_errors_are_passed_on() {
 }
 
 #[tokio::test]
+async fn before_auth_a_stranger_may_send_nothing_large() {
+    let server = start_with(Config {
+        password: Some("sesame".to_owned()),
+        ..Config::default()
+    })
+    .await;
+    // A 100 kB argument is refused from its header, before its bytes.
+    let mut c = Client::connect(&server).await;
+    c.send(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$100000\r\n").await;
+    let rest = c.until_closed().await;
+    assert_eq!(
+        String::from_utf8_lossy(&rest),
+        "-ERR Protocol error: invalid bulk length\r\n"
+    );
+    // So is a request of more than ten arguments.
+    let mut c = Client::connect(&server).await;
+    c.send(b"*11\r\n").await;
+    let rest = c.until_closed().await;
+    assert_eq!(
+        String::from_utf8_lossy(&rest),
+        "-ERR Protocol error: invalid multibulk length\r\n"
+    );
+    // Once authenticated, the connection's limits are the configured ones.
+    let mut c = Client::connect(&server).await;
+    c.call(&["AUTH", "sesame"], "+OK\r\n").await;
+    let value = "v".repeat(100_000);
+    c.call(&["SET", "k", &value], "+OK\r\n").await;
+    c.call(&["STRLEN", "k"], ":100000\r\n").await;
+}
+
+#[tokio::test]
 async fn auth_is_required_when_a_password_is_set() {
     let server = start_with(Config {
         password: Some("sesame".to_owned()),

@@ -126,11 +126,14 @@ impl ClientLimits {
         if let Some(max) = self.command_bytes_max {
             node.command_bytes_max = max;
         }
+        let key_bytes_max = self.key_bytes_max.unwrap_or(defaults.key_bytes_max);
+        // A value the log cannot carry is refused at the door.
+        let value_bytes_max = self.value_bytes_max.unwrap_or(node.command_bytes_max);
         server::Config {
             node_id: id,
-            key_bytes_max: self.key_bytes_max.unwrap_or(defaults.key_bytes_max),
-            // A value the log cannot carry is refused at the door.
-            value_bytes_max: self.value_bytes_max.unwrap_or(node.command_bytes_max),
+            key_bytes_max,
+            value_bytes_max,
+            resp: request_limits(key_bytes_max, value_bytes_max, node.command_bytes_max),
             pipeline_depth_max: self
                 .pipeline_depth_max
                 .unwrap_or(defaults.pipeline_depth_max),
@@ -140,7 +143,6 @@ impl ClientLimits {
                 .unwrap_or(defaults.transaction_commands_max),
             watched_keys_max: self.watched_keys_max.unwrap_or(defaults.watched_keys_max),
             password: self.password.clone(),
-            ..defaults
         }
     }
 }
@@ -494,6 +496,36 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
     })
 }
 
+/// The decoder's limits, from the command limits: what one request may make
+/// the node buffer before any command looks at it. An argument may be up to
+/// twice the largest key or value (so one just above a limit still gets the
+/// command's own error, and the connection stays open); a request up to twice
+/// the largest write the log takes, and never less than 16 MiB (a read of
+/// many keys). Beyond these the request is refused from its header, before
+/// its bytes arrive, and the connection is closed, as Redis does beyond
+/// `proto-max-bulk-len`.
+fn request_limits(
+    key_bytes_max: usize,
+    value_bytes_max: usize,
+    command_bytes_max: usize,
+) -> resp::Limits {
+    let defaults = resp::Limits::default();
+    let bulk = key_bytes_max
+        .max(value_bytes_max)
+        .saturating_mul(2)
+        .min(defaults.bulk_bytes_max);
+    let request = command_bytes_max
+        .saturating_mul(2)
+        .max(bulk)
+        .max(16 << 20)
+        .min(defaults.request_bytes_max);
+    resp::Limits {
+        bulk_bytes_max: bulk,
+        request_bytes_max: request,
+        ..defaults
+    }
+}
+
 /// Reads the cluster secret, warning when others than its owner may read it.
 fn load_secret(id: u64, path: &Path) -> Result<ClusterSecret> {
     let secret = ClusterSecret::load(path)?;
@@ -731,6 +763,23 @@ async fn stdin_eof() {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a test fails loudly, which is its job
 mod tests {
+
+    #[test]
+    fn request_limits_follow_the_command_limits() {
+        // The defaults: keys of 64 KiB, values and writes of 1 MiB.
+        let l = request_limits(64 << 10, 1 << 20, 1 << 20);
+        assert_eq!(l.bulk_bytes_max, 2 << 20);
+        assert_eq!(l.request_bytes_max, 16 << 20);
+        // Large values raise both, up to the decoder's own ceilings.
+        let l = request_limits(64 << 10, 512 << 20, 512 << 20);
+        assert_eq!(l.bulk_bytes_max, resp::Limits::default().bulk_bytes_max);
+        assert_eq!(
+            l.request_bytes_max,
+            resp::Limits::default().request_bytes_max
+        );
+        let l = request_limits(1 << 20, 4 << 20, 16 << 20);
+        assert_eq!((l.bulk_bytes_max, l.request_bytes_max), (8 << 20, 32 << 20));
+    }
     use super::*;
 
     #[test]
