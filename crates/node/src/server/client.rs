@@ -62,6 +62,10 @@ pub(crate) enum Closed {
     /// The client spoke HTTP: dropped without a reply, as Redis does.
     #[error("HTTP request on the client port")]
     Http,
+    #[error("no AUTH within {0:?} of connecting")]
+    AuthDeadline(std::time::Duration),
+    #[error("idle for {0:?}")]
+    Idle(std::time::Duration),
 }
 
 pub(crate) struct Connection {
@@ -78,6 +82,9 @@ pub(crate) struct Connection {
     reading: bool,
     /// Replies and error replies encoded since the last write, for metrics.
     answered: u64,
+    /// When the connection opened, and when the client last sent bytes.
+    opened: tokio::time::Instant,
+    heard: tokio::time::Instant,
     errors: u64,
 }
 
@@ -102,6 +109,8 @@ impl Connection {
             reading: true,
             answered: 0,
             errors: 0,
+            opened: tokio::time::Instant::now(),
+            heard: tokio::time::Instant::now(),
         }
     }
 
@@ -363,11 +372,32 @@ impl Connection {
         if readable && self.input.capacity() - self.input.len() < READ_CHUNK_BYTES / 2 {
             self.input.reserve(READ_CHUNK_BYTES);
         }
+        // A stranger must authenticate soon; an idle client may be let go.
+        let deadline = if !self.state.authenticated {
+            Some((
+                self.opened + self.config.auth_deadline,
+                Closed::AuthDeadline(self.config.auth_deadline),
+            ))
+        } else {
+            self.config
+                .idle_timeout
+                .filter(|_| self.queue.is_empty())
+                .map(|idle| (self.heard + idle, Closed::Idle(idle)))
+        };
         let front = match self.queue.front_mut() {
             Some(Pending::Waiting { answer, .. }) => Some(answer),
             _ => None,
         };
+        let (until, why) = match deadline {
+            Some((until, why)) => (Some(until), Some(why)),
+            None => (None, None),
+        };
         tokio::select! {
+            () = sleep_until_some(until) => {
+                if let Some(why) = why {
+                    return Err(why);
+                }
+            }
             answer = next_answer(front) => {
                 if let Some(front) = self.queue.pop_front() {
                     let reply = self.resolve(front, answer.ok());
@@ -378,9 +408,18 @@ impl Connection {
                 if read? == 0 {
                     self.reading = false;
                 }
+                self.heard = tokio::time::Instant::now();
             }
         }
         Ok(())
+    }
+}
+
+/// Sleeps until `until`, or forever without one.
+async fn sleep_until_some(until: Option<tokio::time::Instant>) {
+    match until {
+        Some(until) => tokio::time::sleep_until(until).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1,5 +1,7 @@
 //! What one node allows its clients: sizes, depths and counts.
 
+use std::time::Duration;
+
 use kv::MAX_VALUE_LEN;
 use resp;
 
@@ -43,6 +45,12 @@ pub struct Config {
     /// When set, a connection must `AUTH` (or `HELLO 2 AUTH`) with it
     /// before any other command.
     pub password: Option<String>,
+    /// With a password, a connection that has not authenticated this long
+    /// after it opened is closed. Default 10 s.
+    pub auth_deadline: Duration,
+    /// A connection with nothing in flight that sends nothing for this long
+    /// is closed (Redis's `timeout`). Default `None`: never.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for Config {
@@ -57,6 +65,8 @@ impl Default for Config {
             transaction_commands_max: 10_000,
             watched_keys_max: 10_000,
             password: None,
+            auth_deadline: Duration::from_secs(10),
+            idle_timeout: None,
         }
     }
 }

@@ -731,6 +731,32 @@ async fn before_auth_a_stranger_may_send_nothing_large() {
 }
 
 #[tokio::test]
+async fn a_stranger_who_never_authenticates_and_an_idle_client_are_let_go() {
+    let server = start_with(Config {
+        password: Some("sesame".to_owned()),
+        auth_deadline: Duration::from_millis(300),
+        idle_timeout: Some(Duration::from_millis(600)),
+        ..Config::default()
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let mut stranger = Client::connect(&server).await;
+    assert!(stranger.until_closed().await.is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // An authenticated client is not held to the AUTH deadline, only to
+    // the idle timeout, which each request restarts.
+    let mut c = Client::connect(&server).await;
+    c.call(&["AUTH", "sesame"], "+OK\r\n").await;
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        c.call(&["SET", "k", "v"], "+OK\r\n").await;
+    }
+    let idle = std::time::Instant::now();
+    assert!(c.until_closed().await.is_empty());
+    assert!(idle.elapsed() >= Duration::from_millis(600));
+}
+
+#[tokio::test]
 async fn auth_is_required_when_a_password_is_set() {
     let server = start_with(Config {
         password: Some("sesame".to_owned()),

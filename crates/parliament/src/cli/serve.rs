@@ -100,6 +100,14 @@ pub struct ClientLimits {
     /// flag is visible to other users of the machine).
     #[arg(long)]
     password: Option<String>,
+    /// With a password, close a connection that has not authenticated
+    /// this many seconds after connecting [default: 10].
+    #[arg(long, value_name = "SECONDS")]
+    auth_deadline_secs: Option<u64>,
+    /// Close a client connection idle for this many seconds with nothing
+    /// in flight; 0 never closes one (Redis's `timeout`) [default: 0].
+    #[arg(long, value_name = "SECONDS")]
+    client_idle_timeout_secs: Option<u64>,
 }
 
 impl ClientLimits {
@@ -116,6 +124,10 @@ impl ClientLimits {
             watched_keys_max: self.watched_keys_max.or(file.watched_keys_max),
             command_bytes_max: self.command_bytes_max.or(file.command_bytes_max),
             password: self.password.or(file.password),
+            auth_deadline_secs: self.auth_deadline_secs.or(file.auth_deadline_secs),
+            client_idle_timeout_secs: self
+                .client_idle_timeout_secs
+                .or(file.client_idle_timeout_secs),
         }
     }
 
@@ -143,6 +155,13 @@ impl ClientLimits {
                 .unwrap_or(defaults.transaction_commands_max),
             watched_keys_max: self.watched_keys_max.unwrap_or(defaults.watched_keys_max),
             password: self.password.clone(),
+            auth_deadline: self
+                .auth_deadline_secs
+                .map_or(defaults.auth_deadline, std::time::Duration::from_secs),
+            idle_timeout: match self.client_idle_timeout_secs {
+                None | Some(0) => None,
+                Some(secs) => Some(std::time::Duration::from_secs(secs)),
+            },
         }
     }
 }
@@ -305,6 +324,8 @@ const FILE_KEYS: &[&str] = &[
     "password",
     "cluster-secret-file",
     "insecure-peers",
+    "auth-deadline-secs",
+    "client-idle-timeout-secs",
 ];
 
 #[derive(Debug, Default, Deserialize)]
