@@ -69,6 +69,26 @@ fn parliament(args: &[String]) -> std::process::Output {
     Command::new(BIN).args(args).output().unwrap()
 }
 
+/// Restores node `i + 1` of `cluster` (not started) from the backup `file`.
+fn restore_member(file: &std::path::Path, cluster: &ServeCluster, i: usize) {
+    let out = parliament(&[
+        "restore".into(),
+        "--from".into(),
+        file.display().to_string(),
+        "--data-dir".into(),
+        cluster.arg(i, "--data-dir"),
+        "--id".into(),
+        (i + 1).to_string(),
+        "--members".into(),
+        cluster.arg(i, "--members"),
+    ]);
+    assert!(
+        out.status.success(),
+        "restore failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn a_backup_under_load_restores_into_a_new_cluster_as_one_prefix_of_the_log() {
     let mut old = ServeCluster::start("backup-old");
@@ -108,22 +128,7 @@ fn a_backup_under_load_restores_into_a_new_cluster_as_one_prefix_of_the_log() {
     // A new cluster of three, each member restored from the file.
     let mut new = ServeCluster::prepare("backup-new");
     for i in 0..3 {
-        let out = parliament(&[
-            "restore".into(),
-            "--from".into(),
-            file.display().to_string(),
-            "--data-dir".into(),
-            new.arg(i, "--data-dir"),
-            "--id".into(),
-            (i + 1).to_string(),
-            "--members".into(),
-            new.arg(i, "--members"),
-        ]);
-        assert!(
-            out.status.success(),
-            "restore failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        restore_member(&file, &new, i);
     }
     for i in 0..3 {
         new.spawn(i);
@@ -261,22 +266,7 @@ fn a_founder_with_an_empty_data_directory_cannot_join_a_restored_cluster() {
     // Founders 1 and 2 are restored; founder 3 is started empty.
     let mut new = ServeCluster::prepare("backup-partial");
     for i in 0..2 {
-        let out = parliament(&[
-            "restore".into(),
-            "--from".into(),
-            file.display().to_string(),
-            "--data-dir".into(),
-            new.arg(i, "--data-dir"),
-            "--id".into(),
-            (i + 1).to_string(),
-            "--members".into(),
-            new.arg(i, "--members"),
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        restore_member(&file, &new, i);
         new.spawn(i);
     }
     new.spawn(2);
